@@ -1,0 +1,1 @@
+"""The HTTP side: routes translate HTTP into one service call each."""

@@ -1,0 +1,85 @@
+"""The application factory: everything is built from its arguments, nothing
+connects at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from openimagine import __version__
+from openimagine.api.context import AppContext
+from openimagine.api.errors import install_error_handlers
+from openimagine.api.middleware import EnvelopeMiddleware
+from openimagine.api.routes import files, generate, health, status
+from openimagine.engines import engine_info
+from openimagine.ratelimit import RateLimiter
+from openimagine.settings import Settings
+from openimagine.storage import LocalStorage
+from openimagine.store.db import Database
+
+log = logging.getLogger("openimagine.api")
+
+# How long shutdown waits for running tasks to stop and go back to the queue.
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+def build_storage(settings: Settings) -> LocalStorage:
+    return LocalStorage(
+        settings.outputs_dir,
+        secret=settings.resolved_secret_key(),
+        public_url=settings.resolved_public_url,
+        ttl_seconds=settings.url_ttl_seconds,
+    )
+
+
+def create_app(settings: Settings, *, run_workers: bool | None = None) -> FastAPI:
+    """The ASGI app. With ``run_workers`` (default: ``settings.workers > 0``) the
+    worker pool runs inside the server process (the embedded default)."""
+    db = Database(settings.resolved_database_url)
+    ctx = AppContext(
+        settings=settings,
+        db=db,
+        storage=build_storage(settings),
+        limiter=RateLimiter(settings),
+        engine=engine_info(settings.engine),
+    )
+    with_workers = settings.workers > 0 if run_workers is None else run_workers
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ctx.wakeup = asyncio.Event()
+        stop = asyncio.Event()
+        pool_task = None
+        if with_workers:
+            from openimagine.worker.pool import WorkerPool
+
+            pool = WorkerPool(settings, db, ctx.storage, wakeup=ctx.wakeup)
+            pool_task = asyncio.create_task(pool.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            if pool_task is not None:
+                pool.cancel_running()
+                try:
+                    await asyncio.wait_for(pool_task, SHUTDOWN_GRACE_SECONDS)
+                except Exception:
+                    log.exception("worker pool did not stop cleanly")
+            db.dispose()
+
+    app = FastAPI(
+        title="openimagine",
+        version=__version__,
+        description="Self-hosted video generation speaking the Grok Imagine API.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
+    for module in (generate, status, files, health):
+        app.include_router(module.router)
+    return app

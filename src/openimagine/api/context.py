@@ -1,0 +1,30 @@
+"""What the routes share: built once by ``create_app`` from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from openimagine.engines.base import EngineInfo
+from openimagine.ratelimit import RateLimiter
+from openimagine.settings import Settings
+from openimagine.storage import LocalStorage
+from openimagine.store.db import Database
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    storage: LocalStorage
+    limiter: RateLimiter
+    engine: EngineInfo
+    # Set on every submission so that an in-process worker starts at once
+    # instead of waiting for its next poll.
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def get_context(request: Request) -> AppContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]

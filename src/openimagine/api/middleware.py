@@ -1,0 +1,53 @@
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware on every request):
+the request body cap, and the rate-limit headers that authentication leaves
+in the request state."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from openimagine.api.errors import error_response
+from openimagine.errors import PayloadTooLarge
+
+RATELIMIT_STATE = "ratelimit_headers"
+
+
+class EnvelopeMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(
+            f"Request body too large: the limit is {self.max_body_bytes} bytes"
+        )
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                await error_response(too_large)(scope, receive, send)
+                return
+
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise too_large
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = scope.get("state", {}).get(RATELIMIT_STATE)
+                if extra:
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        *((k.lower().encode(), v.encode()) for k, v in extra.items()),
+                    ]
+            await send(message)
+
+        await self.app(scope, capped_receive, send_with_headers)

@@ -1,0 +1,126 @@
+"""POST /v1/generate"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from openimagine import inputs
+from openimagine.api.auth import require_principal
+from openimagine.api.context import AppContext, get_context
+from openimagine.api.envelope import envelope_schema, ok
+from openimagine.errors import InvalidRequest
+from openimagine.services import tasks
+from openimagine.services.accounts import Principal
+
+MAX_PROMPT = 5000
+
+router = APIRouter()
+
+
+class GenerateBody(BaseModel):
+    """Documents the body in OpenAPI; validation is ``parse_generate`` so that
+    every message is the contract's own."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT)
+    mode: str = Field("normal", examples=["fun", "normal", "spicy"])
+    ratio: str = Field("1:1", examples=["2:3", "3:2", "1:1", "16:9", "9:16"])
+    images: list[str] | str | None = Field(None, description="up to 7 http(s) URLs or data URIs")
+
+
+def _choice(body: dict[str, Any], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidRequest(
+            f"Unknown {name} {value!r}: use one of {', '.join(allowed)}"
+        )
+    return value
+
+
+def parse_generate(raw: bytes, ctx: AppContext) -> tuple[str, str, str, list[str]]:
+    """(prompt, mode, ratio, image references) from the body, or ``InvalidRequest``."""
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("Malformed JSON body") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise InvalidRequest("The prompt parameter is required")
+    if not isinstance(prompt, str):
+        raise InvalidRequest("The prompt parameter must be a string")
+    prompt = prompt.strip()
+    if not prompt:
+        raise InvalidRequest("The prompt parameter must not be empty")
+    if len(prompt) > MAX_PROMPT:
+        raise InvalidRequest(f"The prompt parameter must be at most {MAX_PROMPT} characters")
+    mode = _choice(body, "mode", "normal", ctx.engine.modes)
+    ratio = _choice(body, "ratio", "1:1", ctx.engine.ratios)
+    try:
+        refs = inputs.parse_image_refs(body.get("images"))
+    except inputs.InvalidImageReference as exc:
+        raise InvalidRequest(str(exc)) from None
+    if refs and not ctx.engine.image_input:
+        raise InvalidRequest(
+            f"The {ctx.engine.name} engine does not take images; send a prompt only"
+        )
+    if len(refs) > ctx.engine.max_images:
+        raise InvalidRequest(f"The {ctx.engine.name} engine takes at most "
+                             f"{ctx.engine.max_images} images")
+    return prompt, mode, ratio, refs
+
+
+def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
+    prompt, mode, ratio, refs = parse_generate(raw, ctx)
+    task_id = tasks.new_task_id()
+    stored: list[str] = []
+    images: list[str] = []
+    for index, ref in enumerate(refs):
+        if ref.startswith("data:"):
+            # Keep the bytes, not the base64, so status echoes a URL (contract).
+            data = inputs.decode_data_uri(ref, max_bytes=ctx.settings.fetch_max_bytes)
+            key = f"inputs/{task_id}/{index}.{inputs.sniff_image_type(data) or 'bin'}"
+            ctx.storage.put_bytes(key, data)
+            stored.append(key)
+            images.append(tasks.STORED_PREFIX + key)
+        else:
+            images.append(ref)
+    try:
+        return tasks.submit(
+            ctx.db, principal, tasks.NewTask(prompt, mode, ratio, images),
+            task_id=task_id, engine=ctx.engine.name, price=ctx.settings.price,
+        )
+    except BaseException:
+        for key in stored:
+            ctx.storage.path(key).unlink(missing_ok=True)
+        raise
+
+
+@router.post(
+    "/v1/generate",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": GenerateBody.model_json_schema()}},
+        }
+    },
+    responses=envelope_schema({"type": "object", "properties": {"task_id": {"type": "string"}}}),
+)
+async def generate(
+    request: Request,
+    principal: Principal = Depends(require_principal),
+    ctx: AppContext = Depends(get_context),
+) -> JSONResponse:
+    """Submit a generation; its price is debited with the task in one transaction."""
+    raw = await request.body()
+    task_id = await run_in_threadpool(_submit, ctx, principal, raw)
+    ctx.wakeup.set()
+    return ok({"task_id": task_id})

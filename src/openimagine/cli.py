@@ -1,0 +1,255 @@
+"""The ``openimagine`` command: a thin shell over the library.
+
+Human output by default, ``--json`` where a script would parse it. Every
+command reads the same settings (``OPENIMAGINE_DATA_DIR``,
+``OPENIMAGINE_DATABASE_URL``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from openimagine.errors import AccountNotFound, KeyNotFound
+from openimagine.services import accounts
+from openimagine.settings import PLANS, Settings
+from openimagine.store import migrate
+from openimagine.store.db import Database
+
+app = typer.Typer(help="openimagine: self-hosted video generation with the Grok Imagine API.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+accounts_app = typer.Typer(help="Create and inspect accounts.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+credits_app = typer.Typer(help="Grant credits.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
+app.add_typer(db_app, name="db")
+
+console = Console()
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+LOCAL_ACCOUNT = "local"
+LOCAL_CREDITS = 10_000
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        fail(f"invalid settings: {exc}")
+
+
+def open_db(settings: Settings) -> Database:
+    """The database, migrated to the latest schema."""
+    db = Database(settings.resolved_database_url)
+    try:
+        migrate.upgrade(db)
+    except Exception as exc:
+        fail(f"cannot open the database {db.url.render_as_string(hide_password=True)}: {exc}")
+    return db
+
+
+def print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _bootstrap_local_account(settings: Settings, db: Database) -> None:
+    """First run on loopback: an account to try things with, and how to call it."""
+    if not settings.is_local or accounts.count_accounts(db) > 0:
+        return
+    _, key = accounts.create_account(db, LOCAL_ACCOUNT, plan="pro", credits=LOCAL_CREDITS)
+    base = settings.resolved_public_url
+    console.print(f"[bold]Created account '{LOCAL_ACCOUNT}'[/] (pro, {LOCAL_CREDITS} credits). "
+                  "Its API key, shown only this once:")
+    console.print(key, soft_wrap=True, highlight=False)
+    console.print("Try it:")
+    console.print(
+        f"curl -X POST {base}/v1/generate -H \"Authorization: Bearer {key}\" "
+        "-H \"Content-Type: application/json\" "
+        "-d '{\"mode\": \"fun\", \"prompt\": \"a beautiful landscape with mountains\", "
+        "\"ratio\": \"1:1\"}'",
+        soft_wrap=True, highlight=False, markup=False,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker loops in this process.")] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Run the API alone.")] = False,
+) -> None:
+    """Run the API (and, by default, the worker pool) in one process."""
+    import uvicorn
+
+    from openimagine.api.app import create_app
+
+    settings = load_settings(host=host, port=port, workers=workers)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db = open_db(settings)
+    _bootstrap_local_account(settings, db)
+    db.dispose()
+    application = create_app(settings, run_workers=False if no_worker else None)
+    uvicorn.run(application, host=settings.host, port=settings.port, access_log=False,
+                log_level="info")
+
+
+@app.command()
+def worker(
+    workers: Annotated[int | None, typer.Option(help="Worker loops in this process.")] = None,
+) -> None:
+    """Run workers alone against the configured database."""
+    from openimagine.api.app import build_storage
+    from openimagine.worker.pool import WorkerPool
+
+    settings = load_settings(workers=workers)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db = open_db(settings)
+    size = max(1, settings.workers)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        pool = WorkerPool(settings, db, build_storage(settings), size=size)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, lambda: (stop.set(), pool.cancel_running()))
+        await pool.run(stop)
+
+    asyncio.run(main())
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: str,
+    plan: Annotated[str, typer.Option(help=f"One of {', '.join(PLANS)}.")] = "free",
+    credits: Annotated[int, typer.Option(help="Credits to start with.")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Create an account and its first API key (printed once)."""
+    db = open_db(load_settings())
+    try:
+        account, key = accounts.create_account(db, name, plan=plan, credits=credits)
+    except ValueError as exc:
+        fail(str(exc))
+    if json_output:
+        print_json({"account": {"name": account.name, "plan": account.plan,
+                                "balance": credits}, "api_key": key})
+        return
+    console.print(f"Created account '{name}' ({plan}, {credits} credits). API key (shown once):")
+    console.print(key, soft_wrap=True, highlight=False)
+
+
+@accounts_app.command("show")
+def accounts_show(name: str, json_output: JsonOption = False) -> None:
+    """Plan, balance and usage of an account."""
+    db = open_db(load_settings())
+    try:
+        info = accounts.summary(db, name=name)
+    except AccountNotFound as exc:
+        fail(str(exc))
+    if json_output:
+        print_json(info)
+        return
+    console.print(f"[bold]{info['account']}[/]  plan {info['plan']}  balance {info['balance']}")
+    tasks = info["usage"]["tasks"]
+    console.print("tasks: " + ", ".join(f"{count} {status}" for status, count in tasks.items())
+                  + f"; credits spent: {info['usage']['credits_spent']}")
+
+
+@accounts_app.command("set-plan")
+def accounts_set_plan(name: str, plan: str) -> None:
+    """Move an account to another plan."""
+    db = open_db(load_settings())
+    try:
+        accounts.set_plan(db, name, plan)
+    except (AccountNotFound, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"'{name}' is now on the {plan} plan.")
+
+
+@keys_app.command("create")
+def keys_create(name: str, json_output: JsonOption = False) -> None:
+    """Add an API key to an account (printed once)."""
+    db = open_db(load_settings())
+    try:
+        key = accounts.create_key(db, name)
+    except AccountNotFound as exc:
+        fail(str(exc))
+    if json_output:
+        print_json({"account": name, "api_key": key})
+    else:
+        console.print(key, soft_wrap=True, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(name: str, json_output: JsonOption = False) -> None:
+    """The keys of an account, by prefix."""
+    db = open_db(load_settings())
+    try:
+        keys = accounts.list_keys(db, name)
+    except AccountNotFound as exc:
+        fail(str(exc))
+    if json_output:
+        print_json([{"prefix": k.prefix, "created_at": k.created_at,
+                     "revoked": k.revoked_at is not None} for k in keys])
+        return
+    table = Table("prefix", "created", "state")
+    for k in keys:
+        table.add_row(k.prefix, str(k.created_at)[:19], "revoked" if k.revoked_at else "active")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_prefix: str) -> None:
+    """Revoke the key that starts with KEY_PREFIX (at once, for every API process)."""
+    db = open_db(load_settings())
+    try:
+        prefix = accounts.revoke_key(db, key_prefix)
+    except KeyNotFound as exc:
+        fail(str(exc))
+    console.print(f"Revoked {prefix}…")
+
+
+@credits_app.command("grant")
+def credits_grant(name: str, amount: int, json_output: JsonOption = False) -> None:
+    """Add AMOUNT credits to an account."""
+    db = open_db(load_settings())
+    try:
+        balance = accounts.grant_credits(db, name, amount)
+    except (AccountNotFound, ValueError) as exc:
+        fail(str(exc))
+    if json_output:
+        print_json({"account": name, "balance": balance})
+    else:
+        console.print(f"'{name}' now has {balance} credits.")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the database migrations (serve does this on start)."""
+    settings = load_settings()
+    db = open_db(settings)
+    console.print(f"Database at {db.url.render_as_string(hide_password=True)} is up to date.")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app(prog_name="openimagine")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Engine registry: ``OPENIMAGINE_ENGINE`` names one of these.
+
+Engines are created lazily, once per worker process, so that importing
+openimagine never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from openimagine.engines.base import Engine, EngineInfo
+from openimagine.settings import Settings
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    name: str
+    # "module:attribute" of a callable ``(settings) -> Engine``.
+    factory: str
+    # "module:attribute" of the engine's ``EngineInfo`` (importable without heavy deps).
+    info: str
+    # Python modules the engine needs, to report whether it can run here.
+    requires: tuple[str, ...] = ()
+
+
+ENGINES: dict[str, EngineEntry] = {
+    "preview": EngineEntry(
+        "preview",
+        factory="openimagine.engines.preview:PreviewEngine",
+        info="openimagine.engines.preview:INFO",
+    ),
+    "test-sleep": EngineEntry(
+        "test-sleep",
+        factory="openimagine.engines.testing:SleepEngine",
+        info="openimagine.engines.testing:SLEEP_INFO",
+    ),
+    "test-fail": EngineEntry(
+        "test-fail",
+        factory="openimagine.engines.testing:FailEngine",
+        info="openimagine.engines.testing:FAIL_INFO",
+    ),
+    "test-crash": EngineEntry(
+        "test-crash",
+        factory="openimagine.engines.testing:CrashEngine",
+        info="openimagine.engines.testing:CRASH_INFO",
+    ),
+}
+
+
+class UnknownEngine(ValueError):
+    pass
+
+
+def _resolve(ref: str) -> object:
+    module, _, attribute = ref.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def engine_entry(name: str) -> EngineEntry:
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise UnknownEngine(
+            f"unknown engine {name!r} (engines: {', '.join(sorted(ENGINES))})"
+        ) from None
+
+
+def engine_info(name: str) -> EngineInfo:
+    info = _resolve(engine_entry(name).info)
+    assert isinstance(info, EngineInfo)
+    return info
+
+
+def create_engine(settings: Settings) -> Engine:
+    factory: Callable[[Settings], Engine] = _resolve(engine_entry(settings.engine).factory)  # type: ignore[assignment]
+    return factory(settings)

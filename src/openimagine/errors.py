@@ -1,0 +1,71 @@
+"""The error tree. Each class knows its HTTP status and wire code; ``api/errors.py``
+turns any of them into the contract's envelope in one place."""
+
+from __future__ import annotations
+
+
+class OpenImagineError(Exception):
+    status: int = 500
+    code: str = "INTERNAL_ERROR"
+    prefix: str = ""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def public_message(self) -> str:
+        return f"{self.prefix}{self.message}"
+
+
+class InvalidRequest(OpenImagineError):
+    status, code, prefix = 400, "INVALID_REQUEST", "Invalid request: "
+
+
+class Unauthorized(OpenImagineError):
+    status, code = 401, "UNAUTHORIZED"
+
+
+class InsufficientCredits(OpenImagineError):
+    status, code = 402, "INSUFFICIENT_CREDITS"
+
+
+class Forbidden(OpenImagineError):
+    status, code = 403, "FORBIDDEN"
+
+
+class NotFound(OpenImagineError):
+    status, code = 404, "NOT_FOUND"
+
+
+class MethodNotAllowed(OpenImagineError):
+    # Not in the contract's table; it still uses the envelope (see CONTRACT.md).
+    status, code = 405, "METHOD_NOT_ALLOWED"
+
+
+class PayloadTooLarge(OpenImagineError):
+    status, code = 413, "PAYLOAD_TOO_LARGE"
+
+
+class RateLimited(OpenImagineError):
+    status, code = 429, "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
+class InternalError(OpenImagineError):
+    status, code = 500, "INTERNAL_ERROR"
+
+
+class ServiceUnavailable(OpenImagineError):
+    status, code = 503, "SERVICE_UNAVAILABLE"
+
+
+class AccountNotFound(LookupError):
+    """An administrative lookup (CLI) named an account that does not exist."""
+
+
+class KeyNotFound(LookupError):
+    """An administrative lookup (CLI) named a key prefix that does not exist."""

@@ -1,0 +1,1 @@
+"""Media helpers: encoding engine frames into files the API serves."""

@@ -1,0 +1,1 @@
+"""The service layer: accounts and keys, the credit ledger, and tasks."""

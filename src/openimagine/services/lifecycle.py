@@ -1,0 +1,163 @@
+"""Tasks from the worker's side: claim, heartbeat, finish, fail with refund,
+and re-queue of expired leases.
+
+Every write after the claim is fenced by (attempt, lease owner, status), so a
+worker whose lease was taken over can write neither a result nor a refund.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from openimagine.services import ledger
+from openimagine.store.db import Database
+from openimagine.store.models import Task
+from openimagine.timeutil import utcnow
+
+ENGINE_FAILED = "video build failed"
+
+
+@dataclass(frozen=True)
+class Claim:
+    task_id: str
+    attempt: int
+    owner: str
+    account_id: int
+    prompt: str
+    mode: str
+    ratio: str
+    images: list[str]
+
+
+def _fenced(claim: Claim):  # type: ignore[no-untyped-def]
+    return (
+        Task.id == claim.task_id,
+        Task.attempts == claim.attempt,
+        Task.lease_owner == claim.owner,
+        Task.status == "processing",
+    )
+
+
+def claim_next(db: Database, *, owner: str, engine: str, lease_seconds: float,
+               task_id: str | None = None) -> Claim | None:
+    """Take the oldest pending task of ``engine`` (or ``task_id``) with one atomic statement."""
+    now = utcnow()
+    candidate = select(Task.id).where(Task.status == "pending", Task.engine == engine)
+    if task_id is not None:
+        candidate = candidate.where(Task.id == task_id)
+    candidate = candidate.order_by(Task.created_at).limit(1).with_for_update(skip_locked=True)
+    statement = (
+        update(Task)
+        .where(Task.id == candidate.scalar_subquery(), Task.status == "pending")
+        .values(
+            status="processing",
+            attempts=Task.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Task.started_at, now),
+            progress=0,
+        )
+        .returning(
+            Task.id, Task.attempts, Task.account_id, Task.prompt, Task.mode, Task.ratio,
+            Task.images,
+        )
+    )
+    with db.write() as session:
+        row = session.execute(statement).first()
+    if row is None:
+        return None
+    return Claim(row.id, row.attempts, owner, row.account_id, row.prompt, row.mode, row.ratio,
+                 list(row.images or []))
+
+
+def renew(db: Database, claim: Claim, *, lease_seconds: float, progress: int | None) -> bool:
+    """Extend the lease (and record progress); False when the lease is no longer ours."""
+    values: dict[str, object] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
+    if progress is not None:
+        values["progress"] = max(0, min(99, progress))
+    with db.write() as session:
+        return session.execute(update(Task).where(*_fenced(claim)).values(**values)).rowcount == 1
+
+
+def complete(db: Database, claim: Claim, *, outputs: list[str], seeds: list[int]) -> bool:
+    with db.write() as session:
+        changed = session.execute(
+            update(Task)
+            .where(*_fenced(claim))
+            .values(status="completed", outputs=outputs, seeds=seeds, progress=100,
+                    finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
+        ).rowcount
+    return changed == 1
+
+
+def _fail_and_refund(session: Session, task_id: str, account_id: int, price: int,
+                     message: str, detail: str, *conditions) -> bool:  # type: ignore[no-untyped-def]
+    changed = session.execute(
+        update(Task)
+        .where(Task.id == task_id, *conditions)
+        .values(status="failed", error_message=message, error_detail=detail[:4000],
+                consumed_credits=0, finished_at=utcnow(), lease_owner=None,
+                lease_expires_at=None)
+    ).rowcount
+    if changed != 1:
+        return False
+    if price:
+        ledger.refund_task(session, account_id, task_id, price)
+    return True
+
+
+def fail(db: Database, claim: Claim, *, message: str, detail: str) -> bool:
+    """Mark the task failed and refund it, in one transaction; False if fenced out."""
+    with db.write() as session:
+        price = session.scalar(select(Task.price).where(Task.id == claim.task_id)) or 0
+        return _fail_and_refund(session, claim.task_id, claim.account_id, price, message, detail,
+                                *_fenced(claim)[1:])
+
+
+def release(db: Database, claim: Claim) -> bool:
+    """Give an unfinished task back to the queue (graceful shutdown): the attempt is not counted."""
+    with db.write() as session:
+        return session.execute(
+            update(Task)
+            .where(*_fenced(claim))
+            .values(status="pending", attempts=Task.attempts - 1, lease_owner=None,
+                    lease_expires_at=None, progress=0)
+        ).rowcount == 1
+
+
+def reap_expired(db: Database, *, max_attempts: int) -> tuple[int, int]:
+    """Re-queue tasks whose lease expired; fail (and refund) those out of attempts.
+
+    Returns (re-queued, failed). Safe to run from every worker at once: each
+    change is conditional on the row still being expired and unchanged.
+    """
+    now = utcnow()
+    with db.read() as session:
+        expired = session.execute(
+            select(Task.id, Task.attempts, Task.account_id, Task.price).where(
+                Task.status == "processing", Task.lease_expires_at < now
+            )
+        ).all()
+    requeued = failed = 0
+    for row in expired:
+        still_expired = (
+            Task.status == "processing",
+            Task.attempts == row.attempts,
+            Task.lease_expires_at < now,
+        )
+        with db.write() as session:
+            if row.attempts >= max_attempts:
+                detail = f"lease expired on attempt {row.attempts} of {max_attempts}"
+                failed += _fail_and_refund(session, row.id, row.account_id, row.price,
+                                           ENGINE_FAILED, detail, *still_expired)
+            else:
+                requeued += session.execute(
+                    update(Task)
+                    .where(Task.id == row.id, *still_expired)
+                    .values(status="pending", lease_owner=None, lease_expires_at=None)
+                ).rowcount
+    return requeued, failed

@@ -1,0 +1,90 @@
+"""Tasks from the client's side: submit (debit in the same transaction) and view."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from openimagine.errors import NotFound
+from openimagine.services import ledger
+from openimagine.services.accounts import Principal
+from openimagine.storage import LocalStorage
+from openimagine.store.db import Database
+from openimagine.store.models import Task
+from openimagine.timeutil import rfc3339
+
+STORED_PREFIX = "stored:"
+
+
+def new_task_id() -> str:
+    # 128 random bits; the contract asks for at least 96.
+    return "task_" + secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True)
+class NewTask:
+    prompt: str
+    mode: str
+    ratio: str
+    # http(s) URLs as sent, and ``stored:<key>`` for inputs sent as data URIs.
+    images: list[str]
+
+
+def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, engine: str,
+           price: int) -> str:
+    """Create the task and debit its price in one transaction (402 leaves nothing behind)."""
+    with db.write() as session:
+        session.add(
+            Task(
+                id=task_id,
+                account_id=principal.account_id,
+                status="pending",
+                engine=engine,
+                prompt=new.prompt,
+                mode=new.mode,
+                ratio=new.ratio,
+                images=new.images,
+                price=price,
+                consumed_credits=price,
+                progress=0,
+                outputs=[],
+                seeds=[],
+                attempts=0,
+            )
+        )
+        session.flush()
+        ledger.debit_for_task(session, principal.account_id, task_id, price)
+    return task_id
+
+
+def get_task(db: Database, principal: Principal, task_id: str) -> Task:
+    with db.read() as session:
+        task = session.get(Task, task_id)
+    # Another account's task answers exactly like a missing one.
+    if task is None or task.account_id != principal.account_id:
+        raise NotFound("Task not found")
+    return task
+
+
+def image_url(ref: str, storage: LocalStorage) -> str:
+    return storage.url(ref[len(STORED_PREFIX):]) if ref.startswith(STORED_PREFIX) else ref
+
+
+def task_view(task: Task, storage: LocalStorage) -> dict:
+    """The ``data`` object of ``/v1/status``, with freshly signed URLs."""
+    request: dict[str, object] = {"mode": task.mode, "prompt": task.prompt, "ratio": task.ratio}
+    if task.images:
+        request["images"] = [image_url(ref, storage) for ref in task.images]
+    completed = task.status == "completed"
+    return {
+        "task_id": task.id,
+        "status": task.status,
+        "created_at": rfc3339(task.created_at),
+        "consumed_credits": task.consumed_credits,
+        "error_message": task.error_message if task.status == "failed" else None,
+        "request": request,
+        "response": [storage.url(key) for key in task.outputs] if completed else [],
+        "progress": 100 if completed else task.progress,
+    }

@@ -1,0 +1,155 @@
+"""Every setting of openimagine, in one validated class.
+
+Values come from ``OPENIMAGINE_*`` environment variables (or a ``.env`` file);
+tests and embedders build a ``Settings`` themselves instead of patching the
+environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLANS = ("free", "pro", "enterprise")
+DEFAULT_RATE_LIMITS = {"free": 100, "pro": 1000, "enterprise": 5000}
+
+
+def parse_rate_limits(value: object) -> dict[str, int]:
+    """Accept ``free=100,pro=1000`` (environment form) or a mapping."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, str):
+        items = []
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            name, sep, number = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected PLAN=REQUESTS_PER_MINUTE, got {part.strip()!r}")
+            items.append((name, number))
+    else:
+        raise ValueError("expected PLAN=REQUESTS_PER_MINUTE pairs")
+    limits = dict(DEFAULT_RATE_LIMITS)
+    for name, number in items:
+        name = str(name).strip()
+        if name not in PLANS:
+            raise ValueError(f"unknown plan {name!r} (plans: {', '.join(PLANS)})")
+        count = int(str(number).strip())
+        if count < 1:
+            raise ValueError(f"rate limit for {name} must be at least 1 request per minute")
+        limits[name] = count
+    return limits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPENIMAGINE_", env_file=".env", extra="ignore")
+
+    # Where things live.
+    data_dir: Path = Path(".openimagine")
+    database_url: str | None = None
+    public_url: str | None = None
+    secret_key: str | None = None
+
+    # Serving.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    # Work.
+    workers: int = Field(1, ge=0)
+    engine: str = "preview"
+    lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    poll_seconds: float = Field(0.5, gt=0)
+
+    # Billing and limits.
+    price: int = Field(40, ge=0)
+    rate_limits: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS)
+    )
+    ratelimit_url: str = "memory://"
+    auth_failure_limit: int = Field(30, ge=1)
+
+    # Output.
+    variations: int = Field(2, ge=1, le=8)
+    duration: float = Field(6.0, gt=0, le=60)
+    fps: int = Field(24, ge=1, le=60)
+    resolution: int = Field(480, ge=64, le=2160)
+    url_ttl_seconds: int = Field(3600, ge=1)
+
+    # Inputs and policy.
+    allow_private_urls: bool = False
+    fetch_timeout: float = Field(10.0, gt=0)
+    fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    fetch_max_redirects: int = Field(5, ge=0)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    moderation_list: Path | None = None
+
+    # The test-sleep engine's pause (see engines/testing.py).
+    test_sleep_seconds: float = Field(5.0, ge=0)
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _parse_rate_limits(cls, value: object) -> dict[str, int]:
+        return parse_rate_limits(value)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        if self.secret_key is not None and len(self.secret_key) < 16 and not self.is_local:
+            raise ValueError("secret_key must be at least 16 characters when serving beyond loopback")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        """True when the server only listens on a loopback address."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'openimagine.db').resolve()}"
+
+    @property
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    def resolved_secret_key(self) -> str:
+        """The signing key: the setting, else one generated once and kept in the data folder."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        # O_EXCL so that two processes starting together agree on one key.
+        try:
+            with open(path, "x") as handle:
+                handle.write(key)
+            path.chmod(0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        return key

@@ -1,0 +1,1 @@
+"""Persistence: tables (``models``), connections (``db``) and migrations (``migrate``)."""

@@ -1,0 +1,113 @@
+"""Every table of openimagine. The database row is the truth for accounts,
+credits and tasks; nothing here is SQLite- or PostgreSQL-specific."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from openimagine.timeutil import utcnow
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    plan: Mapped[str] = mapped_column(String(20))
+    # Kept in step with the ledger in the same transaction as each entry; the
+    # check constraint is the last line of defence against an overdraft.
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (CheckConstraint("balance >= 0", name="balance_not_negative"),)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # The first characters of the key, shown in listings and used to revoke it.
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LedgerEntry(Base):
+    """Append-only: a grant, a debit (task submitted) or a refund (task failed)."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    # Signed: grants and refunds add, debits subtract.
+    amount: Mapped[int] = mapped_column(BigInteger)
+    task_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), nullable=True)
+    note: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    # One debit and at most one refund per task, enforced by the database.
+    __table_args__ = (
+        UniqueConstraint("task_id", "kind", name="one_entry_of_a_kind_per_task"),
+        CheckConstraint("kind IN ('grant', 'debit', 'refund')", name="known_kind"),
+    )
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    engine: Mapped[str] = mapped_column(String(40))
+    prompt: Mapped[str] = mapped_column(Text)
+    mode: Mapped[str] = mapped_column(String(10))
+    ratio: Mapped[str] = mapped_column(String(10))
+    # Image references as the worker reads them: http(s) URLs as sent, data URIs
+    # replaced by ``stored:<key>`` of the stored input.
+    images: Mapped[list[str]] = mapped_column(JSON, default=list)
+    price: Mapped[int] = mapped_column(Integer)
+    consumed_credits: Mapped[int] = mapped_column(Integer)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Why it failed, for operators; never sent to clients.
+    error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    outputs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    seeds: Mapped[list[int]] = mapped_column(JSON, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (
+        Index("tasks_by_status", "status", "created_at"),
+        Index("tasks_by_account", "account_id", "created_at"),
+        CheckConstraint(
+            "status IN ('pending', 'processing', 'completed', 'failed')", name="known_status"
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Task execution: ``runner`` owns one task's life, ``pool`` claims and heartbeats."""

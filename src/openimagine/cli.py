@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from openimagine.cli_models import engines_command, models_app
 from openimagine.errors import AccountNotFound, KeyNotFound
 from openimagine.services import accounts
 from openimagine.settings import PLANS, Settings
@@ -34,6 +35,8 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.command("engines")(engines_command)
 
 console = Console()
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -56,11 +59,14 @@ def load_settings(**overrides: Any) -> Settings:
 
 def open_db(settings: Settings) -> Database:
     """The database, migrated to the latest schema."""
-    db = Database(settings.resolved_database_url)
+    db = None
     try:
+        # Building it can fail too (a bad URL, a folder that cannot be created).
+        db = Database(settings.resolved_database_url)
         migrate.upgrade(db)
     except Exception as exc:
-        fail(f"cannot open the database {db.url.render_as_string(hide_password=True)}: {exc}")
+        where = db.url.render_as_string(hide_password=True) if db else "(see OPENIMAGINE_DATABASE_URL)"
+        fail(f"cannot open the database {where}: {exc}")
     return db
 
 

@@ -253,17 +253,6 @@ def _upright_rgb(image: Image.Image) -> Image.Image:
 # Address policy
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64), if any."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
@@ -271,14 +260,20 @@ def is_public_address(ip: IPAddress) -> bool:
     """True when ``ip`` is a globally routable unicast address.
 
     Explicit flags besides ``is_global`` because ``is_global`` alone lets some
-    multicast ranges through, and IPv6 forms that carry an IPv4 address
-    (``::ffff:127.0.0.1``, 6to4, NAT64) are judged by that IPv4 address too.
+    multicast ranges through. IPv6 forms that carry an IPv4 address are judged
+    by that address: IPv4-mapped (``::ffff:127.0.0.1`` reaches 127.0.0.1 on a
+    dual-stack socket) and NAT64 (``64:ff9b::/96``, which DNS64 hands out for
+    every IPv4-only host on an IPv6-only network, so it must not be refused
+    wholesale); 6to4 (``2002::/16``) must pass both tests.
     """
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             return False
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None and not is_public_address(embedded):
+        if ip.ipv4_mapped is not None:
+            return is_public_address(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return is_public_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None and not is_public_address(ip.sixtofour):
             return False
     return ip.is_global and not (
         ip.is_loopback

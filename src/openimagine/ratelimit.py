@@ -45,6 +45,8 @@ class RateLimiter:
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.plans = {plan: RateLimitItemPerMinute(n) for plan, n in settings.rate_limits.items()}
         self.auth_failures = RateLimitItemPerMinute(settings.auth_failure_limit)
+        # Memory storage answers without I/O; any other storage is a network hop.
+        self.in_process = settings.ratelimit_url.startswith("memory://")
 
     def _window(self, item: RateLimitItemPerMinute, key: str, allowed: bool) -> Window:
         stats = self.limiter.get_window_stats(item, key)

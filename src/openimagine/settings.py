@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Threads for the blocking part of requests (database, Redis limiter).
+    api_threads: int = Field(4, ge=1, le=64)
 
     # Work.
     workers: int = Field(1, ge=0)
@@ -90,6 +92,17 @@ class Settings(BaseSettings):
     fetch_max_redirects: int = Field(5, ge=0)
     max_image_pixels: int = Field(40_000_000, ge=1)
     moderation_list: Path | None = None
+
+    # Diffusers engines.
+    model_path: Path | None = None
+    i2v_model_path: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    cpu_offload: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    compile: bool = False
+    profiles: Path | None = None
 
     # The test-sleep engine's pause (see engines/testing.py).
     test_sleep_seconds: float = Field(5.0, ge=0)

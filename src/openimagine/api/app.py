@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> FastAP
         storage=build_storage(settings),
         limiter=RateLimiter(settings),
         engine=engine_info(settings.engine),
+        executor=ThreadPoolExecutor(settings.api_threads, thread_name_prefix="openimagine-api"),
     )
     with_workers = settings.workers > 0 if run_workers is None else run_workers
 
@@ -69,6 +71,7 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> FastAP
                     await asyncio.wait_for(pool_task, SHUTDOWN_GRACE_SECONDS)
                 except Exception:
                     log.exception("worker pool did not stop cleanly")
+            ctx.executor.shutdown(wait=False)
             db.dispose()
 
     app = FastAPI(

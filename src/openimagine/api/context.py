@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -21,9 +22,16 @@ class AppContext:
     storage: LocalStorage
     limiter: RateLimiter
     engine: EngineInfo
+    # Blocking work of requests (database, Redis limiter) runs here.
+    executor: ThreadPoolExecutor
     # Set on every submission so that an in-process worker starts at once
     # instead of waiting for its next poll.
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+    @property
+    def nonblocking_reads(self) -> bool:
+        return self.db.is_sqlite and self.limiter.in_process
 
 
 def get_context(request: Request) -> AppContext:

@@ -31,6 +31,24 @@ ENGINES: dict[str, EngineEntry] = {
         factory="openimagine.engines.preview:PreviewEngine",
         info="openimagine.engines.preview:INFO",
     ),
+    "wan": EngineEntry(
+        "wan",
+        factory="openimagine.engines.diffusers.engine:wan",
+        info="openimagine.engines.diffusers.families:WAN_INFO",
+        requires=("torch", "diffusers", "transformers"),
+    ),
+    "ltx": EngineEntry(
+        "ltx",
+        factory="openimagine.engines.diffusers.engine:ltx",
+        info="openimagine.engines.diffusers.families:LTX_INFO",
+        requires=("torch", "diffusers", "transformers"),
+    ),
+    "cogvideox": EngineEntry(
+        "cogvideox",
+        factory="openimagine.engines.diffusers.engine:cogvideox",
+        info="openimagine.engines.diffusers.families:COGVIDEOX_INFO",
+        requires=("torch", "diffusers", "transformers"),
+    ),
     "test-sleep": EngineEntry(
         "test-sleep",
         factory="openimagine.engines.testing:SleepEngine",

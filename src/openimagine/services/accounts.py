@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -147,14 +147,19 @@ def grant_credits(db: Database, name: str, amount: int) -> int:
         return account.balance
 
 
-def authenticate(session: Session, key: str) -> Principal | None:
+# Built once: this runs on every authenticated request.
+_PRINCIPAL_BY_HASH = (
+    select(Account.id, Account.plan)
+    .join(ApiKey, ApiKey.account_id == Account.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
+
+
+def authenticate(db: Database, key: str) -> Principal | None:
     if not key.startswith(KEY_PREFIX):
         return None
-    row = session.execute(
-        select(Account.id, Account.plan)
-        .join(ApiKey, ApiKey.account_id == Account.id)
-        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-    ).first()
+    with db.connect() as connection:
+        row = connection.execute(_PRINCIPAL_BY_HASH, {"key_hash": hash_key(key)}).first()
     return Principal(account_id=row.id, plan=row.plan) if row else None
 
 

@@ -6,12 +6,11 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from openimagine import inputs
-from openimagine.api.auth import require_principal
+from openimagine.api.auth import authenticated, bearer_scheme
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest
@@ -20,7 +19,7 @@ from openimagine.services.accounts import Principal
 
 MAX_PROMPT = 5000
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(bearer_scheme)])
 
 
 class GenerateBody(BaseModel):
@@ -44,6 +43,18 @@ def _choice(body: dict[str, Any], name: str, default: str, allowed: tuple[str, .
     return value
 
 
+def _storable(text: str) -> bool:
+    """False for text no database can keep: NUL (PostgreSQL) or an unpaired
+    surrogate from a ``\\ud800`` JSON escape (not UTF-8 encodable)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_generate(raw: bytes, ctx: AppContext) -> tuple[str, str, str, list[str]]:
     """(prompt, mode, ratio, image references) from the body, or ``InvalidRequest``."""
     try:
@@ -62,12 +73,17 @@ def parse_generate(raw: bytes, ctx: AppContext) -> tuple[str, str, str, list[str
         raise InvalidRequest("The prompt parameter must not be empty")
     if len(prompt) > MAX_PROMPT:
         raise InvalidRequest(f"The prompt parameter must be at most {MAX_PROMPT} characters")
+    if not _storable(prompt):
+        raise InvalidRequest("The prompt parameter contains a NUL or an unpaired surrogate")
     mode = _choice(body, "mode", "normal", ctx.engine.modes)
     ratio = _choice(body, "ratio", "1:1", ctx.engine.ratios)
     try:
         refs = inputs.parse_image_refs(body.get("images"))
     except inputs.InvalidImageReference as exc:
         raise InvalidRequest(str(exc)) from None
+    for index, ref in enumerate(refs):
+        if not _storable(ref):
+            raise InvalidRequest(f"images[{index}] contains a NUL or an unpaired surrogate")
     if refs and not ctx.engine.image_input:
         raise InvalidRequest(
             f"The {ctx.engine.name} engine does not take images; send a prompt only"
@@ -114,13 +130,11 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
     },
     responses=envelope_schema({"type": "object", "properties": {"task_id": {"type": "string"}}}),
 )
-async def generate(
-    request: Request,
-    principal: Principal = Depends(require_principal),
-    ctx: AppContext = Depends(get_context),
-) -> JSONResponse:
+async def generate(request: Request) -> JSONResponse:
     """Submit a generation; its price is debited with the task in one transaction."""
     raw = await request.body()
-    task_id = await run_in_threadpool(_submit, ctx, principal, raw)
-    ctx.wakeup.set()
+    task_id = await authenticated(
+        request, lambda ctx, principal: _submit(ctx, principal, raw), writes=True
+    )
+    get_context(request).wakeup.set()
     return ok({"task_id": task_id})

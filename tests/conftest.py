@@ -1,0 +1,216 @@
+"""Shared fixtures: real settings, a real SQLite file, a real HTTP server.
+
+``server`` runs uvicorn in a thread of the test process (real sockets, real
+HTTP); ``spawn_server`` runs ``python -m openimagine serve`` as a subprocess
+for tests that kill or restart it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from openimagine.api.app import create_app
+from openimagine.services import accounts
+from openimagine.settings import Settings
+from openimagine.store import migrate
+from openimagine.store.db import Database
+
+# Small, fast clips unless a test asks for more.
+FAST = {"duration": 0.5, "fps": 8, "resolution": 64, "poll_seconds": 0.05}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"data_dir": tmp_path / "data", "secret_key": "test-secret-key-0123456789",
+                              **FAST}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def make_account(db: Database, *, name: str | None = None, plan: str = "pro",
+                 credits: int = 1000) -> str:
+    """A new account; returns its API key."""
+    _, key = accounts.create_account(db, name or f"acct-{os.urandom(4).hex()}", plan=plan,
+                                     credits=credits)
+    return key
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_for_task(client: httpx.Client, key: str, task_id: str, *,
+                  until: tuple[str, ...] = ("completed", "failed"),
+                  timeout: float = 60.0) -> dict:
+    """Poll ``/v1/status`` until the task reaches one of ``until``; returns ``data``."""
+    deadline = time.monotonic() + timeout
+    data: dict = {}
+    while time.monotonic() < deadline:
+        response = client.get("/v1/status", params={"task_id": task_id}, headers=auth(key))
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        if data["status"] in until:
+            return data
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} still {data.get('status')} after {timeout}s")
+
+
+@dataclass
+class Server:
+    base_url: str
+    settings: Settings
+    db: Database
+    client: httpx.Client
+    _stop: Callable[[], None] = field(repr=False)
+
+    def account(self, **kwargs: Any) -> str:
+        return make_account(self.db, **kwargs)
+
+    def generate(self, key: str, **body: Any) -> httpx.Response:
+        body.setdefault("prompt", "a beautiful landscape with mountains")
+        return self.client.post("/v1/generate", json=body, headers=auth(key))
+
+    def wait(self, key: str, task_id: str, **kwargs: Any) -> dict:
+        return wait_for_task(self.client, key, task_id, **kwargs)
+
+
+def _serve_in_thread(settings: Settings, run_workers: bool | None) -> tuple[str, Callable[[], None]]:
+    app = create_app(settings, run_workers=run_workers)
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
+                            access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+    return f"http://127.0.0.1:{settings.port}", stop
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Factory: ``start_server(**settings_overrides, run_workers=None)`` → a running ``Server``."""
+    stops: list[Callable[[], None]] = []
+
+    def start(run_workers: bool | None = None, **overrides: Any) -> Server:
+        port = free_port()
+        settings = make_settings(tmp_path, port=port, **overrides)
+        db = Database(settings.resolved_database_url)
+        migrate.upgrade(db)
+        base_url, stop_server = _serve_in_thread(settings, run_workers)
+        client = httpx.Client(base_url=base_url, timeout=30)
+
+        def stop() -> None:
+            client.close()
+            stop_server()
+            db.dispose()
+
+        stops.append(stop)
+        return Server(base_url, settings, db, client, stop)
+
+    yield start
+    for stop in reversed(stops):
+        stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., Server]) -> Server:
+    """A running server with the preview engine and one in-process worker."""
+    return start_server()
+
+
+@dataclass
+class Spawned:
+    process: subprocess.Popen
+    base_url: str
+    env: dict[str, str]
+    log: Path
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def openimagine_env(data_dir: Path, **settings: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMAGINE_")}
+    env["OPENIMAGINE_DATA_DIR"] = str(data_dir)
+    for name, value in settings.items():
+        env[f"OPENIMAGINE_{name.upper()}"] = str(value)
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m openimagine ARGS`` as a real subprocess."""
+    result = subprocess.run([sys.executable, "-m", "openimagine", *args], env=env,
+                            capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"openimagine {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def spawn_server(tmp_path: Path) -> Iterator[Callable[..., Spawned]]:
+    """Factory: start ``openimagine serve`` as a subprocess with settings as env vars."""
+    spawned: list[Spawned] = []
+
+    def spawn(data_dir: Path | None = None, *args: str, **settings: Any) -> Spawned:
+        port = settings.pop("port", None) or free_port()
+        env = openimagine_env(data_dir or tmp_path / "data", port=port, **settings)
+        log = tmp_path / f"serve-{port}-{len(spawned)}.log"
+        process = subprocess.Popen([sys.executable, "-m", "openimagine", "serve", *args], env=env,
+                                   stdout=log.open("w"), stderr=subprocess.STDOUT)
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"server did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        result = Spawned(process, base_url, env, log)
+        spawned.append(result)
+        return result
+
+    yield spawn
+    for item in spawned:
+        item.stop()

@@ -1,41 +1,20 @@
-"""Input image references: validating them, fetching them safely, decoding them.
-
-A request may name up to seven images, each an ``http(s)`` URL or a
-``data:image/...;base64,`` URI. ``parse_image_refs`` checks their shape when
-the request arrives (a bad one is the client's mistake: 400). Everything that
-can only go wrong later, while a worker loads them, raises an ``InputError``
-whose ``public_message`` is one of the contract's task error messages; the
-exception's own text is the internal reason, for logs only.
-
-Fetching a URL given by a client is a server-side request forgery risk, so
-``fetch_image_bytes`` refuses loopback, private, link-local and other
-non-global addresses (unless ``allow_private_urls``), re-checks every redirect
-hop, and connects to exactly the address it checked, so a DNS answer that
-changes between check and connect (DNS rebinding) cannot slip through.
-"""
+"""Fetching image URLs without server-side request forgery: address policy,
+a guarded transport that connects only to checked addresses, manual redirects."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
-import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpcore
 import httpx
-from PIL import Image, ImageOps
+from PIL import Image
 
 from openimagine.settings import Settings
-
-MAX_IMAGES = 7
-MAX_URL_LENGTH = 8192
 
 # The whole fetch, redirects included, must finish within this many times
 # ``fetch_timeout``; the per-operation timeouts alone would let a server that
@@ -47,213 +26,16 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # (host, port) -> the addresses to try, as strings; the default asks the system.
 Resolver = Callable[[str, int], Sequence[str]]
 
-
-# ---------------------------------------------------------------------------
-# Errors
-
-
-class InvalidImageReference(ValueError):
-    """A reference in the request's ``images`` field is malformed (the API answers 400)."""
-
-
-class InputError(Exception):
-    """An input image could not be used; the task fails with ``public_message``.
-
-    ``str(error)`` is the internal reason (for logs); it may name addresses or
-    server replies and must not be shown to the client.
-    """
-
-    public_message = "Network error, please try again later."
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class UnsupportedImage(InputError):
-    """Not JPEG, PNG or WebP by its bytes, undecodable, or too many pixels."""
-
-    public_message = "File type not supported"
-
-
-class FetchFailed(InputError):
-    """The URL could not be fetched: DNS, refused, timeout, non-2xx, too large, refused address."""
-
-    public_message = "Network error, please try again later."
-
-
-# ---------------------------------------------------------------------------
-# Parsing references (request time)
-
-# Parameters such as ``;name=a.png`` may sit between the type and ``;base64``.
-_DATA_URI = re.compile(
-    r"data:image/(?P<subtype>[a-z0-9][a-z0-9.+-]*)(?:;[^;,]*)*;base64,(?P<payload>.*)",
-    re.IGNORECASE | re.DOTALL,
-)
-_WHITESPACE = re.compile(rb"[ \t\r\n]+")
-
-
-def parse_image_refs(value: object) -> list[str]:
-    """Validate the request's ``images`` field: None, one string, or a list of strings.
-
-    Raises ``InvalidImageReference`` naming the bad entry by index. A data URI's
-    base64 is decoded here once so that garbage is refused up front.
-    """
-    if value is None:
-        return []
-    if isinstance(value, str):
-        refs: list[object] = [value]
-    elif isinstance(value, list):
-        refs = list(value)
-    else:
-        raise InvalidImageReference("images must be a string or an array of strings")
-    if len(refs) > MAX_IMAGES:
-        raise InvalidImageReference(
-            f"images accepts at most {MAX_IMAGES} references, got {len(refs)}"
-        )
-    for index, ref in enumerate(refs):
-        problem = _reference_problem(ref)
-        if problem:
-            raise InvalidImageReference(f"images[{index}] {problem}")
-    return [ref for ref in refs if isinstance(ref, str)]
-
-
-def _reference_problem(ref: object) -> str | None:
-    """Why ``ref`` is not an acceptable reference, or None when it is."""
-    if not isinstance(ref, str):
-        return "must be a string"
-    if is_data_uri(ref):
-        match = _DATA_URI.fullmatch(ref)
-        if match is None:
-            return "is not a data:image/<type>;base64, URI"
-        try:
-            payload = _b64decode(match["payload"])
-        except ValueError:
-            return "has a data URI whose payload is not valid base64"
-        if not payload:
-            return "has an empty data URI"
-        return None
-    return _url_problem(ref)
-
-
-def _url_problem(url: str) -> str | None:
-    if len(url) > MAX_URL_LENGTH:
-        return f"is longer than {MAX_URL_LENGTH} characters"
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        return "contains whitespace or control characters"
-    try:
-        parts = urlsplit(url)
-        parts.port  # raises ValueError on a port that is not a number in range
-    except ValueError:
-        return "is not a valid URL"
-    if parts.scheme.lower() not in ("http", "https"):
-        return "must be an http(s) URL or a data:image/...;base64, URI"
-    if not parts.hostname:
-        return "is a URL without a host"
-    return None
-
-
-def _b64decode(payload: str) -> bytes:
-    # Clients sometimes wrap base64 at 76 columns; line breaks are harmless.
-    try:
-        raw = payload.encode("ascii")
-        return base64.b64decode(_WHITESPACE.sub(b"", raw), validate=True)
-    except (UnicodeEncodeError, binascii.Error) as exc:
-        raise ValueError("invalid base64") from exc
-
-
-def is_data_uri(ref: str) -> bool:
-    return ref[:5].lower() == "data:"
-
-
-def decode_data_uri(ref: str, *, max_bytes: int | None = None) -> bytes:
-    """The bytes of a ``data:image/...;base64,`` URI.
-
-    A payload over ``max_bytes`` (``fetch_max_bytes`` when loading) raises
-    ``UnsupportedImage``, not ``FetchFailed``: the data came with the request,
-    so "Network error, please try again later" would send the client retrying
-    something that can never work.
-    """
-    match = _DATA_URI.fullmatch(ref)
-    if match is None:
-        raise UnsupportedImage("not a data:image/...;base64, URI")
-    try:
-        data = _b64decode(match["payload"])
-    except ValueError as exc:
-        raise UnsupportedImage("data URI payload is not valid base64") from exc
-    if max_bytes is not None and len(data) > max_bytes:
-        raise UnsupportedImage(f"data URI holds {len(data)} bytes, over the {max_bytes} limit")
-    return data
-
-
-# ---------------------------------------------------------------------------
-# Sniffing and decoding
-
-
-def sniff_image_type(data: bytes) -> str | None:
-    """"jpeg", "png" or "webp" judged by magic bytes only (never by name or header)."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
-_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
-
-
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode JPEG/PNG/WebP bytes into an upright RGB image.
-
-    The pixel count is checked from the header before any pixel is decoded, so
-    a small file claiming huge dimensions (a decompression bomb) costs nothing.
-    """
-    kind = sniff_image_type(data)
-    if kind is None:
-        raise UnsupportedImage("not JPEG, PNG or WebP by its magic bytes")
-    try:
-        # ``formats`` keeps Pillow from trying every other plugin on these bytes.
-        with Image.open(BytesIO(data), formats=[_PIL_FORMATS[kind]]) as image:
-            width, height = image.size
-            if width < 1 or height < 1 or width * height > max_pixels:
-                raise UnsupportedImage(
-                    f"{width}x{height} image is over the {max_pixels} pixel limit"
-                )
-            image.load()
-            return _upright_rgb(image)
-    except UnsupportedImage:
-        raise
-    except Image.DecompressionBombError as exc:
-        # Pillow's own global guard (Image.MAX_IMAGE_PIXELS). Its warning is not
-        # turned into an error here: warnings filters are process-wide and not
-        # thread-safe, and the explicit check above already runs first.
-        raise UnsupportedImage(f"decompression bomb: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        # Pillow reports truncated and corrupt data with any of these.
-        raise UnsupportedImage(f"cannot decode {kind}: {exc}") from exc
-
-
-def _upright_rgb(image: Image.Image) -> Image.Image:
-    try:
-        upright = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - broken EXIF must not reject a good picture
-        upright = image
-    if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
-        # Flatten onto white: dropping alpha would turn transparent areas into
-        # whatever colour the hidden pixels happen to hold (often black).
-        rgba = upright.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return upright.convert("RGB")
-
-
-# ---------------------------------------------------------------------------
-# Address policy
-
-
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+from openimagine.inputs.images import decode_image
+from openimagine.inputs.refs import (
+    FetchFailed,
+    decode_data_uri,
+    is_data_uri,
+    url_problem,
+)
 
 
 def is_public_address(ip: IPAddress) -> bool:
@@ -338,9 +120,6 @@ class AddressPolicy:
                 checked.append(answer)
         return checked
 
-
-# ---------------------------------------------------------------------------
-# Fetching
 
 # httpcore raises these; our transport turns them into FetchFailed.
 _HTTPCORE_ERRORS: tuple[type[Exception], ...] = (
@@ -474,7 +253,7 @@ def fetch_image_bytes(
     ) as client:
         current = url
         for hop in range(settings.fetch_max_redirects + 1):
-            problem = _url_problem(current)
+            problem = url_problem(current)
             if problem:
                 raise FetchFailed(f"hop {hop}: URL {problem}")
             try:
@@ -532,3 +311,4 @@ def load_images(
             data = fetch_image_bytes(ref, settings, policy=policy)
         images.append(decode_image(data, max_pixels=settings.max_image_pixels))
     return images
+

@@ -24,7 +24,10 @@ class Window:
     allowed: bool
     limit: int
     remaining: int
-    reset: int  # epoch seconds
+    # Epoch seconds at which the whole limit is available again (the header).
+    reset: int
+    # Epoch seconds at which the next single request is allowed (Retry-After).
+    next_allowed: float
 
     @property
     def headers(self) -> dict[str, str]:
@@ -36,12 +39,13 @@ class Window:
 
     @property
     def retry_after(self) -> int:
-        return max(1, math.ceil(self.reset - time.time()))
+        return max(1, math.ceil(self.next_allowed - time.time()))
 
 
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
-        self.storage = storage_from_string(settings.ratelimit_url)
+        options = {"key_prefix": settings.ratelimit_prefix} if settings.ratelimit_prefix else {}
+        self.storage = storage_from_string(settings.ratelimit_url, **options)
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.plans = {plan: RateLimitItemPerMinute(n) for plan, n in settings.rate_limits.items()}
         self.auth_failures = RateLimitItemPerMinute(settings.auth_failure_limit)
@@ -50,7 +54,18 @@ class RateLimiter:
 
     def _window(self, item: RateLimitItemPerMinute, key: str, allowed: bool) -> Window:
         stats = self.limiter.get_window_stats(item, key)
-        return Window(allowed, item.amount, max(0, stats.remaining), math.ceil(stats.reset_time))
+        # The sliding-window counter weighs the previous window by the share
+        # of the current one still to run; windows are aligned to multiples
+        # of the period. The limit is whole again once no hit weighs: at the
+        # end of the current window if only the previous one has hits, one
+        # period later if the current one has some.
+        period = item.get_expiry()
+        now = time.time()
+        left = period - now % period
+        previous, _, current, _ = self.storage.get_sliding_window(item.key_for(key), period)
+        full_in = left + period if current else left if previous else 0.0
+        return Window(allowed, item.amount, max(0, stats.remaining), math.ceil(now + full_in),
+                      stats.reset_time)
 
     def hit_account(self, account_id: int, plan: str) -> Window:
         item = self.plans[plan]

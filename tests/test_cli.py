@@ -164,7 +164,8 @@ def test_db_upgrade_creates_the_database_and_is_idempotent(tmp_path: Path,
                                                             env: dict[str, str]) -> None:
     first = run_cli(env, "db", "upgrade")
     second = run_cli(env, "db", "upgrade")
-    assert "up to date" in first.stdout and "up to date" in second.stdout
+    for result in (first, second):
+        assert "up to date" in " ".join(result.stdout.split())  # however the console wraps
     database = tmp_path / "data" / "openimagine.db"
     assert database.is_file()
     with sqlite3.connect(database) as connection:
@@ -218,9 +219,8 @@ def test_an_unreachable_database_is_a_clean_error(tmp_path: Path) -> None:
     blocker.write_text("a file where a folder should be")
     env = openimagine_env(tmp_path / "data",
                           database_url=f"sqlite:///{blocker}/sub/openimagine.db")
-    result = run_cli(env, "accounts", "show", "acme", check=False)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stdout + result.stderr
+    for args in (("accounts", "show", "acme"), ("db", "upgrade")):
+        assert_clean_error(run_cli(env, *args, check=False), "cannot open the database")
 
 
 # --- the first serve on loopback ---------------------------------------------------------

@@ -3,7 +3,7 @@ frame counts, model-card defaults, profiles, progress, cancellation and failures
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +14,40 @@ from PIL import Image
 pytest.importorskip("diffusers")
 pytest.importorskip("torch")
 
-from openimagine.engines import create_engine  # noqa: E402
-from openimagine.engines.base import RATIOS, Cancelled, Engine, Job, frame_size, ratio_parts  # noqa: E402
-from openimagine.engines.diffusers.engine import DiffusersEngine  # noqa: E402
-from openimagine.engines.diffusers.families import (  # noqa: E402
+from openimagine.engines import create_engine
+from openimagine.engines.base import RATIOS, Cancelled, Engine, Job, frame_size, ratio_parts
+from openimagine.engines.diffusers.engine import DiffusersEngine
+from openimagine.engines.diffusers.families import (
     FAMILIES,
     WAN_INFO,
     aspect_error,
+    configured_info,
     plan,
 )
-from openimagine.engines.diffusers.profiles import (  # noqa: E402
+from openimagine.engines.diffusers.profiles import (
     DEFAULT_PROFILES,
     ProfileError,
     load_profiles,
     parse_profiles,
 )
-from openimagine.engines.diffusers.tiny import FAMILIES as TINY, make_tiny  # noqa: E402
-from openimagine.settings import Settings  # noqa: E402
+from openimagine.engines.diffusers.tiny import FAMILIES as TINY
+from openimagine.engines.diffusers.tiny import make_tiny
+from openimagine.settings import Settings
 
 STEPS = 2
 # 1 s at 8 fps -> 8 frames wanted -> 9 (the next 4k+1 / 8k+1 count).
 CLIP = {"duration": 1.0, "fps": 8, "resolution": 64}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and OpenMP threads spin badly on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +91,20 @@ def make_job(**overrides: Any) -> Job:
 def picture(width: int = 120, height: int = 80) -> Image.Image:
     x = np.linspace(0, 255, width, dtype=np.uint8)
     y = np.linspace(0, 255, height, dtype=np.uint8)
-    rgb = np.stack([np.tile(x, (height, 1)), np.tile(y[:, None], (1, width)), np.full((height, width), 90, np.uint8)], -1)
+    rgb = np.stack(
+        [
+            np.tile(x, (height, 1)),
+            np.tile(y[:, None], (1, width)),
+            np.full((height, width), 90, np.uint8),
+        ],
+        -1,
+    )
     return Image.fromarray(rgb)
 
 
-def check_clips(clips: list, *, variations: int, frames: int, size: tuple[int, int], fps: int, ratio: str) -> None:
+def check_clips(
+    clips: list, *, variations: int, frames: int, size: tuple[int, int], fps: int, ratio: str
+) -> None:
     assert len(clips) == variations
     for clip in clips:
         assert (clip.width, clip.height) == size
@@ -115,14 +137,21 @@ EXPECTED_SIZES = {
 
 
 @pytest.mark.parametrize(("family", "ratio"), sorted(EXPECTED_SIZES))
-def test_text_to_video(tiny: dict[str, Path], settings: Callable[..., Settings], family: str, ratio: str) -> None:
+def test_text_to_video(
+    tiny: dict[str, Path], settings: Callable[..., Settings], family: str, ratio: str
+) -> None:
     engine = DiffusersEngine(settings(model_path=tiny[f"{family}-t2v"]), family)
     assert isinstance(engine, Engine)
     assert engine.info.image_input is False  # no image-to-video model configured
     clips = engine.generate(make_job(ratio=ratio, variations=2))
-    check_clips(clips, variations=2, frames=9, size=EXPECTED_SIZES[family, ratio], fps=8, ratio=ratio)
+    check_clips(
+        clips, variations=2, frames=9, size=EXPECTED_SIZES[family, ratio], fps=8, ratio=ratio
+    )
     render = engine.plan(make_job(ratio=ratio))
-    assert render.width % FAMILIES[family].multiple == 0 and render.height % FAMILIES[family].multiple == 0
+    assert (
+        render.width % FAMILIES[family].multiple == 0
+        and render.height % FAMILIES[family].multiple == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,7 +167,11 @@ def test_text_to_video(tiny: dict[str, Path], settings: Callable[..., Settings],
     ],
 )
 def test_image_to_video(
-    tiny: dict[str, Path], settings: Callable[..., Settings], family: str, ratio: str, size: tuple[int, int]
+    tiny: dict[str, Path],
+    settings: Callable[..., Settings],
+    family: str,
+    ratio: str,
+    size: tuple[int, int],
 ) -> None:
     engine = DiffusersEngine(settings(i2v_model_path=tiny[f"{family}-i2v"]), family)
     assert engine.info.image_input is True
@@ -149,14 +182,23 @@ def test_image_to_video(
         engine.generate(make_job())
 
 
-def test_one_folder_serves_both_modes(tiny: dict[str, Path], settings: Callable[..., Settings]) -> None:
+def test_one_folder_serves_both_modes(
+    tiny: dict[str, Path], settings: Callable[..., Settings]
+) -> None:
     folder = tiny["ltx-t2v"]
     engine = DiffusersEngine(settings(model_path=folder, i2v_model_path=folder), "ltx")
     assert engine.info.image_input is True
     assert type(engine.i2v).__name__ == "LTXImageToVideoPipeline"
     # Shared modules: the second pipeline costs no memory.
     assert engine.i2v.transformer is engine.t2v.transformer
-    check_clips(engine.generate(make_job(ratio="3:2")), variations=1, frames=9, size=(96, 64), fps=8, ratio="3:2")
+    check_clips(
+        engine.generate(make_job(ratio="3:2")),
+        variations=1,
+        frames=9,
+        size=(96, 64),
+        fps=8,
+        ratio="3:2",
+    )
     job = make_job(ratio="3:2", images=[picture()])
     check_clips(engine.generate(job), variations=1, frames=9, size=(96, 64), fps=8, ratio="3:2")
 
@@ -175,20 +217,42 @@ def test_class_info_is_static_and_instance_info_reflects_the_models(
     check_clips(clips, variations=1, frames=9, size=(64, 64), fps=8, ratio="1:1")
 
 
-def test_registry_creates_the_engines(tiny: dict[str, Path], settings: Callable[..., Settings]) -> None:
+def test_configured_info_matches_the_loaded_engine(
+    tiny: dict[str, Path], settings: Callable[..., Settings]
+) -> None:
+    cases = [
+        ("wan", {"model_path": tiny["wan-t2v"]}, False),
+        ("wan", {"model_path": tiny["wan-t2v"], "i2v_model_path": tiny["wan-i2v"]}, True),
+        # An image-to-video folder as the only model: image tasks only.
+        ("cogvideox", {"model_path": tiny["cogvideox-i2v"]}, True),
+    ]
+    for family, paths, image_input in cases:
+        configured = settings(**paths)
+        assert configured_info(family, configured).image_input is image_input
+        engine = DiffusersEngine(configured, family)
+        assert engine.info == configured_info(family, configured)
+
+
+def test_registry_creates_the_engines(
+    tiny: dict[str, Path], settings: Callable[..., Settings]
+) -> None:
     for family in FAMILIES:
         engine = create_engine(settings(engine=family, model_path=tiny[f"{family}-t2v"]))
         assert isinstance(engine, DiffusersEngine) and engine.family.name == family
 
 
-def test_frames_follow_duration_and_fps(tiny: dict[str, Path], settings: Callable[..., Settings]) -> None:
+def test_frames_follow_duration_and_fps(
+    tiny: dict[str, Path], settings: Callable[..., Settings]
+) -> None:
     # 1.5 s x 12 fps = 18 frames -> Wan's nearest 4k+1 is 17.
     engine = DiffusersEngine(settings(model_path=tiny["wan-t2v"], duration=1.5, fps=12), "wan")
     clips = engine.generate(make_job(duration=1.5, fps=12))
     check_clips(clips, variations=1, frames=17, size=(64, 64), fps=12, ratio="1:1")
     # LTX: 8k+1 (18 -> 17); CogVideoX: 8k+1 too (its 4k+1 counts with even k come back as 4k+4).
     for family in ("ltx", "cogvideox"):
-        engine = DiffusersEngine(settings(model_path=tiny[f"{family}-t2v"], duration=1.5, fps=12), family)
+        engine = DiffusersEngine(
+            settings(model_path=tiny[f"{family}-t2v"], duration=1.5, fps=12), family
+        )
         clips = engine.generate(make_job(duration=1.5, fps=12))
         check_clips(clips, variations=1, frames=17, size=(64, 64), fps=12, ratio="1:1")
 
@@ -205,13 +269,20 @@ def test_model_card_defaults_when_output_settings_are_not_set(
     core = Settings(data_dir=tmp_path)  # the core defaults: 6 s, 24 fps, 480 px
     for family, (frames, fps, square, wide) in cases.items():
         engine = DiffusersEngine(
-            Settings(data_dir=tmp_path, model_path=tiny[f"{family}-t2v"], profiles=fast_profiles), family
+            Settings(data_dir=tmp_path, model_path=tiny[f"{family}-t2v"], profiles=fast_profiles),
+            family,
         )
         assert engine.explicit == frozenset()
         job = make_job(duration=core.duration, fps=core.fps, resolution=core.resolution)
         render = engine.plan(job)
-        assert (render.frames, render.fps, render.out_width, render.out_height) == (frames, fps, *square)
-        render = engine.plan(make_job(ratio="16:9", duration=core.duration, fps=core.fps, resolution=core.resolution))
+        assert (render.frames, render.fps, render.out_width, render.out_height) == (
+            frames,
+            fps,
+            *square,
+        )
+        render = engine.plan(
+            make_job(ratio="16:9", duration=core.duration, fps=core.fps, resolution=core.resolution)
+        )
         assert (render.out_width, render.out_height) == wide
         assert aspect_error(*wide, "16:9") <= 0.02
     # Setting only the fps keeps the model card's clip length: 81/16 s at 24 fps -> 121 frames.
@@ -223,7 +294,9 @@ def test_plan_keeps_every_ratio_within_two_percent() -> None:
     for family in FAMILIES.values():
         for ratio in RATIOS:
             for short in (64, 240, 360, 480, 512, 720, 1080):
-                render = plan(family, ratio, duration=2, fps=8, resolution=short, explicit={"resolution"})
+                render = plan(
+                    family, ratio, duration=2, fps=8, resolution=short, explicit={"resolution"}
+                )
                 assert render.width % family.multiple == 0 and render.height % family.multiple == 0
                 assert (render.width, render.height) == frame_size(ratio, short, family.multiple)
                 assert render.out_width % 2 == 0 and render.out_height % 2 == 0
@@ -237,7 +310,9 @@ def test_progress_counts_steps_and_reaches_one(
     tiny: dict[str, Path], settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     profiles = tmp_path / "profiles.toml"
-    profiles.write_text("[wan]\nsteps = 2\n\n[wan.fun]\nsteps = 5\nguidance = 1.0\nprompt_suffix = ', cartoon'\n")
+    profiles.write_text(
+        "[wan]\nsteps = 2\n\n[wan.fun]\nsteps = 5\nguidance = 1.0\nprompt_suffix = ', cartoon'\n"
+    )
     engine = DiffusersEngine(settings(model_path=tiny["wan-t2v"], profiles=profiles), "wan")
     assert engine.profiles["fun"].steps == 5 and engine.profiles["normal"].steps == 2
     for mode, steps in (("fun", 5), ("normal", 2), ("spicy", 2)):
@@ -251,7 +326,9 @@ def test_progress_counts_steps_and_reaches_one(
     assert len(seen) == 2 * (5 + 1) and seen == sorted(seen) and seen[-1] == 1.0
 
 
-def test_flow_shift_profile(tiny: dict[str, Path], settings: Callable[..., Settings], tmp_path: Path) -> None:
+def test_flow_shift_profile(
+    tiny: dict[str, Path], settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     profiles = tmp_path / "profiles.toml"
     profiles.write_text("[wan]\nsteps = 2\n[wan.spicy]\nflow_shift = 3.0\n")
     engine = DiffusersEngine(settings(model_path=tiny["wan-t2v"], profiles=profiles), "wan")
@@ -266,10 +343,17 @@ def test_flow_shift_profile(tiny: dict[str, Path], settings: Callable[..., Setti
         DiffusersEngine(settings(model_path=tiny["ltx-t2v"], profiles=profiles), "ltx")
 
 
-def test_cancellation_between_steps(tiny: dict[str, Path], settings: Callable[..., Settings]) -> None:
+def test_cancellation_between_steps(
+    tiny: dict[str, Path], settings: Callable[..., Settings]
+) -> None:
     engine = DiffusersEngine(settings(model_path=tiny["cogvideox-t2v"]), "cogvideox")
     seen: list[float] = []
-    job = make_job(task_id="task-cancel", variations=2, on_progress=seen.append, is_cancelled=lambda: bool(seen))
+    job = make_job(
+        task_id="task-cancel",
+        variations=2,
+        on_progress=seen.append,
+        is_cancelled=lambda: bool(seen),
+    )
     with pytest.raises(Cancelled):
         engine.generate(job)
     assert len(seen) == 1 and seen[0] < 0.5
@@ -281,7 +365,9 @@ def test_cancellation_between_steps(tiny: dict[str, Path], settings: Callable[..
 def test_failure_propagates_and_the_engine_survives(
     tiny: dict[str, Path], settings: Callable[..., Settings]
 ) -> None:
-    engine = DiffusersEngine(settings(model_path=tiny["ltx-t2v"], i2v_model_path=tiny["ltx-i2v"]), "ltx")
+    engine = DiffusersEngine(
+        settings(model_path=tiny["ltx-t2v"], i2v_model_path=tiny["ltx-i2v"]), "ltx"
+    )
 
     def explode(fraction: float) -> None:
         raise RuntimeError("out of memory (simulated)")
@@ -294,7 +380,9 @@ def test_failure_propagates_and_the_engine_survives(
     assert seen[-1] == 1.0
 
 
-def test_construction_errors(tiny: dict[str, Path], settings: Callable[..., Settings], tmp_path: Path) -> None:
+def test_construction_errors(
+    tiny: dict[str, Path], settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     with pytest.raises(ValueError, match="OPENIMAGINE_MODEL_PATH"):
         DiffusersEngine(settings(), "wan")
     with pytest.raises(ValueError, match="no model_index.json"):
@@ -306,7 +394,9 @@ def test_construction_errors(tiny: dict[str, Path], settings: Callable[..., Sett
     with pytest.raises(ValueError, match="OPENIMAGINE_DTYPE"):
         DiffusersEngine(settings(model_path=tiny["wan-t2v"], dtype="float7"), "wan")
     with pytest.raises(ProfileError, match="cannot read the profiles file"):
-        DiffusersEngine(settings(model_path=tiny["wan-t2v"], profiles=tmp_path / "missing.toml"), "wan")
+        DiffusersEngine(
+            settings(model_path=tiny["wan-t2v"], profiles=tmp_path / "missing.toml"), "wan"
+        )
 
 
 def test_profiles_file_format() -> None:
@@ -315,7 +405,12 @@ def test_profiles_file_format() -> None:
         "[cogvideox.spicy]\nprompt_suffix = ', noir'\n"
     )
     fun = profiles["wan"]["fun"]
-    assert (fun.steps, fun.guidance, fun.flow_shift, fun.negative_prompt) == (30, 4.0, 5.0, "blurry")
+    assert (fun.steps, fun.guidance, fun.flow_shift, fun.negative_prompt) == (
+        30,
+        4.0,
+        5.0,
+        "blurry",
+    )
     assert profiles["wan"]["normal"].steps == 30
     assert profiles["wan"]["normal"].guidance == DEFAULT_PROFILES["wan"]["normal"].guidance
     assert profiles["cogvideox"]["spicy"].prompt_suffix == ", noir"

@@ -4,6 +4,7 @@ sizes, progress and cancellation."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,11 @@ def render(engine: PreviewEngine, job: Job) -> list[list[np.ndarray]]:
 
 def motion(frames: Sequence[np.ndarray]) -> float:
     """Mean absolute change between consecutive frames."""
-    return float(np.mean([np.abs(a.astype(int) - b.astype(int)).mean()
-                          for a, b in zip(frames, frames[1:])]))
+    return float(
+        np.mean(
+            [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in itertools.pairwise(frames)]
+        )
+    )
 
 
 def mean_abs_diff(a: np.ndarray | Image.Image, b: np.ndarray | Image.Image) -> float:
@@ -78,8 +82,9 @@ def test_same_request_gives_identical_frames(tmp_path: Path) -> None:
     """Deterministic: a retried task (even in a fresh engine) renders byte-identical clips."""
     first = render(PreviewEngine(Settings(data_dir=tmp_path)), make_job())
     second = render(PreviewEngine(Settings(data_dir=tmp_path)), make_job())
-    assert [[f.tobytes() for f in clip] for clip in first] == \
-        [[f.tobytes() for f in clip] for clip in second]
+    assert [[f.tobytes() for f in clip] for clip in first] == [
+        [f.tobytes() for f in clip] for clip in second
+    ]
 
 
 def test_seeds_are_stable_hashes_of_prompt_and_variation(engine: PreviewEngine) -> None:
@@ -107,7 +112,7 @@ def test_prompt_changes_the_video(engine: PreviewEngine) -> None:
 def test_every_frame_moves(engine: PreviewEngine, mode: str) -> None:
     """No frozen frames: each frame differs from the one before it."""
     (frames,) = render(engine, make_job(mode=mode, variations=1))
-    for before, after in zip(frames, frames[1:]):
+    for before, after in itertools.pairwise(frames):
         assert not np.array_equal(before, after)
 
 
@@ -179,7 +184,7 @@ def test_image_clip_moves_and_variations_move_differently(engine: PreviewEngine)
     assert mean_abs_diff(first[0], first[-1]) > 5
     assert mean_abs_diff(first[0], second[0]) < 1  # both open on the image itself
     assert mean_abs_diff(first[-1], second[-1]) > 5
-    for before, after in zip(first, first[1:]):
+    for before, after in itertools.pairwise(first):
         assert not np.array_equal(before, after)
 
 

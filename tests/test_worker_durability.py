@@ -323,20 +323,23 @@ def test_status_requests_answer_quickly_while_a_clip_renders(
     try:
         task_id = submit(server.base_url, key, prompt="a city skyline at dusk, slow pan")
         wait_for_task(client, key, task_id, until=("processing", "completed"), timeout=60)
+        # Time 20 status requests made while the worker renders (in the same process).
         timings: list[float] = []
-        seen: list[str] = []
-        for _ in range(20):
+        while len(timings) < 20:
             started = time.perf_counter()
             response = client.get("/v1/status", params={"task_id": task_id}, headers=auth(key))
-            timings.append(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
             assert response.status_code == 200
-            seen.append(response.json()["data"]["status"])
-            time.sleep(0.05)
+            state = response.json()["data"]["status"]
+            if state != "processing":
+                break
+            timings.append(elapsed)
+            time.sleep(0.02)
         final = wait_for_task(client, key, task_id, timeout=180)
     finally:
         client.close()
-    assert "processing" in seen, f"the render finished before the check ran: {seen}"
+    assert len(timings) == 20, f"the render ended after {len(timings)} requests ({state})"
     assert max(timings) < 1.0, [round(t, 3) for t in timings]
     assert final["status"] == "completed"
-    progress = [p for p in re.findall(r"task \S+: (\w+)", server.log.read_text())]
-    assert progress == ["completed"]
+    outcomes = re.findall(r"task \S+: (\w+)", server.log.read_text())
+    assert outcomes == ["completed"]  # one run, no lease lost on the way

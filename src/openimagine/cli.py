@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from openimagine.cli_client import generate_command, status_command
 from openimagine.cli_models import engines_command, models_app
 from openimagine.errors import AccountNotFound, KeyNotFound
 from openimagine.services import accounts
@@ -37,8 +38,11 @@ app.add_typer(credits_app, name="credits")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.command("engines")(engines_command)
+app.command("generate")(generate_command)
+app.command("status")(status_command)
 
-console = Console()
+# soft_wrap: never break a key, URL or path across lines, terminal or not.
+console = Console(soft_wrap=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 LOCAL_ACCOUNT = "local"
@@ -59,14 +63,15 @@ def load_settings(**overrides: Any) -> Settings:
 
 def open_db(settings: Settings) -> Database:
     """The database, migrated to the latest schema."""
-    db = None
     try:
-        # Building it can fail too (a bad URL, a folder that cannot be created).
+        # A bad URL, or a folder for the SQLite file that cannot be created.
         db = Database(settings.resolved_database_url)
+    except Exception as exc:
+        fail(f"cannot open the database (check OPENIMAGINE_DATABASE_URL): {exc}")
+    try:
         migrate.upgrade(db)
     except Exception as exc:
-        where = db.url.render_as_string(hide_password=True) if db else "(see OPENIMAGINE_DATABASE_URL)"
-        fail(f"cannot open the database {where}: {exc}")
+        fail(f"cannot open the database {db.url.render_as_string(hide_password=True)}: {exc}")
     return db
 
 
@@ -119,7 +124,11 @@ def serve(
 def worker(
     workers: Annotated[int | None, typer.Option(help="Worker loops in this process.")] = None,
 ) -> None:
-    """Run workers alone against the configured database."""
+    """Run workers alone against the configured database.
+
+    With OPENIMAGINE_BROKER_URL: a Celery worker on the queue openimagine.<engine>,
+    with N worker processes (one per GPU: keep N at 1 and run one per GPU).
+    """
     from openimagine.api.app import build_storage
     from openimagine.worker.pool import WorkerPool
 
@@ -127,6 +136,13 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db = open_db(settings)
     size = max(1, settings.workers)
+    if settings.broker_url:
+        from openimagine.worker.celery_app import run_worker
+
+        # Nothing of the parent's pool may leak into the forked worker processes.
+        db.dispose()
+        run_worker(settings, concurrency=size)
+        return
 
     async def main() -> None:
         stop = asyncio.Event()

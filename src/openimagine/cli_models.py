@@ -22,7 +22,12 @@ from openimagine.engines.diffusers.families import FAMILIES, default_sizes
 from openimagine.engines.diffusers.tiny import FAMILIES as TINY_FAMILIES
 from openimagine.settings import Settings
 
-models_app = typer.Typer(help="Model folders for the diffusers engines.", no_args_is_help=True)
+models_app = typer.Typer(no_args_is_help=True)
+
+
+@models_app.callback()
+def models() -> None:
+    """Model folders for the diffusers engines (wan, ltx, cogvideox)."""
 
 
 def _module_available(name: str) -> bool:
@@ -46,10 +51,11 @@ def _sizes(name: str, settings: Settings, ratios: tuple[str, ...]) -> dict[str, 
 
 def engines_report(settings: Settings | None = None) -> list[dict[str, Any]]:
     """One entry per registered engine: what it supports and whether it can run here."""
-    settings = settings or Settings()
+    settings = settings or Settings()  # type: ignore[call-arg]  # values come from the environment
     report = []
     for name, entry in ENGINES.items():
-        info = engine_info(name)
+        # The selected engine as configured (image input needs an I2V model).
+        info = engine_info(name, settings if name == settings.engine else None)
         missing = [module for module in entry.requires if not _module_available(module)]
         report.append(
             {
@@ -94,8 +100,12 @@ def engines_command(
 
 @models_app.command("make-tiny")
 def make_tiny_command(
-    family: Annotated[str, typer.Argument(help=f"One of: {', '.join(TINY_FAMILIES)}.")],
-    directory: Annotated[Path, typer.Argument(help="Folder to write the model into.")],
+    family: Annotated[
+        str, typer.Argument(metavar="FAMILY", help=f"One of: {', '.join(TINY_FAMILIES)}.")
+    ],
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Folder to write the model into.")
+    ],
 ) -> None:
     """Write a tiny random-weight model (real diffusers layout, no download) for tests and smoke runs."""
     if family not in TINY_FAMILIES:
@@ -103,7 +113,9 @@ def make_tiny_command(
             f"unknown family {family!r} (families: {', '.join(TINY_FAMILIES)})", param_hint="FAMILY"
         )
     if not _module_available("diffusers") or not _module_available("torch"):
-        typer.echo("make-tiny needs the diffusers extra: pip install 'openimagine[diffusers]'", err=True)
+        typer.echo(
+            "make-tiny needs the diffusers extra: pip install 'openimagine[diffusers]'", err=True
+        )
         raise typer.Exit(1)
     from openimagine.engines.diffusers.tiny import make_tiny
 

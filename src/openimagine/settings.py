@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     database_url: str | None = None
     public_url: str | None = None
     secret_key: str | None = None
+    # Inputs and outputs: a folder (shared by replicas when they mount it), or
+    # S3-compatible object storage when ``s3_bucket`` is set.
+    storage_dir: Path | None = None
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_prefix: str = ""
 
     # Serving.
     host: str = "127.0.0.1"
@@ -69,6 +76,11 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(10.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     poll_seconds: float = Field(0.5, gt=0)
+    # Scale-out dispatch: Celery on this broker (amqp://...) instead of in-process workers.
+    broker_url: str | None = None
+    # A task pending this long since its last dispatch may have lost its message:
+    # the workers' sweeper publishes it again.
+    redispatch_seconds: float = Field(30.0, gt=0)
 
     # Billing and limits.
     price: int = Field(40, ge=0)
@@ -76,6 +88,8 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_RATE_LIMITS)
     )
     ratelimit_url: str = "memory://"
+    # Key prefix in a shared limiter storage (deployments sharing one Redis).
+    ratelimit_prefix: str | None = None
     auth_failure_limit: int = Field(30, ge=1)
 
     # Output.
@@ -147,7 +161,7 @@ class Settings(BaseSettings):
 
     @property
     def outputs_dir(self) -> Path:
-        return self.data_dir / "files"
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "files"
 
     def resolved_secret_key(self) -> str:
         """The signing key: the setting, else one generated once and kept in the data folder."""

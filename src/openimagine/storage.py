@@ -1,9 +1,15 @@
-"""Where inputs and outputs live, and the signed URLs that hand them out.
+"""Where inputs and outputs live, and the URLs that hand them out.
 
-Keys look like ``outputs/task_abc/0.mp4`` or ``inputs/task_abc/0.png``. A URL
-is ``{public_url}/files/{key}?expires=EPOCH&sig=HMAC``; the HMAC (SHA-256,
-keyed with the secret key) covers the key and the expiry, so a URL cannot be
-moved to another file or made to live longer.
+Keys look like ``outputs/task_abc/0.mp4`` or ``inputs/task_abc/0.png``. Two
+implementations of one small interface (``Storage``), chosen from the settings
+in ``storage_from_settings``:
+
+- ``LocalStorage``: files in a folder (the data folder, or ``storage_dir``
+  mounted by every replica). A URL is ``{public_url}/files/{key}?expires=EPOCH&sig=HMAC``;
+  the HMAC (SHA-256, keyed with the secret key) covers the key and the expiry,
+  so a URL cannot be moved to another file or made to live longer.
+- ``S3Storage``: objects in an S3-compatible bucket, handed out as presigned
+  GET URLs that expire after ``url_ttl_seconds``.
 """
 
 from __future__ import annotations
@@ -12,17 +18,62 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from openimagine.errors import Forbidden, NotFound
 
+if TYPE_CHECKING:
+    from openimagine.settings import Settings
+
 _KEY_RE = re.compile(r"^(inputs|outputs)/task_[A-Za-z0-9_-]{8,40}/[0-9]{1,3}\.[a-z0-9]{2,4}$")
+
+MEDIA_TYPES = {"mp4": "video/mp4", "png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 def valid_key(key: str) -> bool:
     return bool(_KEY_RE.match(key))
+
+
+def media_type(key: str) -> str:
+    return MEDIA_TYPES.get(key.rpartition(".")[2], "application/octet-stream")
+
+
+class Storage(Protocol):
+    """What the API and the workers need from a place for inputs and outputs."""
+
+    # Where to write a file before ``put_file`` (None: the system's temp folder).
+    staging_dir: Path | None
+
+    def put_file(self, key: str, source: Path) -> None:
+        """Store the finished file ``source`` under ``key``; ``source`` is consumed."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+        ...
+
+    def url(self, key: str, *, now: float | None = None) -> str:
+        """A URL a client can download ``key`` from, expiring after the configured TTL."""
+        ...
+
+
+def storage_from_settings(settings: Settings) -> Storage:
+    """The one place that picks the storage: S3 when a bucket is set, else a folder."""
+    if settings.s3_bucket:
+        return S3Storage(settings.s3_bucket, prefix=settings.s3_prefix,
+                         endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                         ttl_seconds=settings.url_ttl_seconds)
+    return LocalStorage(settings.outputs_dir, secret=settings.resolved_secret_key(),
+                        public_url=settings.resolved_public_url,
+                        ttl_seconds=settings.url_ttl_seconds)
 
 
 class LocalStorage:
@@ -33,6 +84,8 @@ class LocalStorage:
         self._secret = secret.encode()
         self.public_url = public_url.rstrip("/")
         self.ttl_seconds = ttl_seconds
+        # Inside the root (so that put_file is a rename), under a name no key can take.
+        self.staging_dir = root / ".staging"
 
     def path(self, key: str) -> Path:
         if not valid_key(key):
@@ -46,8 +99,23 @@ class LocalStorage:
         tmp.write_bytes(data)
         os.replace(tmp, path)
 
+    def put_file(self, key: str, source: Path) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, path)
+        except OSError:
+            # Another file system (a staging folder elsewhere): copy, then rename.
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+            source.unlink(missing_ok=True)
+
     def read_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
 
     def _signature(self, key: str, expires: int) -> str:
         return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
@@ -71,3 +139,58 @@ class LocalStorage:
         if not path.is_file():
             raise NotFound("File not found")
         return path
+
+
+class S3Storage:
+    """Objects in an S3-compatible bucket (AWS S3, MinIO, Ceph, R2, ...), through boto3.
+
+    Credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID`` and
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance role, ...). The
+    client is thread-safe; build one per process (never before a fork).
+    """
+
+    staging_dir: Path | None = None
+
+    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None, ttl_seconds: int = 3600) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.ttl_seconds = ttl_seconds
+        options: dict[str, Any] = {"signature_version": "s3v4",
+                                   "retries": {"max_attempts": 5, "mode": "standard"}}
+        if endpoint_url:
+            # Most S3-compatible servers want path-style URLs (no bucket subdomain).
+            options["s3"] = {"addressing_style": "path"}
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
+                                   config=Config(**options))
+
+    def _object(self, key: str) -> str:
+        if not valid_key(key):
+            raise NotFound("File not found")
+        return self.prefix + key
+
+    def put_file(self, key: str, source: Path) -> None:
+        self.client.upload_file(str(source), self.bucket, self._object(key),
+                                ExtraArgs={"ContentType": media_type(key)})
+        source.unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data,
+                               ContentType=media_type(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"]
+        with body:
+            return body.read()  # type: ignore[no-any-return]
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._object(key))
+
+    def url(self, key: str, *, now: float | None = None) -> str:
+        # Presigning is local computation, no request to the server.
+        return self.client.generate_presigned_url(  # type: ignore[no-any-return]
+            "get_object", Params={"Bucket": self.bucket, "Key": self._object(key)},
+            ExpiresIn=self.ttl_seconds)

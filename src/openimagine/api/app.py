@@ -15,12 +15,13 @@ from openimagine import __version__
 from openimagine.api.context import AppContext
 from openimagine.api.errors import install_error_handlers
 from openimagine.api.middleware import EnvelopeMiddleware
-from openimagine.api.routes import files, generate, health, status
+from openimagine.api.routes import account, files, generate, health, playground, status
 from openimagine.engines import engine_info
 from openimagine.ratelimit import RateLimiter
 from openimagine.settings import Settings
-from openimagine.storage import LocalStorage
+from openimagine.storage import Storage, storage_from_settings
 from openimagine.store.db import Database
+from openimagine.worker.dispatch import WakeupDispatcher, create_dispatcher
 
 log = logging.getLogger("openimagine.api")
 
@@ -28,32 +29,33 @@ log = logging.getLogger("openimagine.api")
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
-def build_storage(settings: Settings) -> LocalStorage:
-    return LocalStorage(
-        settings.outputs_dir,
-        secret=settings.resolved_secret_key(),
-        public_url=settings.resolved_public_url,
-        ttl_seconds=settings.url_ttl_seconds,
-    )
+def build_storage(settings: Settings) -> Storage:
+    return storage_from_settings(settings)
 
 
 def create_app(settings: Settings, *, run_workers: bool | None = None) -> FastAPI:
     """The ASGI app. With ``run_workers`` (default: ``settings.workers > 0``) the
-    worker pool runs inside the server process (the embedded default)."""
+    worker pool runs inside the server process (the embedded default). With a
+    broker (``settings.broker_url``) tasks go to Celery workers and none runs here."""
     db = Database(settings.resolved_database_url)
     ctx = AppContext(
         settings=settings,
         db=db,
         storage=build_storage(settings),
         limiter=RateLimiter(settings),
-        engine=engine_info(settings.engine),
+        engine=engine_info(settings.engine, settings),
         executor=ThreadPoolExecutor(settings.api_threads, thread_name_prefix="openimagine-api"),
+        dispatcher=create_dispatcher(settings),
     )
     with_workers = settings.workers > 0 if run_workers is None else run_workers
+    if settings.broker_url:
+        with_workers = False
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ctx.wakeup = asyncio.Event()
+        if not settings.broker_url:
+            ctx.dispatcher = WakeupDispatcher(ctx.wakeup, asyncio.get_running_loop())
         stop = asyncio.Event()
         pool_task = None
         if with_workers:
@@ -83,6 +85,6 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> FastAP
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (generate, status, files, health):
+    for module in (generate, status, account, files, health, playground):
         app.include_router(module.router)
     return app

@@ -11,15 +11,16 @@ from fastapi import Request
 from openimagine.engines.base import EngineInfo
 from openimagine.ratelimit import RateLimiter
 from openimagine.settings import Settings
-from openimagine.storage import LocalStorage
+from openimagine.storage import Storage
 from openimagine.store.db import Database
+from openimagine.worker.dispatch import Dispatcher, WakeupDispatcher
 
 
 @dataclass
 class AppContext:
     settings: Settings
     db: Database
-    storage: LocalStorage
+    storage: Storage
     limiter: RateLimiter
     engine: EngineInfo
     # Blocking work of requests (database, Redis limiter) runs here.
@@ -27,6 +28,9 @@ class AppContext:
     # Set on every submission so that an in-process worker starts at once
     # instead of waiting for its next poll.
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # Tells the workers about a new task, after its commit: the wakeup event
+    # (embedded) or a Celery message (with a broker).
+    dispatcher: Dispatcher = field(default_factory=WakeupDispatcher)
 
 
     @property

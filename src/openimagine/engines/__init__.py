@@ -23,6 +23,10 @@ class EngineEntry:
     info: str
     # Python modules the engine needs, to report whether it can run here.
     requires: tuple[str, ...] = ()
+    # "module:attribute" of ``(name, settings) -> EngineInfo`` when what the
+    # engine supports depends on its settings (a diffusers engine takes images
+    # only with an image-to-video model); answered without loading the engine.
+    configured: str | None = None
 
 
 ENGINES: dict[str, EngineEntry] = {
@@ -36,18 +40,21 @@ ENGINES: dict[str, EngineEntry] = {
         factory="openimagine.engines.diffusers.engine:wan",
         info="openimagine.engines.diffusers.families:WAN_INFO",
         requires=("torch", "diffusers", "transformers"),
+        configured="openimagine.engines.diffusers.families:configured_info",
     ),
     "ltx": EngineEntry(
         "ltx",
         factory="openimagine.engines.diffusers.engine:ltx",
         info="openimagine.engines.diffusers.families:LTX_INFO",
         requires=("torch", "diffusers", "transformers"),
+        configured="openimagine.engines.diffusers.families:configured_info",
     ),
     "cogvideox": EngineEntry(
         "cogvideox",
         factory="openimagine.engines.diffusers.engine:cogvideox",
         info="openimagine.engines.diffusers.families:COGVIDEOX_INFO",
         requires=("torch", "diffusers", "transformers"),
+        configured="openimagine.engines.diffusers.families:configured_info",
     ),
     "test-sleep": EngineEntry(
         "test-sleep",
@@ -85,8 +92,13 @@ def engine_entry(name: str) -> EngineEntry:
         ) from None
 
 
-def engine_info(name: str) -> EngineInfo:
-    info = _resolve(engine_entry(name).info)
+def engine_info(name: str, settings: Settings | None = None) -> EngineInfo:
+    """What engine ``name`` supports; with ``settings``, as configured by them."""
+    entry = engine_entry(name)
+    if settings is not None and entry.configured is not None:
+        configured: Callable[[str, Settings], EngineInfo] = _resolve(entry.configured)  # type: ignore[assignment]
+        return configured(name, settings)
+    info = _resolve(entry.info)
     assert isinstance(info, EngineInfo)
     return info
 

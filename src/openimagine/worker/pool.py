@@ -20,7 +20,7 @@ from openimagine.engines.base import Engine
 from openimagine.moderation import load_policy
 from openimagine.services import lifecycle
 from openimagine.settings import Settings
-from openimagine.storage import LocalStorage
+from openimagine.storage import Storage
 from openimagine.store.db import Database
 from openimagine.worker.runner import Outcome, Runner
 
@@ -35,8 +35,8 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-class _Progress:
-    """Written by the engine thread, read by the heartbeat coroutine."""
+class Progress:
+    """Written by the engine thread, read by the heartbeat (coroutine or thread)."""
 
     def __init__(self) -> None:
         self.value = 0
@@ -46,7 +46,7 @@ class _Progress:
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, db: Database, storage: LocalStorage, *,
+    def __init__(self, settings: Settings, db: Database, storage: Storage, *,
                  size: int | None = None, wakeup: asyncio.Event | None = None,
                  engine: Engine | None = None) -> None:
         self.settings = settings
@@ -126,7 +126,7 @@ class WorkerPool:
     async def _execute(self, runner: Runner, claim: lifecycle.Claim) -> Outcome:
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
-        progress = _Progress()
+        progress = Progress()
         self._cancels.add(cancelled)
         future = loop.run_in_executor(self._executor, runner.run, claim, progress.report,
                                       cancelled)

@@ -8,9 +8,11 @@ waits for it, so cancelling that coroutine cannot lose the result.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
@@ -22,7 +24,7 @@ from openimagine.services import lifecycle
 from openimagine.services.lifecycle import ENGINE_FAILED, Claim
 from openimagine.services.tasks import STORED_PREFIX
 from openimagine.settings import Settings
-from openimagine.storage import LocalStorage
+from openimagine.storage import Storage
 from openimagine.store.db import Database
 
 log = logging.getLogger("openimagine.worker")
@@ -39,7 +41,7 @@ class Outcome:
 
 
 class Runner:
-    def __init__(self, settings: Settings, db: Database, storage: LocalStorage, engine: Engine,
+    def __init__(self, settings: Settings, db: Database, storage: Storage, engine: Engine,
                  policy: ModerationPolicy) -> None:
         self.settings = settings
         self.db = db
@@ -94,13 +96,19 @@ class Runner:
         )
         keys: list[str] = []
         seeds: list[int] = []
-        with self._engine_lock:
+        staging = self.storage.staging_dir
+        if staging is not None:
+            staging.mkdir(parents=True, exist_ok=True)
+        with self._engine_lock, tempfile.TemporaryDirectory(dir=staging) as scratch:
             clips = self.engine.generate(job)
             for index, clip in enumerate(clips):
                 key = f"outputs/{claim.task_id}/{index}.mp4"
                 # Frames may be lazy: the engine renders while the encoder writes.
-                encode_mp4(clip.frames, self.storage.path(key), fps=clip.fps,
-                           width=clip.width, height=clip.height)
+                # Encoded aside and stored when whole: no reader sees half a file.
+                local = Path(scratch) / f"{index}.mp4"
+                encode_mp4(clip.frames, local, fps=clip.fps, width=clip.width,
+                           height=clip.height)
+                self.storage.put_file(key, local)
                 keys.append(key)
                 if clip.seed is not None:
                     seeds.append(clip.seed)

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
 from openimagine.api.context import AppContext, get_context
+from openimagine.errors import NotFound
+from openimagine.storage import LocalStorage, media_type
 
 router = APIRouter()
-
-MEDIA_TYPES = {"mp4": "video/mp4", "png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 @router.api_route("/files/{key:path}", methods=["GET", "HEAD"], include_in_schema=False)
@@ -19,10 +19,12 @@ def download(
     sig: str | None = None,
     ctx: AppContext = Depends(get_context),
 ) -> FileResponse:
+    if not isinstance(ctx.storage, LocalStorage):
+        # Object storage hands out its own presigned URLs; nothing is served here.
+        raise NotFound("File not found")
     path = ctx.storage.verify(key, expires, sig)
-    media_type = MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
     return FileResponse(
         path,
-        media_type=media_type,
+        media_type=media_type(path.name),
         headers={"Cache-Control": "private, max-age=3600"},
     )

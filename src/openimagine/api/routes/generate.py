@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from openimagine import inputs
 from openimagine.api.auth import authenticated, bearer_scheme
-from openimagine.api.context import AppContext, get_context
+from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest
 from openimagine.services import tasks
@@ -110,14 +110,18 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
         else:
             images.append(ref)
     try:
-        return tasks.submit(
+        tasks.submit(
             ctx.db, principal, tasks.NewTask(prompt, mode, ratio, images),
             task_id=task_id, engine=ctx.engine.name, price=ctx.settings.price,
         )
     except BaseException:
         for key in stored:
-            ctx.storage.path(key).unlink(missing_ok=True)
+            ctx.storage.delete(key)
         raise
+    # After the commit: a worker that gets the notice finds the row. A notice
+    # that fails to go out leaves the task pending for the sweeper to resend.
+    ctx.dispatcher.notify(task_id, ctx.engine.name)
+    return task_id
 
 
 @router.post(
@@ -136,5 +140,4 @@ async def generate(request: Request) -> JSONResponse:
     task_id = await authenticated(
         request, lambda ctx, principal: _submit(ctx, principal, raw), writes=True
     )
-    get_context(request).wakeup.set()
     return ok({"task_id": task_id})

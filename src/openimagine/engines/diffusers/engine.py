@@ -13,11 +13,11 @@ Importing this module imports torch and diffusers; the registry imports only
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import secrets
 import threading
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,13 @@ from typing import Any
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import diffusers  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+import diffusers
+import numpy as np
+import torch
+from PIL import Image, ImageOps
 
-from openimagine.engines.base import Cancelled, Clip, EngineInfo, Job  # noqa: E402
-from openimagine.engines.diffusers.families import (  # noqa: E402
+from openimagine.engines.base import Cancelled, Clip, EngineInfo, Job
+from openimagine.engines.diffusers.families import (
     COGVIDEOX_INFO,
     FAMILIES,
     INFOS,
@@ -42,10 +42,11 @@ from openimagine.engines.diffusers.families import (  # noqa: E402
     WAN_INFO,
     Family,
     Plan,
+    model_class_name,
     plan,
 )
-from openimagine.engines.diffusers.profiles import Profile, ProfileError, load_profiles  # noqa: E402
-from openimagine.settings import Settings  # noqa: E402
+from openimagine.engines.diffusers.profiles import Profile, ProfileError, load_profiles
+from openimagine.settings import Settings
 
 __all__ = ["COGVIDEOX_INFO", "LTX_INFO", "WAN_INFO", "DiffusersEngine", "cogvideox", "ltx", "wan"]
 
@@ -76,7 +77,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ValueError(f"OPENIMAGINE_DEVICE: unknown device {name!r} (auto, cpu, cuda, cuda:1...)") from None
+        raise ValueError(
+            f"OPENIMAGINE_DEVICE: unknown device {name!r} (auto, cpu, cuda, cuda:1...)"
+        ) from None
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -91,23 +94,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         ) from None
 
 
-def model_class_name(path: Path, variable: str) -> str:
-    """The pipeline class recorded in a diffusers folder, with clear errors for bad folders."""
-    index = path / "model_index.json"
-    if not path.is_dir():
-        raise ValueError(f"{variable}={path} is not a folder")
-    if not index.is_file():
-        raise ValueError(
-            f"{variable}={path} has no model_index.json: expected a diffusers model folder "
-            "(model_index.json plus one folder per component; see docs/engines.md)"
-        )
-    try:
-        name = json.loads(index.read_text(encoding="utf-8"))["_class_name"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{index} is not a diffusers model index (no _class_name)") from None
-    return str(name)
-
-
 class DiffusersEngine:
     """Renders jobs with one diffusers video family; see docs/engines.md."""
 
@@ -115,7 +101,9 @@ class DiffusersEngine:
 
     def __init__(self, settings: Settings, family: str = "wan") -> None:
         if family not in FAMILIES:
-            raise ValueError(f"unknown diffusers family {family!r} (families: {', '.join(FAMILIES)})")
+            raise ValueError(
+                f"unknown diffusers family {family!r} (families: {', '.join(FAMILIES)})"
+            )
         self.family: Family = FAMILIES[family]
         if settings.model_path is None and settings.i2v_model_path is None:
             raise ValueError(
@@ -290,13 +278,14 @@ class DiffusersEngine:
         profile = self.profiles.get(job.mode) or self.profiles["normal"]
         kwargs = self._call_arguments(pipe, job, render, profile)
         clips: list[Clip] = []
-        failed = True
         try:
             if self.offload and self._offload_owner is not pipe:
                 # Pipelines sharing modules share offload hooks: the one about to run owns them.
                 pipe.enable_model_cpu_offload(device=self.device)
                 self._offload_owner = pipe
-            pipe.scheduler = self._schedulers[id(pipe)][job.mode if job.mode in self.profiles else "normal"]
+            pipe.scheduler = self._schedulers[id(pipe)][
+                job.mode if job.mode in self.profiles else "normal"
+            ]
             for index in range(job.variations):
                 if job.is_cancelled():
                     raise Cancelled(job.task_id)
@@ -309,13 +298,18 @@ class DiffusersEngine:
                 )
                 clips.append(self._clip(output.frames[0], render, seed))
                 job.on_progress(min(1.0, (index + 1) / job.variations))
-            failed = False
-        finally:
-            if failed:
-                self._recover(pipe)
+        except BaseException as error:
+            # The traceback keeps the pipeline's frames alive, and with them its
+            # GPU tensors: drop their locals (the traceback still prints), then
+            # free memory so the worker survives to serve the next task.
+            traceback.clear_frames(error.__traceback__)
+            self._recover(pipe)
+            raise
         return clips
 
-    def _call_arguments(self, pipe: Any, job: Job, render: Plan, profile: Profile) -> dict[str, Any]:
+    def _call_arguments(
+        self, pipe: Any, job: Job, render: Plan, profile: Profile
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "prompt": job.prompt + profile.prompt_suffix,
             "negative_prompt": profile.negative_prompt or None,
@@ -328,7 +322,9 @@ class DiffusersEngine:
         }
         if job.images:
             kwargs["image"] = ImageOps.fit(
-                job.images[0].convert("RGB"), (render.width, render.height), Image.Resampling.LANCZOS
+                job.images[0].convert("RGB"),
+                (render.width, render.height),
+                Image.Resampling.LANCZOS,
             )
         if self.family.name == "ltx":
             # LTX-Video conditions its rotary embeddings on the frame rate.
@@ -345,7 +341,9 @@ class DiffusersEngine:
     def _step_callback(self, job: Job, index: int) -> Any:
         variations = job.variations
 
-        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        def on_step_end(
+            pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
             if job.is_cancelled():
                 raise Cancelled(job.task_id)
             total = max(1, pipe.num_timesteps)

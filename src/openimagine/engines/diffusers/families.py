@@ -23,10 +23,15 @@ How a job becomes a render (``plan``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from openimagine.engines.base import MODES, RATIOS, EngineInfo, frame_size, ratio_parts
+
+if TYPE_CHECKING:
+    from openimagine.settings import Settings
 
 # Cropping kicks in above this aspect error; the contract allows 2 %.
 ASPECT_TOLERANCE = 0.01
@@ -154,6 +159,40 @@ COGVIDEOX_INFO = _info(
     FAMILIES["cogvideox"], "CogVideoX text- and image-to-video (diffusers, local weights)"
 )
 INFOS = {"wan": WAN_INFO, "ltx": LTX_INFO, "cogvideox": COGVIDEOX_INFO}
+
+
+def model_class_name(path: Path, variable: str) -> str:
+    """The pipeline class recorded in a diffusers folder, with clear errors for bad folders."""
+    index = path / "model_index.json"
+    if not path.is_dir():
+        raise ValueError(f"{variable}={path} is not a folder")
+    if not index.is_file():
+        raise ValueError(
+            f"{variable}={path} has no model_index.json: expected a diffusers model folder "
+            "(model_index.json plus one folder per component; see docs/engines.md)"
+        )
+    try:
+        name = json.loads(index.read_text(encoding="utf-8"))["_class_name"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{index} is not a diffusers model index (no _class_name)") from None
+    return str(name)
+
+
+def configured_info(name: str, settings: Settings) -> EngineInfo:
+    """What the engine ``name`` will support with these settings, without loading it.
+
+    Same answer as a loaded engine's ``info`` (image input only with an
+    image-to-video model), from the settings and ``model_index.json`` alone, so
+    an API process that does not load models can refuse image tasks at submission.
+    """
+    family = FAMILIES[name]
+    image_input = settings.i2v_model_path is not None
+    if not image_input and settings.model_path is not None:
+        try:
+            image_input = model_class_name(Path(settings.model_path), "") == family.i2v_class
+        except ValueError:
+            image_input = False
+    return replace(INFOS[name], image_input=image_input)
 
 
 @dataclass(frozen=True)

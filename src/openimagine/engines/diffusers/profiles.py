@@ -84,7 +84,9 @@ DEFAULT_PROFILES: dict[str, dict[str, Profile]] = {
 def _check_value(where: str, key: str, value: Any) -> Any:
     if key == "steps":
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-            raise ProfileError(f"{where}: steps must be a whole number from 1 to 1000, got {value!r}")
+            raise ProfileError(
+                f"{where}: steps must be a whole number from 1 to 1000, got {value!r}"
+            )
         return value
     if key in ("guidance", "flow_shift"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -92,7 +94,9 @@ def _check_value(where: str, key: str, value: Any) -> Any:
         if key == "guidance" and not 0 <= value <= 50:
             raise ProfileError(f"{where}: guidance must be from 0 to 50, got {value!r}")
         if key == "flow_shift" and not 0 < value <= 100:
-            raise ProfileError(f"{where}: flow_shift must be above 0 and at most 100, got {value!r}")
+            raise ProfileError(
+                f"{where}: flow_shift must be above 0 and at most 100, got {value!r}"
+            )
         return float(value)
     if not isinstance(value, str):
         raise ProfileError(f"{where}: {key} must be a string, got {value!r}")

@@ -90,19 +90,19 @@ def make_tokenizer() -> Any:
 
 
 def _t5_config(vocab_size: int, *, umt5: bool) -> Any:
-    common = dict(
-        vocab_size=vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    common: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "d_model": 32,
+        "d_kv": 8,
+        "d_ff": 37,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "dropout_rate": 0.0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
     if umt5:
         from transformers import UMT5Config
 
@@ -178,7 +178,11 @@ def _wan_i2v() -> Any:
 
 
 def _ltx_components() -> dict[str, Any]:
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXVideoTransformer3DModel,
+    )
     from transformers import T5EncoderModel
 
     tokenizer = make_tokenizer()
@@ -245,7 +249,11 @@ def _ltx_i2v() -> Any:
 
 
 def _cogvideox_components(*, i2v: bool) -> dict[str, Any]:
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXTransformer3DModel,
+    )
     from transformers import T5EncoderModel
 
     tokenizer = make_tokenizer()

@@ -1,0 +1,74 @@
+"""GET /v1/account: the caller's plan, balance, rate limit and recent usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from openimagine.api.auth import authenticated, bearer_scheme
+from openimagine.api.context import AppContext
+from openimagine.api.envelope import envelope_schema, ok
+from openimagine.services import accounts, tasks
+from openimagine.services.accounts import Principal
+
+router = APIRouter(dependencies=[Depends(bearer_scheme)])
+
+RECENT_TASKS = 10
+
+ACCOUNT_SCHEMA = envelope_schema(
+    {
+        "type": "object",
+        "properties": {
+            "account": {"type": "string"},
+            "plan": {"enum": ["free", "pro", "enterprise"]},
+            "balance": {"type": "integer", "description": "credits"},
+            "price": {"type": "integer", "description": "credits per generation"},
+            "rate_limit": {
+                "type": "object",
+                "properties": {"requests_per_minute": {"type": "integer"}},
+            },
+            "usage": {
+                "type": "object",
+                "properties": {
+                    "tasks": {"type": "object", "additionalProperties": {"type": "integer"},
+                              "description": "task counts by status"},
+                    "credits_spent": {"type": "integer", "description": "debits less refunds"},
+                    "recent_tasks": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "task_id": {"type": "string"},
+                                "status": {"type": "string"},
+                                "created_at": {"type": "string", "format": "date-time"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }
+)
+
+
+def _account(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+    info = accounts.summary(ctx.db, account_id=principal.account_id)
+    return {
+        "account": info["account"],
+        "plan": info["plan"],
+        "balance": info["balance"],
+        "price": ctx.settings.price,
+        "rate_limit": {"requests_per_minute": ctx.settings.rate_limits.get(info["plan"])},
+        "usage": {
+            **info["usage"],
+            "recent_tasks": tasks.recent_tasks(ctx.db, principal, limit=RECENT_TASKS),
+        },
+    }
+
+
+@router.get("/v1/account", responses=ACCOUNT_SCHEMA)
+async def account(request: Request) -> JSONResponse:
+    """The calling account: plan, balance, rate limit, task counts and the last tasks."""
+    return ok(await authenticated(request, _account, writes=False))

@@ -1,0 +1,174 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+from openimagine.client import _base
+from openimagine.client._base import Images
+from openimagine.client._errors import PermissionDeniedError, TaskFailedError, TaskTimeoutError
+from openimagine.client._models import Account, Task
+
+
+class Client:
+    """A client for an openimagine server, or any Grok Imagine-compatible API.
+
+    ``api_key`` and ``base_url`` default to ``OPENIMAGINE_API_KEY`` and
+    ``OPENIMAGINE_BASE_URL`` (then ``http://127.0.0.1:8000``). See
+    ``openimagine.client._base`` for which requests are retried, and why
+    ``generate`` is retried more carefully than the reads.
+    """
+
+    def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
+                 timeout: float | httpx.Timeout = _base.DEFAULT_TIMEOUT,
+                 max_retries: int = _base.DEFAULT_MAX_RETRIES,
+                 http_client: httpx.Client | None = None) -> None:
+        self.api_key, self.base_url = _base.resolve_config(api_key, base_url)
+        self.max_retries = max_retries
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=timeout, follow_redirects=True)
+        self._headers = _base.default_headers(self.api_key)
+
+    def __repr__(self) -> str:
+        return f"Client(base_url={self.base_url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    # --- the API ------------------------------------------------------------
+
+    def generate(self, prompt: str, *, mode: str | None = None, ratio: str | None = None,
+                 images: Images = None) -> Task:
+        """Submit a generation; returns the new ``pending`` task (only ``task_id`` is known).
+
+        ``images``: http(s) URLs, data URIs, or paths of local JPEG/PNG/WebP
+        files (sent as data URIs).
+        """
+        body = _base.generate_body(prompt, mode=mode, ratio=ratio, images=images)
+        data = self._request("POST", "/v1/generate", json=body, idempotent=False)
+        return Task.from_data({"status": "pending", **data})
+
+    def status(self, task_id: str) -> Task:
+        data = self._request("GET", "/v1/status", params={"task_id": task_id}, idempotent=True)
+        return Task.from_data(data, task_id=task_id)
+
+    def account(self) -> Account:
+        """Plan, balance, rate limit and recent usage (openimagine's ``GET /v1/account``)."""
+        return Account.from_data(self._request("GET", "/v1/account", idempotent=True))
+
+    def wait(self, task: Task | str, *, timeout: float = 600, poll_interval: float = 2.0,
+             on_progress: Callable[[Task], Any] | None = None) -> Task:
+        """Poll until the task is done; ``on_progress(task)`` after every poll.
+
+        Raises ``TaskFailedError`` if it failed and ``TaskTimeoutError`` (a
+        ``TimeoutError``) after ``timeout`` seconds; the task itself goes on.
+        """
+        task_id = task if isinstance(task, str) else task.task_id
+        deadline = time.monotonic() + timeout
+        current = self.status(task_id)
+        while True:
+            if on_progress is not None:
+                on_progress(current)
+            if current.done:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TaskTimeoutError(current, timeout)
+            time.sleep(min(poll_interval, remaining))
+            current = self.status(task_id)
+        if current.failed:
+            raise TaskFailedError(current)
+        return current
+
+    def generate_and_wait(self, prompt: str, *, mode: str | None = None,
+                          ratio: str | None = None, images: Images = None,
+                          timeout: float = 600, poll_interval: float = 2.0,
+                          on_progress: Callable[[Task], Any] | None = None) -> Task:
+        """``generate`` then ``wait``: the completed task, with its video URLs."""
+        task = self.generate(prompt, mode=mode, ratio=ratio, images=images)
+        return self.wait(task, timeout=timeout, poll_interval=poll_interval,
+                         on_progress=on_progress)
+
+    def download(self, task: Task | str, dir: str | os.PathLike[str]) -> list[Path]:
+        """Stream every video of a completed task to ``dir/<task_id>-<n>.mp4`` (n from 1)."""
+        current = self.status(task) if isinstance(task, str) else task
+        if not current.done:
+            current = self.status(current.task_id)
+        _base.ensure_downloadable(current)
+        directory = Path(dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index in range(len(current.response)):
+            path = _base.download_path(directory, current.task_id, index + 1)
+            try:
+                self._download_one(current.response[index], path)
+            except PermissionDeniedError:
+                # Signed URLs expire: fetch fresh ones and try this file once more.
+                current = self.status(current.task_id)
+                self._download_one(current.response[index], path)
+            paths.append(path)
+        return paths
+
+    # --- transport ----------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                 json: Any = None, idempotent: bool) -> dict[str, Any]:
+        url = self.base_url + path
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, url, params=params, json=json,
+                                              headers=self._headers)
+            except httpx.TransportError as exc:
+                delay = _base.retry_delay_after_error(
+                    exc, attempt=attempt, max_retries=self.max_retries, idempotent=idempotent)
+                if delay is None:
+                    raise _base.connection_error(exc, url) from exc
+            else:
+                delay = _base.retry_delay_after_response(
+                    response, attempt=attempt, max_retries=self.max_retries,
+                    idempotent=idempotent)
+                if delay is None:
+                    return _base.raise_for_response(response)
+            time.sleep(delay)
+            attempt += 1
+
+    def _download_one(self, url: str, path: Path) -> None:
+        # No Authorization header: the URLs are signed, and may point at a CDN.
+        partial = path.with_name(path.name + ".part")
+        attempt = 0
+        while True:
+            try:
+                with self._http.stream("GET", url, headers=_base.download_headers()) as response:
+                    if response.status_code < 400:
+                        with partial.open("wb") as out:
+                            for chunk in response.iter_bytes():
+                                out.write(chunk)
+                        partial.replace(path)
+                        return
+                    response.read()
+                delay = _base.retry_delay_after_response(
+                    response, attempt=attempt, max_retries=self.max_retries, idempotent=True)
+                if delay is None:
+                    raise _base.error_from_response(response)
+            except httpx.TransportError as exc:
+                partial.unlink(missing_ok=True)
+                delay = _base.retry_delay_after_error(
+                    exc, attempt=attempt, max_retries=self.max_retries, idempotent=True)
+                if delay is None:
+                    raise _base.connection_error(exc, url) from exc
+            time.sleep(delay)
+            attempt += 1

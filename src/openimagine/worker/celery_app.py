@@ -1,0 +1,239 @@
+"""Dispatch with Celery (``OPENIMAGINE_BROKER_URL``): one queue per engine,
+``openimagine.<engine>``, and ``openimagine worker`` as its consumer.
+
+The database row stays the truth; a message only says "task X may be
+pending". The Celery task claims exactly that task with ``claim_next(...,
+task_id=X)``, so a duplicate or redelivered message for a task that is already
+claimed or finished does nothing. While the engine runs, a heartbeat thread
+renews the lease; every write after the claim is fenced by (attempt, owner)
+as in the embedded pool. A sweeper thread re-queues expired leases and
+re-publishes pending tasks whose message may have been lost
+(``worker/sweeper.py``).
+
+Broker settings for 30 s – 10 min GPU jobs: ``task_acks_late`` with
+``task_reject_on_worker_lost`` (a message whose worker process died goes back
+to the queue; the attempt counter in the database, not the broker, ends a task
+that kills its worker every time), ``worker_prefetch_multiplier=1`` (a busy
+worker does not hold messages another could run).
+
+Processes: the worker's main process holds the broker connection and forks
+``--concurrency`` children (prefork pool, default 1: one process per GPU). Each
+child loads the engine once in ``worker_process_init``, after the fork, so
+CUDA is never initialised in the parent; ``worker_proc_alive_timeout`` is
+raised so a model has time to load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from openimagine.engines import create_engine
+from openimagine.moderation import load_policy
+from openimagine.services import lifecycle
+from openimagine.settings import Settings
+from openimagine.storage import storage_from_settings
+from openimagine.store.db import Database
+from openimagine.worker.dispatch import CeleryDispatcher
+from openimagine.worker.pool import PROGRESS_TICK, Progress, worker_name
+from openimagine.worker.runner import Outcome, Runner
+from openimagine.worker.sweeper import Sweeper
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger("openimagine.worker")
+
+TASK_NAME = "openimagine.run"
+# Seconds a worker child may take to start, model load included (Celery's default is 4).
+ENGINE_LOAD_SECONDS = 900.0
+
+
+def queue_name(engine: str) -> str:
+    return f"openimagine.{engine}"
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    """A Celery app for ``settings.broker_url``; creating it connects to nothing."""
+    from celery import Celery
+
+    if not settings.broker_url:
+        raise ValueError("create_celery_app needs settings.broker_url")
+    app = Celery("openimagine", broker=settings.broker_url, set_as_current=False)
+    transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith(("amqp", "pyamqp")):
+        # Publisher confirms: send_task returns once the broker has the message.
+        transport_options["confirm_publish"] = True
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=queue_name(settings.engine),
+        worker_proc_alive_timeout=ENGINE_LOAD_SECONDS,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3.0,
+        # A failed publish must not hold an API request for long: the sweeper
+        # publishes the task again.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
+                                   "interval_step": 0.2, "interval_max": 0.5},
+        # On a lost broker connection the running task goes on: its lease, not
+        # the message, says who owns it, and the redelivered message is a no-op.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_send_task_events=False,
+    )
+    app.openimagine_settings = settings  # type: ignore[attr-defined]
+
+    @app.task(name=TASK_NAME, bind=True)
+    def run(self: Any, task_id: str) -> str:
+        return _current_process(self.app).run(task_id)
+
+    return app
+
+
+def queue_depth(app: Celery, engine: str) -> int | None:
+    """Ready messages in the engine's queue; 0 if it does not exist; None if unknown."""
+    try:
+        with app.connection_or_acquire() as connection:
+            channel = connection.channel()
+            try:
+                declared = channel.queue_declare(queue=queue_name(engine), passive=True)
+                return int(declared.message_count)
+            except connection.channel_errors:
+                return 0  # no such queue yet: nothing was ever published to it
+            finally:
+                try:
+                    channel.close()
+                except Exception:
+                    pass
+    except Exception:
+        log.debug("cannot read the depth of %s", queue_name(engine), exc_info=True)
+        return None
+
+
+def run_with_heartbeat(runner: Runner, claim: lifecycle.Claim) -> Outcome:
+    """``runner.run(claim)`` here, with a thread that renews the lease meanwhile and
+    stops the engine (cooperatively) when the lease turns out to be someone else's."""
+    settings, db = runner.settings, runner.db
+    cancelled = threading.Event()
+    finished = threading.Event()
+    progress = Progress()
+
+    def heartbeat() -> None:
+        written = 0
+        next_lease = time.monotonic() + settings.heartbeat_seconds
+        while not finished.wait(PROGRESS_TICK):
+            now = time.monotonic()
+            if progress.value == written and now < next_lease:
+                continue
+            written = progress.value
+            next_lease = now + settings.heartbeat_seconds
+            try:
+                ours = lifecycle.renew(db, claim, lease_seconds=settings.lease_seconds,
+                                       progress=written)
+            except Exception:
+                log.exception("heartbeat failed for %s", claim.task_id)
+                continue
+            if not ours:
+                log.warning("task %s: lease lost; stopping its engine", claim.task_id)
+                cancelled.set()
+
+    beat = threading.Thread(target=heartbeat, name="openimagine-heartbeat", daemon=True)
+    beat.start()
+    try:
+        return runner.run(claim, progress.report, cancelled)
+    finally:
+        finished.set()
+        beat.join()
+
+
+class WorkerProcess:
+    """What one worker process holds: its database pool, storage, engine and sweeper."""
+
+    def __init__(self, settings: Settings, app: Celery) -> None:
+        self.settings = settings
+        self.name = worker_name()
+        self.db = Database(settings.resolved_database_url)
+        engine = create_engine(settings)
+        self.runner = Runner(settings, self.db, storage_from_settings(settings), engine,
+                             load_policy(settings))
+        dispatcher = CeleryDispatcher(app)
+        self.sweeper = Sweeper(settings, self.db, dispatcher, dispatcher.queue_depth)
+        self._stop = threading.Event()
+        self._sweeping = threading.Thread(target=self.sweeper.run, args=(self._stop,),
+                                          name="openimagine-sweeper", daemon=True)
+        self._sweeping.start()
+        log.info("worker %s ready: engine %s, queue %s", self.name, engine.info.name,
+                 queue_name(engine.info.name))
+
+    def run(self, task_id: str) -> str:
+        claim = lifecycle.claim_next(self.db, owner=self.name,
+                                     engine=self.runner.engine.info.name,
+                                     lease_seconds=self.settings.lease_seconds, task_id=task_id)
+        if claim is None:
+            # Already claimed, finished, or of another engine: the row says so.
+            log.info("task %s: not pending; message dropped", task_id)
+            return "skipped"
+        outcome = run_with_heartbeat(self.runner, claim)
+        log.info("task %s: %s", claim.task_id, outcome.status)
+        return outcome.status
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sweeping.join(timeout=10)
+        self.db.dispose()
+
+
+# One per OS process: built in each prefork child after the fork.
+_process: WorkerProcess | None = None
+_process_lock = threading.Lock()
+_app: Celery | None = None
+
+
+def _current_process(app: Celery) -> WorkerProcess:
+    global _process
+    with _process_lock:
+        if _process is None:
+            _process = WorkerProcess(app.openimagine_settings, app)  # type: ignore[attr-defined]
+        return _process
+
+
+def _on_process_init(**_: Any) -> None:
+    # In the child, right after the fork: load the engine before the first message.
+    assert _app is not None
+    _current_process(_app)
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    if _process is not None:
+        _process.close()
+
+
+def run_worker(settings: Settings, *, concurrency: int = 1) -> None:
+    """``openimagine worker`` with a broker: consume ``openimagine.<engine>`` until stopped
+    (SIGTERM: warm shutdown, the running task finishes first)."""
+    from celery import signals
+
+    global _app
+    app = create_celery_app(settings)
+    _app = app
+    signals.worker_process_init.connect(_on_process_init, weak=False)
+    signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)
+    node = f"openimagine-{settings.engine}-{os.getpid()}@{socket.gethostname()}"
+    app.worker_main([
+        "worker",
+        "--queues", queue_name(settings.engine),
+        "--concurrency", str(max(1, concurrency)),
+        "--pool", "prefork",
+        "--hostname", node,
+        "--loglevel", "INFO",
+        # No start-up handshake with other workers: faster start, nothing we use.
+        "--without-mingle", "--without-gossip",
+    ])

@@ -1,0 +1,324 @@
+"""PostgreSQL: the same migrations, claims that skip locked rows, and a ledger that
+cannot be overdrawn by concurrent writers — on a real server, a fresh database
+per test (see ``scaleout.py``).
+
+What a deployment with several API and worker machines relies on: two workers
+never claim the same task, a worker never waits behind another's claim, a
+lease taken over cannot be written through, a failed task is refunded once,
+and a balance never goes below zero whatever the concurrency.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine, func, inspect, select, text, update
+
+from conftest import Server, auth, make_account
+from openimagine.errors import InsufficientCredits
+from openimagine.services import lifecycle, tasks
+from openimagine.services.accounts import Principal
+from openimagine.store import migrate
+from openimagine.store.db import Database
+from openimagine.store.models import Account, LedgerEntry, Task
+from openimagine.timeutil import utcnow
+from scaleout import pg_url  # noqa: F401 - fixture
+
+ENGINE = "preview"
+PRICE = 40
+
+
+@pytest.fixture
+def db(pg_url: str) -> Iterator[Database]:  # noqa: F811 - the fixture above
+    database = Database(pg_url)
+    migrate.upgrade(database)
+    yield database
+    database.dispose()
+
+
+def new_principal(db: Database, credits: int = 10_000) -> Principal:
+    name = f"acct-{secrets.token_hex(4)}"
+    make_account(db, name=name, credits=credits)
+    with db.read() as session:
+        row = session.execute(select(Account.id, Account.plan).where(Account.name == name)).one()
+    return Principal(account_id=row.id, plan=row.plan)
+
+
+def submit(db: Database, principal: Principal, prompt: str = "a red fox in the snow") -> str:
+    return tasks.submit(db, principal, tasks.NewTask(prompt, "normal", "1:1", []),
+                        task_id=tasks.new_task_id(), engine=ENGINE, price=PRICE)
+
+
+def expire_lease(db: Database, task_id: str) -> None:
+    with db.write() as session:
+        session.execute(update(Task).where(Task.id == task_id)
+                        .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+
+def ledger_kinds(db: Database, task_id: str) -> list[str]:
+    with db.read() as session:
+        return sorted(session.scalars(select(LedgerEntry.kind)
+                                      .where(LedgerEntry.task_id == task_id)))
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+def test_the_migrations_build_the_schema_on_postgres_and_are_idempotent(pg_url: str) -> None:  # noqa: F811
+    database = Database(pg_url)
+    try:
+        assert not database.is_sqlite
+        migrate.upgrade(database)
+        migrate.upgrade(database)  # a second replica starting: nothing to do
+        engine = create_engine(pg_url)
+        try:
+            tables = set(inspect(engine).get_table_names())
+            assert {"accounts", "api_keys", "ledger_entries", "tasks", "alembic_version"} <= tables
+            columns = {c["name"]: c for c in inspect(engine).get_columns("tasks")}
+            assert "dispatched_at" in columns
+            assert "time zone" in str(columns["created_at"]["type"]).lower() or \
+                columns["created_at"]["type"].timezone
+            with engine.connect() as connection:
+                heads = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+            assert len(heads) == 1
+        finally:
+            engine.dispose()
+    finally:
+        database.dispose()
+
+
+def test_replicas_migrating_a_fresh_database_at_once_take_turns(pg_url: str) -> None:  # noqa: F811
+    databases = [Database(pg_url) for _ in range(4)]
+    barrier = threading.Barrier(len(databases))
+
+    def start(database: Database) -> None:
+        barrier.wait()
+        migrate.upgrade(database)
+
+    try:
+        with ThreadPoolExecutor(len(databases)) as pool:
+            list(pool.map(start, databases))  # raises if any replica failed
+    finally:
+        for database in databases:
+            database.dispose()
+
+
+# --- claims ---------------------------------------------------------------------------------
+
+
+def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(db: Database) -> None:
+    principal = new_principal(db)
+    first = submit(db, principal, "first")
+    time.sleep(0.01)
+    second = submit(db, principal, "second")
+
+    def claims() -> list[lifecycle.Claim | None]:
+        return [lifecycle.claim_next(db, owner="w2", engine=ENGINE, lease_seconds=60),
+                # Asking for the locked task by id (a Celery message) skips it too.
+                lifecycle.claim_next(db, owner="w2", engine=ENGINE, lease_seconds=60,
+                                     task_id=first)]
+
+    with db.engine.connect() as holder, ThreadPoolExecutor(1) as pool:
+        # Another worker's claim, mid-transaction, holding the oldest row.
+        holder.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"), {"id": first})
+        future = pool.submit(claims)
+        try:
+            claim, by_id = future.result(timeout=5)
+        except TimeoutError:
+            pytest.fail("the claim waited for the other transaction's lock")
+        finally:
+            holder.rollback()
+    assert claim is not None and claim.task_id == second
+    assert by_id is None
+    claim = lifecycle.claim_next(db, owner="w2", engine=ENGINE, lease_seconds=60, task_id=first)
+    assert claim is not None and claim.task_id == first
+
+
+def test_concurrent_workers_claim_every_task_exactly_once(db: Database) -> None:
+    principal = new_principal(db)
+    submitted = {submit(db, principal, f"take {n}") for n in range(40)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        while (claim := lifecycle.claim_next(db, owner=f"w{index}", engine=ENGINE,
+                                             lease_seconds=60)) is not None:
+            with lock:
+                claimed.append(claim.task_id)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(claimed) == sorted(submitted)  # each once, none left out
+    with db.read() as session:
+        attempts = session.scalars(select(Task.attempts)).all()
+    assert set(attempts) == {1}
+
+
+def test_a_worker_whose_lease_was_taken_over_cannot_write_and_refunds_happen_once(
+        db: Database) -> None:
+    principal = new_principal(db, credits=1000)
+    task_id = submit(db, principal)
+    stale = lifecycle.claim_next(db, owner="old", engine=ENGINE, lease_seconds=60)
+    assert stale is not None
+    expire_lease(db, task_id)
+    assert lifecycle.reap_expired(db, max_attempts=2) == (1, 0)
+    fresh = lifecycle.claim_next(db, owner="new", engine=ENGINE, lease_seconds=60)
+    assert fresh is not None and fresh.attempt == 2
+
+    assert not lifecycle.renew(db, stale, lease_seconds=60, progress=50)
+    assert not lifecycle.complete(db, stale, outputs=["x"], seeds=[])
+    assert not lifecycle.fail(db, stale, message=lifecycle.ENGINE_FAILED, detail="late")
+
+    expire_lease(db, task_id)  # the second worker dies too: out of attempts
+    results = []
+    barrier = threading.Barrier(4)
+
+    def reap() -> None:
+        barrier.wait()
+        results.append(lifecycle.reap_expired(db, max_attempts=2))
+
+    threads = [threading.Thread(target=reap) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sum(failed for _, failed in results) == 1
+    with db.read() as session:
+        task = session.get(Task, task_id)
+        balance = session.scalar(select(Account.balance)
+                                 .where(Account.id == principal.account_id))
+    assert (task.status, task.consumed_credits) == ("failed", 0)
+    assert ledger_kinds(db, task_id) == ["debit", "refund"]
+    assert balance == 1000
+
+
+def test_stale_pending_tasks_are_handed_to_one_sweeper_at_a_time(db: Database) -> None:
+    principal = new_principal(db)
+    old = [submit(db, principal, f"old {n}") for n in range(5)]
+    with db.write() as session:
+        session.execute(update(Task).where(Task.id.in_(old))
+                        .values(dispatched_at=utcnow() - timedelta(seconds=120)))
+    fresh = submit(db, principal, "fresh")
+    assert lifecycle.pending_by_engine(db) == {ENGINE: 6}
+
+    with ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(
+            lambda _: lifecycle.take_stale_pending(db, engine=ENGINE, older_than=60, limit=3),
+            range(4)))
+    assert all(len(batch) <= 3 for batch in batches), batches  # the limit holds
+    taken = [task_id for batch in batches for task_id in batch]
+    assert sorted(taken) == sorted(old)  # every stale task once; the fresh one not at all
+    assert fresh not in taken
+    # Marked as dispatched now: not stale again until another older_than has passed.
+    assert lifecycle.take_stale_pending(db, engine=ENGINE, older_than=60, limit=10) == []
+    assert lifecycle.take_stale_pending(db, engine=ENGINE, older_than=60, limit=0) == []
+
+
+# --- the ledger -----------------------------------------------------------------------------
+
+
+def test_concurrent_submissions_never_overdraw_an_account(db: Database) -> None:
+    principal = new_principal(db, credits=10 * PRICE)
+    barrier = threading.Barrier(16)
+
+    def attempt(n: int) -> str:
+        if n < 16:
+            barrier.wait()
+        try:
+            submit(db, principal, f"race {n}")
+            return "ok"
+        except InsufficientCredits:
+            return "402"
+
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(attempt, range(48)))
+    assert outcomes.count("ok") == 10 and outcomes.count("402") == 38
+    with db.read() as session:
+        balance = session.scalar(select(Account.balance)
+                                 .where(Account.id == principal.account_id))
+        debits = session.scalar(select(func.count()).select_from(LedgerEntry)
+                                .where(LedgerEntry.kind == "debit"))
+        task_count = session.scalar(select(func.count()).select_from(Task))
+    assert (balance, debits, task_count) == (0, 10, 10)
+
+
+# --- the whole service on PostgreSQL ------------------------------------------------------------
+
+
+def test_the_api_and_its_embedded_worker_run_on_postgres(
+        start_server: Callable[..., Server], pg_url: str) -> None:  # noqa: F811
+    server = start_server(database_url=pg_url)
+    key = server.account(credits=1000)
+    task_id = server.generate(key, mode="fun", ratio="16:9").json()["data"]["task_id"]
+    data = server.wait(key, task_id)
+    assert data["status"] == "completed", data
+    assert data["consumed_credits"] == PRICE and len(data["response"]) == 2
+    video = server.client.get(data["response"][0])
+    assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+    assert server.client.get("/readyz").status_code == 200
+    missing = server.client.get("/v1/status", params={"task_id": "task_nope"},
+                                headers=auth(key))
+    assert missing.status_code == 404
+    with server.db.read() as session:
+        row = session.get(Task, task_id)
+    assert row.attempts == 1 and row.started_at >= row.created_at
+
+
+# --- the Celery workers' sweeper ----------------------------------------------------------------
+
+
+class RecordingDispatcher:
+    """A ``Dispatcher`` that keeps the notices (the real one publishes them to RabbitMQ)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def notify(self, task_id: str, engine: str) -> None:
+        self.sent.append((task_id, engine))
+
+
+def test_the_sweeper_republishes_lost_messages_and_expired_leases_only(
+        db: Database, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import make_settings
+    from openimagine.worker.sweeper import Sweeper
+
+    settings = make_settings(tmp_path, redispatch_seconds=30, max_attempts=2)
+    principal = new_principal(db)
+    stale = [submit(db, principal, f"stale {n}") for n in range(3)]
+    fresh = submit(db, principal, "fresh")
+    running = submit(db, principal, "running")
+    with db.write() as session:
+        session.execute(update(Task).where(Task.id.in_(stale))
+                        .values(dispatched_at=utcnow() - timedelta(seconds=60)))
+    claim = lifecycle.claim_next(db, owner="dead", engine=ENGINE, lease_seconds=60,
+                                 task_id=running)
+    assert claim is not None
+    expire_lease(db, running)
+
+    # Five pending (the re-queued one included, its message just published) and as
+    # many ready messages: nothing is missing.
+    depth = {ENGINE: 5}
+    dispatcher = RecordingDispatcher()
+    sweeper = Sweeper(settings, db, dispatcher, depth.get)
+    assert sweeper.sweep() == (1, 0, 0)
+    assert dispatcher.sent == [(running, ENGINE)]  # the re-queued task, published at once
+
+    depth[ENGINE] = 3  # five pending, three messages: two are lost
+    dispatcher.sent.clear()
+    assert sweeper.sweep() == (0, 0, 2)
+    assert {task_id for task_id, _ in dispatcher.sent} <= set(stale)
+    assert fresh not in {task_id for task_id, _ in dispatcher.sent}
+
+    depth.clear()  # the broker cannot be asked: every stale task is published, once
+    dispatcher.sent.clear()
+    assert sweeper.sweep() == (0, 0, 1)
+    assert sweeper.sweep() == (0, 0, 0)  # now dispatched recently: not stale

@@ -39,6 +39,7 @@ def test_output_is_browser_playable_h264_with_moov_first(tmp_path: Path) -> None
     assert info["fps"] == pytest.approx(24)
     assert info["duration"] == pytest.approx(0.5, abs=0.05)
     assert info["faststart"], info["boxes"]
+    assert info["bt709"]  # players know which matrix turns it back into RGB
     assert info["boxes"].index("moov") < info["boxes"].index("mdat")
 
 

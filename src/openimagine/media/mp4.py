@@ -11,12 +11,14 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import ColorRange, Colorspace
 
 # x264 speed/quality trade-off, measured on 480x480 preview clips: ``ultrafast``
 # with CABAC and the deblocking filter switched back on costs the same CPU as plain
@@ -25,6 +27,10 @@ import numpy as np
 PRESET = "ultrafast"
 X264_PARAMS = "cabac=1:deblock=1"
 CRF = 23
+# Untagged H.264 leaves the RGB->YUV matrix to the player's guess (browsers and
+# FFmpeg disagree, shifting colours); convert with BT.709 and say so in the stream.
+BT709 = 1  # AVCOL_SPC_BT709 == AVCOL_PRI_BT709 == AVCOL_TRC_BT709
+LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG, what every player expects
 
 
 def encode_mp4(
@@ -63,12 +69,31 @@ def _encode(
 ) -> int:
     expected = (height, width, 3)
     count = 0
-    with av.open(filename, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+    pending: Future[None] | None = None
+    with (
+        av.open(filename, mode="w", format="mp4", options={"movflags": "+faststart"}) as container,
+        # Frames are pulled (rendered) in the caller's thread, so engine callbacks
+        # stay there, while this thread converts and encodes the previous frame:
+        # both halves release the GIL, so a two-core machine runs them side by side.
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode_mp4") as encoder,
+    ):
         stream = container.add_stream("libx264", rate=fps)
         stream.width = width
         stream.height = height
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": PRESET, "x264-params": X264_PARAMS, "crf": str(CRF)}
+        context = stream.codec_context
+        context.colorspace = context.color_primaries = context.color_trc = BT709
+        context.color_range = LIMITED_RANGE
+
+        def encode_one(rgb: av.VideoFrame) -> None:
+            yuv = rgb.reformat(
+                format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
+            )
+            yuv.pts = rgb.pts
+            yuv.time_base = Fraction(1, fps)
+            container.mux(stream.encode(yuv))
+
         for frame in frames:
             array = np.asarray(frame)
             if array.shape != expected or array.dtype != np.uint8:
@@ -76,11 +101,15 @@ def _encode(
                     f"frame {count}: expected uint8 array of shape {expected}, "
                     f"got {array.dtype} {array.shape}"
                 )
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-            video_frame.pts = count
-            video_frame.time_base = Fraction(1, fps)
-            container.mux(stream.encode(video_frame))
+            # Copied here, so an engine may reuse its buffer for the next frame.
+            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            rgb.pts = count
+            if pending is not None:
+                pending.result()  # one frame in flight: bounded memory, errors surface early
+            pending = encoder.submit(encode_one, rgb)
             count += 1
+        if pending is not None:
+            pending.result()
         if count == 0:
             raise ValueError("no frames to encode")
         container.mux(stream.encode(None))  # flush the encoder's delayed frames
@@ -128,6 +157,8 @@ def probe_mp4(path: Path) -> dict[str, Any]:
             "frames": frames,
             "fps": fps,
             "duration": duration,
+            "bt709": stream.codec_context.colorspace == BT709
+            and stream.codec_context.color_range == LIMITED_RANGE,
         }
     info["boxes"] = boxes
     info["faststart"] = (

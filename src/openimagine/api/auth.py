@@ -12,17 +12,19 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from fastapi import Request
-from fastapi.security import HTTPBearer
+from sqlalchemy import Row
 
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.middleware import RATELIMIT_STATE
 from openimagine.errors import RateLimited, Unauthorized
-from openimagine.services.accounts import Principal, authenticate
+from openimagine.services.accounts import Principal, authenticate, authenticate_with_task
 
 T = TypeVar("T")
 
-# For the OpenAPI document only: the check itself is ``require_principal``.
-bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer oi_...")
+# For the OpenAPI document only (the check itself is ``require_principal``): a
+# FastAPI security dependency would cost every request a dependency solve.
+BEARER_SCHEME = {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer oi_..."}
+REQUIRES_KEY: dict[str, object] = {"security": [{"bearer": []}]}
 
 
 def _bearer(request: Request) -> str | None:
@@ -33,8 +35,7 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def require_principal(ctx: AppContext, request: Request) -> Principal:
-    """The calling account, after the failed-auth and plan limits; blocking."""
+def _check_address(ctx: AppContext, request: Request) -> str:
     address = request.client.host if request.client else "unknown"
     blocked = ctx.limiter.auth_blocked(address)
     if blocked is not None:
@@ -42,8 +43,12 @@ def require_principal(ctx: AppContext, request: Request) -> Principal:
             "Too many failed authentication attempts, please try again later",
             retry_after=blocked.retry_after,
         )
-    token = _bearer(request)
-    principal = authenticate(ctx.db, token) if token is not None else None
+    return address
+
+
+def _admit(ctx: AppContext, request: Request, address: str, token: str | None,
+           principal: Principal | None) -> Principal:
+    """Count a failed authentication, or the account's request against its plan."""
     if principal is None:
         ctx.limiter.record_auth_failure(address)
         if token is None:
@@ -60,6 +65,25 @@ def require_principal(ctx: AppContext, request: Request) -> Principal:
     return principal
 
 
+def require_principal(ctx: AppContext, request: Request) -> Principal:
+    """The calling account, after the failed-auth and plan limits; blocking."""
+    address = _check_address(ctx, request)
+    token = _bearer(request)
+    principal = authenticate(ctx.db, token) if token is not None else None
+    return _admit(ctx, request, address, token, principal)
+
+
+def require_principal_and_task(ctx: AppContext, request: Request,
+                               task_id: str) -> tuple[Principal, Row | None]:
+    """``require_principal`` and the caller's task in one database round trip."""
+    address = _check_address(ctx, request)
+    token = _bearer(request)
+    principal, task = (
+        authenticate_with_task(ctx.db, token, task_id) if token is not None else (None, None)
+    )
+    return _admit(ctx, request, address, token, principal), task
+
+
 async def authenticated(request: Request, call: Callable[[AppContext, Principal], T], *,
                         writes: bool) -> T:
     """Authenticate, then ``call(ctx, principal)``.
@@ -72,10 +96,13 @@ async def authenticated(request: Request, call: Callable[[AppContext, Principal]
     GIL behind each other add milliseconds to every response.
     """
     ctx = get_context(request)
+    return await run_blocking(ctx, lambda: call(ctx, require_principal(ctx, request)),
+                              writes=writes)
 
-    def work() -> T:
-        return call(ctx, require_principal(ctx, request))
 
+async def run_blocking(ctx: AppContext, work: Callable[[], T], *, writes: bool) -> T:
+    """On the event loop when nothing in ``work`` can block (see ``authenticated``),
+    else in the API's thread pool."""
     if not writes and ctx.nonblocking_reads:
         return work()
     return await asyncio.get_running_loop().run_in_executor(ctx.executor, work)

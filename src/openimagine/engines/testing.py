@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 
 from openimagine.engines.base import Cancelled, Clip, EngineInfo, Job
 from openimagine.engines.preview import INFO as PREVIEW_INFO
@@ -38,7 +39,10 @@ class SleepEngine:
             remaining = deadline - time.monotonic()
             job.on_progress(0.5 * (1 - remaining / self.seconds))
             time.sleep(min(0.05, max(0.0, remaining)))
-        return self.preview.generate(job)
+        # The pause was the first half of the progress bar; rendering is the second.
+        report = job.on_progress
+        return self.preview.generate(
+            replace(job, on_progress=lambda fraction: report(0.5 + 0.5 * fraction)))
 
 
 class FailEngine:

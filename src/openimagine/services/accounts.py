@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -158,9 +158,32 @@ _PRINCIPAL_BY_HASH = (
 def authenticate(db: Database, key: str) -> Principal | None:
     if not key.startswith(KEY_PREFIX):
         return None
-    with db.connect() as connection:
-        row = connection.execute(_PRINCIPAL_BY_HASH, {"key_hash": hash_key(key)}).first()
+    row = db.fetch_first(_PRINCIPAL_BY_HASH, {"key_hash": hash_key(key)})
     return Principal(account_id=row.id, plan=row.plan) if row else None
+
+
+# Status polling is the hottest request: the key's account and the task in one
+# round trip. The task joins only when it belongs to that account.
+_PRINCIPAL_AND_TASK = (
+    select(Account.id.label("principal_id"), Account.plan.label("principal_plan"),
+           *Task.__table__.columns)
+    .select_from(ApiKey)
+    .join(Account, ApiKey.account_id == Account.id)
+    .outerjoin(Task, (Task.id == bindparam("task_id")) & (Task.account_id == Account.id))
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
+
+
+def authenticate_with_task(db: Database, key: str, task_id: str) -> tuple[Principal | None, Row | None]:
+    """``authenticate`` and the caller's task ``task_id`` (None if not theirs) at once."""
+    if not key.startswith(KEY_PREFIX):
+        return None, None
+    row = db.fetch_first(_PRINCIPAL_AND_TASK, {"key_hash": hash_key(key), "task_id": task_id})
+    if row is None:
+        return None, None
+    return Principal(account_id=row.principal_id, plan=row.principal_plan), (
+        row if row.id is not None else None
+    )
 
 
 def summary(db: Database, *, name: str | None = None, account_id: int | None = None) -> dict:

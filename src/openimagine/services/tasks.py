@@ -68,10 +68,8 @@ _TASK_OF_ACCOUNT = select(Task.__table__).where(
 def get_task(db: Database, principal: Principal, task_id: str) -> Row:
     """The task row (attributes as on ``Task``); another account's task is ``NotFound``
     exactly like a missing one."""
-    with db.connect() as connection:
-        row = connection.execute(
-            _TASK_OF_ACCOUNT, {"task_id": task_id, "account_id": principal.account_id}
-        ).first()
+    row = db.fetch_first(_TASK_OF_ACCOUNT,
+                         {"task_id": task_id, "account_id": principal.account_id})
     if row is None:
         raise NotFound("Task not found")
     return row

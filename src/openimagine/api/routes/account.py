@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from openimagine.api.auth import authenticated, bearer_scheme
+from openimagine.api.auth import REQUIRES_KEY, authenticated
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.services import accounts, tasks
 from openimagine.services.accounts import Principal
 
-router = APIRouter(dependencies=[Depends(bearer_scheme)])
+router = APIRouter()
 
 RECENT_TASKS = 10
 
@@ -68,7 +68,7 @@ def _account(ctx: AppContext, principal: Principal) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/account", responses=ACCOUNT_SCHEMA)
+@router.get("/v1/account", responses=ACCOUNT_SCHEMA, openapi_extra=REQUIRES_KEY)
 async def account(request: Request) -> JSONResponse:
     """The calling account: plan, balance, rate limit, task counts and the last tasks."""
     return ok(await authenticated(request, _account, writes=False))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from openimagine import inputs
-from openimagine.api.auth import authenticated, bearer_scheme
+from openimagine.api.auth import REQUIRES_KEY, authenticated
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest
@@ -19,7 +19,7 @@ from openimagine.services.accounts import Principal
 
 MAX_PROMPT = 5000
 
-router = APIRouter(dependencies=[Depends(bearer_scheme)])
+router = APIRouter()
 
 
 class GenerateBody(BaseModel):
@@ -127,6 +127,7 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
 @router.post(
     "/v1/generate",
     openapi_extra={
+        **REQUIRES_KEY,
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": GenerateBody.model_json_schema()}},

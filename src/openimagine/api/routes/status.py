@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from openimagine.api.auth import authenticated, bearer_scheme
-from openimagine.api.context import AppContext
+from openimagine.api.auth import (
+    REQUIRES_KEY,
+    require_principal,
+    require_principal_and_task,
+    run_blocking,
+)
+from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest, NotFound
 from openimagine.services import tasks
-from openimagine.services.accounts import Principal
 
-router = APIRouter(dependencies=[Depends(bearer_scheme)])
+router = APIRouter()
 
 STATUS_SCHEMA = envelope_schema(
     {
@@ -34,29 +38,46 @@ STATUS_SCHEMA = envelope_schema(
 )
 
 
-def _status(task_id: object):  # type: ignore[no-untyped-def]
-    def call(ctx: AppContext, principal: Principal) -> dict[str, Any]:
-        if not isinstance(task_id, str) or not task_id.strip():
+def _status_of(ctx: AppContext, request: Request, task_id: object,
+               body_error: str | None = None) -> dict[str, Any]:
+    """Authenticate (401/429 come first, as on every /v1 call), then the task's view."""
+    wanted = task_id.strip() if isinstance(task_id, str) else ""
+    # Task ids are printable ASCII; anything else (a NUL, an unpaired
+    # surrogate) is unknown and must not reach the database driver.
+    if body_error or not wanted or not (wanted.isascii() and wanted.isprintable()):
+        require_principal(ctx, request)
+        if body_error:
+            raise InvalidRequest(body_error)
+        if not wanted:
             raise InvalidRequest("The task_id parameter is required")
-        if not task_id.strip().isascii() or not task_id.strip().isprintable():
-            # Task ids are printable ASCII; anything else (a NUL, an unpaired
-            # surrogate) is unknown and must not reach the database driver.
-            raise NotFound("Task not found")
-        task = tasks.get_task(ctx.db, principal, task_id.strip())
-        return tasks.task_view(task, ctx.storage)
-
-    return call
+        raise NotFound("Task not found")
+    _, task = require_principal_and_task(ctx, request, wanted)
+    if task is None:  # missing, or another account's: the same answer
+        raise NotFound("Task not found")
+    return tasks.task_view(task, ctx.storage)
 
 
-@router.get("/v1/status", responses=STATUS_SCHEMA)
-async def status_get(request: Request, task_id: str | None = None) -> JSONResponse:
+# The query parameter is read by hand: FastAPI's parameter machinery costs
+# more than the database read on the most frequent request of all.
+TASK_ID_PARAMETER = {
+    "parameters": [{"name": "task_id", "in": "query", "required": True,
+                    "schema": {"type": "string"}}],
+    **REQUIRES_KEY,
+}
+
+
+@router.get("/v1/status", responses=STATUS_SCHEMA, openapi_extra=TASK_ID_PARAMETER)
+async def status_get(request: Request) -> JSONResponse:
     """A task's status; completed tasks list freshly signed video URLs."""
-    return ok(await authenticated(request, _status(task_id), writes=False))
+    ctx = get_context(request)
+    task_id = request.query_params.get("task_id")
+    return ok(await run_blocking(ctx, lambda: _status_of(ctx, request, task_id), writes=False))
 
 
-@router.post("/v1/status", responses=STATUS_SCHEMA)
+@router.post("/v1/status", responses=STATUS_SCHEMA, openapi_extra=REQUIRES_KEY)
 async def status_post(request: Request) -> JSONResponse:
     """The same, with ``{"task_id": "..."}`` in the body."""
+    ctx = get_context(request)
     raw = await request.body()
     try:
         body = json.loads(raw) if raw.strip() else {}
@@ -65,10 +86,6 @@ async def status_post(request: Request) -> JSONResponse:
     task_id = body.get("task_id") if isinstance(body, dict) else None
     if task_id is None:
         task_id = request.query_params.get("task_id")
-
-    def call(ctx: AppContext, principal: Principal) -> dict[str, Any]:
-        if body is None:
-            raise InvalidRequest("Malformed JSON body")
-        return _status(task_id)(ctx, principal)
-
-    return ok(await authenticated(request, call, writes=False))
+    error = "Malformed JSON body" if body is None else None
+    return ok(await run_blocking(ctx, lambda: _status_of(ctx, request, task_id, error),
+                                 writes=False))

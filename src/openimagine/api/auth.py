@@ -12,12 +12,12 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from fastapi import Request
-from sqlalchemy import Row
 
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.middleware import RATELIMIT_STATE
 from openimagine.errors import RateLimited, Unauthorized
 from openimagine.services.accounts import Principal, authenticate, authenticate_with_task
+from openimagine.store.db import Record
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ def require_principal(ctx: AppContext, request: Request) -> Principal:
 
 
 def require_principal_and_task(ctx: AppContext, request: Request,
-                               task_id: str) -> tuple[Principal, Row | None]:
+                               task_id: str) -> tuple[Principal, Record | None]:
     """``require_principal`` and the caller's task in one database round trip."""
     address = _check_address(ctx, request)
     token = _bearer(request)

@@ -11,14 +11,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from openimagine.errors import AccountNotFound, KeyNotFound
 from openimagine.services import ledger
 from openimagine.settings import PLANS
-from openimagine.store.db import Database
+from openimagine.store.db import Database, Record
 from openimagine.store.models import Account, ApiKey, LedgerEntry, Task
 from openimagine.timeutil import utcnow
 
@@ -174,7 +174,7 @@ _PRINCIPAL_AND_TASK = (
 )
 
 
-def authenticate_with_task(db: Database, key: str, task_id: str) -> tuple[Principal | None, Row | None]:
+def authenticate_with_task(db: Database, key: str, task_id: str) -> tuple[Principal | None, Record | None]:
     """``authenticate`` and the caller's task ``task_id`` (None if not theirs) at once."""
     if not key.startswith(KEY_PREFIX):
         return None, None

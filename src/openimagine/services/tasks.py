@@ -5,13 +5,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import bindparam, select
 
 from openimagine.errors import NotFound
 from openimagine.services import ledger
 from openimagine.services.accounts import Principal
 from openimagine.storage import Storage
-from openimagine.store.db import Database
+from openimagine.store.db import Database, Record
 from openimagine.store.models import Task
 from openimagine.timeutil import rfc3339
 
@@ -65,7 +65,7 @@ _TASK_OF_ACCOUNT = select(Task.__table__).where(
 )
 
 
-def get_task(db: Database, principal: Principal, task_id: str) -> Row:
+def get_task(db: Database, principal: Principal, task_id: str) -> Record:
     """The task row (attributes as on ``Task``); another account's task is ``NotFound``
     exactly like a missing one."""
     row = db.fetch_first(_TASK_OF_ACCOUNT,
@@ -93,7 +93,7 @@ def image_url(ref: str, storage: Storage) -> str:
     return storage.url(ref[len(STORED_PREFIX):]) if ref.startswith(STORED_PREFIX) else ref
 
 
-def task_view(task: Task | Row, storage: Storage) -> dict:
+def task_view(task: Task | Record, storage: Storage) -> dict:
     """The ``data`` object of ``/v1/status``, with freshly signed URLs."""
     request: dict[str, object] = {"mode": task.mode, "prompt": task.prompt, "ratio": task.ratio}
     if task.images:

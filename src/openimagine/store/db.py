@@ -13,13 +13,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeAlias
 
-from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event, text
+from sqlalchemy import Connection, Dialect, Engine, Select, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# A fetched row: column values as attributes (a SQLAlchemy Row or a namespace).
+Record: TypeAlias = Any
 
 
 def _prepare_sqlite(engine: Engine) -> None:
@@ -47,6 +51,29 @@ def _prepare_sqlite(engine: Engine) -> None:
         # double the round trips on the hottest path.
 
 
+class _DriverQuery:
+    """A SELECT compiled once for a dialect with a positional paramstyle, run on
+    a DB-API connection, its values converted by the columns' own types."""
+
+    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.order = tuple(compiled.positiontup or ())
+        columns = compiled._result_columns  # noqa: SLF001 - names and types, in order
+        self.names = [column.keyname for column in columns]
+        self.processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                           for column in columns]
+
+    def first(self, driver: Any, params: dict[str, Any]) -> SimpleNamespace | None:
+        row = driver.execute(self.sql, tuple(params[name] for name in self.order)).fetchone()
+        if row is None:
+            return None
+        return SimpleNamespace(**{
+            name: (process(value) if process is not None and value is not None else value)
+            for name, process, value in zip(self.names, self.processors, row, strict=True)
+        })
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
@@ -66,7 +93,9 @@ class Database:
         self._write_lock: threading.Lock | nullcontext[None] = (
             threading.Lock() if self.is_sqlite else nullcontext()
         )
-        self._kept: list[Connection] = []
+        self._kept: list[Any] = []
+        self._generation = 0
+        self._compiled: dict[Select[Any], _DriverQuery] = {}
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -77,25 +106,31 @@ class Database:
         """A plain connection for one-statement reads on hot paths (no ORM session)."""
         return self._single_engine.connect()
 
-    def fetch_first(self, statement: Executable, params: dict[str, Any]) -> Row | None:
-        """The first row of a one-statement read, as cheaply as SQLAlchemy allows.
+    def fetch_first(self, statement: Select[Any], params: dict[str, Any]) -> Record | None:
+        """The first row of a one-statement read (attribute access by column
+        name), as cheaply as possible: this serves every status poll.
 
-        On SQLite each thread keeps one connection open in autocommit mode:
-        checking a connection out of the pool and back cost as much as the
-        query. Elsewhere a pooled connection per call (an idle connection
-        must not sit in an open transaction on a server).
+        On SQLite the statement is compiled once and run on the driver itself,
+        over one autocommit connection per thread; SQLAlchemy's per-execution
+        machinery cost three times the query. Values go through the same type
+        processors SQLAlchemy would apply (dates, JSON). Elsewhere, a pooled
+        connection per call (an idle connection must not sit in an open
+        transaction on a server).
         """
         if not self.is_sqlite:
             with self.connect() as connection:
                 return connection.execute(statement, params).first()
-        connection = getattr(self._local, "connection", None)
-        if connection is None or connection.closed:
-            connection = self._local.connection = self.connect()
-            self._kept.append(connection)
-        try:
-            return connection.execute(statement, params).first()
-        finally:
-            connection.rollback()  # no BEGIN was sent: this only resets SQLAlchemy's state
+        query = self._compiled.get(statement)
+        if query is None:
+            query = self._compiled[statement] = _DriverQuery(statement, self.engine.dialect)
+        # Per thread, and renewed after ``dispose`` closed the kept ones.
+        generation, driver = getattr(self._local, "driver", (-1, None))
+        if generation != self._generation:
+            fairy = self._single_engine.raw_connection()
+            self._kept.append(fairy)
+            driver = fairy.driver_connection
+            self._local.driver = (self._generation, driver)
+        return query.first(driver, params)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -118,4 +153,5 @@ class Database:
             except Exception:  # noqa: BLE001 - closing from another thread is best effort
                 pass
         self._kept.clear()
+        self._generation += 1
         self.engine.dispose()

@@ -113,6 +113,18 @@ def _serve_in_thread(settings: Settings, run_workers: bool | None) -> tuple[str,
     return f"http://127.0.0.1:{settings.port}", stop
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For tiny-model tests: tiny tensors gain nothing from threads, and OpenMP
+    threads spin badly on a busy machine (one clip measured 1 s vs 11 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Factory: ``start_server(**settings_overrides, run_workers=None)`` → a running ``Server``."""

@@ -41,6 +41,7 @@ from openimagine.client._errors import (
     make_status_error,
 )
 from openimagine.client._models import Task
+from openimagine.imagetypes import sniff_image_type
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -85,18 +86,6 @@ def default_headers(api_key: str) -> dict[str, str]:
 
 # --- image references -------------------------------------------------------
 
-def _sniff_image(data: bytes) -> str | None:
-    # Kept here rather than imported from the server's ``inputs`` package so
-    # that the SDK imports without the server's image stack (Pillow).
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
 def image_ref(value: ImageInput) -> str:
     """An ``http(s)`` URL or data URI as given; a local file as a data URI."""
     if isinstance(value, str) and value.startswith(("http://", "https://", "data:")):
@@ -108,7 +97,7 @@ def image_ref(value: ImageInput) -> str:
             status=400, code="INVALID_REQUEST",
         )
     data = path.read_bytes()
-    kind = _sniff_image(data)
+    kind = sniff_image_type(data)
     if kind is None:
         raise InvalidRequestError(f"image {str(path)!r} is not a JPEG, PNG or WebP file",
                                   status=400, code="INVALID_REQUEST")

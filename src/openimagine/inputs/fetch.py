@@ -14,6 +14,13 @@ import httpcore
 import httpx
 from PIL import Image
 
+from openimagine.inputs.images import decode_image
+from openimagine.inputs.refs import (
+    FetchFailed,
+    decode_data_uri,
+    is_data_uri,
+    url_problem,
+)
 from openimagine.settings import Settings
 
 # The whole fetch, redirects included, must finish within this many times
@@ -28,14 +35,6 @@ Resolver = Callable[[str, int], Sequence[str]]
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
-
-from openimagine.inputs.images import decode_image
-from openimagine.inputs.refs import (
-    FetchFailed,
-    decode_data_uri,
-    is_data_uri,
-    url_problem,
-)
 
 
 def is_public_address(ip: IPAddress) -> bool:

@@ -6,19 +6,8 @@ from io import BytesIO
 
 from PIL import Image, ImageOps
 
+from openimagine.imagetypes import sniff_image_type
 from openimagine.inputs.refs import UnsupportedImage
-
-
-def sniff_image_type(data: bytes) -> str | None:
-    """"jpeg", "png" or "webp" judged by magic bytes only (never by name or header)."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
 
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 

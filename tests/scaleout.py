@@ -48,14 +48,14 @@ def unavailable(service: str, reason: str) -> None:
     pytest.skip(message)
 
 
-def _tcp(url: str, default_port: int) -> None:
+def _tcp(service: str, url: str, default_port: int) -> None:
     parts = urlsplit(url)
     try:
         with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port),
                                       timeout=2):
             pass
     except OSError as exc:
-        unavailable(url.split(":")[0], f"{parts.hostname}:{parts.port or default_port}: {exc}")
+        unavailable(service, f"{parts.hostname}:{parts.port or default_port}: {exc}")
 
 
 # --- PostgreSQL -------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def rabbitmq_vhost() -> Iterator[str]:
     broker would otherwise consume each other's messages. Without
     ``rabbitmqctl`` (a remote broker) the default virtual host is used.
     """
-    _tcp(AMQP_URL, 5672)
+    _tcp("RabbitMQ", AMQP_URL, 5672)
     if shutil.which("rabbitmqctl") is None:
         yield AMQP_URL
         return

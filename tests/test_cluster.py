@@ -11,6 +11,7 @@ overdraw an account.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -45,6 +46,18 @@ SETTINGS: dict[str, Any] = {
     "rate_limits": "free=100,pro=100000,enterprise=100000",
     "secret_key": "cluster-secret-0123456789",
 }
+
+
+# Looked up here, not in the child between fork and exec, where little is safe.
+_PRCTL = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_pytest() -> None:
+    """In the child before exec: SIGKILL when pytest dies, so an interrupted run leaves
+    no servers behind (the fixture's own cleanup covers every other ending)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -97,14 +110,26 @@ class Cluster:
         log = self.root / f"{name}.log"
         process = subprocess.Popen([sys.executable, "-m", "openimagine", *args], env=env,
                                    stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   # A group of its own: a test kills a worker together
+                                   # with its forked child.
+                                   start_new_session=True,
+                                   preexec_fn=_die_with_pytest)  # noqa: PLW1509 - one syscall
         return Process(process, log)
 
     def start_api(self, index: int) -> Process:
-        port = free_port()
-        api = self.spawn(f"api{index}", "serve", "--no-worker",
-                         env=self.env(f"api{index}", port=port))
-        api.base_url = f"http://127.0.0.1:{port}"
+        for _ in range(3):
+            port = free_port()
+            api = self.spawn(f"api{index}", "serve", "--no-worker",
+                             env=self.env(f"api{index}", port=port))
+            api.base_url = f"http://127.0.0.1:{port}"
+            # Another test run on this machine may take the free port first.
+            deadline = time.monotonic() + 60
+            while api.process.poll() is None and "Uvicorn running" not in api.text():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            if api.process.poll() is None or "address already in use" not in api.text():
+                break
         self.apis.append(api)
         return api
 
@@ -177,8 +202,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster = Cluster(root, settings, db)
         try:
             for index in (1, 2):
+                cluster.start_worker(index)  # they start while the APIs do
+            for index in (1, 2):
                 cluster.start_api(index)
-                cluster.start_worker(index)
             cluster.wait_ready()
             yield cluster
         finally:
@@ -197,6 +223,17 @@ def completions(workers: list[Process], task_id: str) -> list[int]:
 
 
 # --- the tests, in the order they run ------------------------------------------------------
+
+
+def test_the_worker_process_imports_no_gpu_library_before_it_forks() -> None:
+    # The main process of ``openimagine worker`` imports this much; CUDA must only
+    # ever be initialised in the forked children, where the engine is created.
+    probe = ("import sys, openimagine.cli, openimagine.worker.celery_app; "
+             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
 
 
 def test_twenty_tasks_submitted_to_both_apis_each_run_exactly_once(cluster: Cluster) -> None:

@@ -68,7 +68,7 @@ def test_odd_or_empty_sizes_are_refused(tmp_path: Path, width: int, height: int)
 
 def test_frame_of_wrong_shape_fails_without_leaving_files(tmp_path: Path) -> None:
     """A bad frame mid-clip raises and leaves neither a partial video nor a temp file."""
-    frames = gradient_frames(3, 64, 48) + [np.zeros((48, 64, 4), dtype=np.uint8)]
+    frames = [*gradient_frames(3, 64, 48), np.zeros((48, 64, 4), dtype=np.uint8)]
     with pytest.raises(ValueError, match="frame 3"):
         encode_mp4(frames, tmp_path / "bad.mp4", fps=24, width=64, height=48)
     assert list(tmp_path.iterdir()) == []
@@ -103,3 +103,21 @@ def test_frames_are_consumed_lazily_from_a_generator(tmp_path: Path) -> None:
     written = encode_mp4(iter(gradient_frames(5, 32, 32)), path, fps=10, width=32, height=32)
     assert written == 5
     assert probe_mp4(path)["frames"] == 5
+
+
+def test_engine_may_reuse_one_buffer_for_every_frame(tmp_path: Path) -> None:
+    """Each frame is copied when handed over, so an engine can overwrite its buffer
+    for the next frame while the previous one is still being encoded."""
+    levels = [0, 60, 120, 180, 240]
+
+    def reused() -> object:
+        buffer = np.empty((32, 32, 3), dtype=np.uint8)
+        for level in levels:
+            buffer[...] = level
+            yield buffer
+
+    path = tmp_path / "reused.mp4"
+    encode_mp4(reused(), path, fps=8, width=32, height=32)  # type: ignore[arg-type]
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24").mean() for f in container.decode(video=0)]
+    assert decoded == pytest.approx(levels, abs=6)

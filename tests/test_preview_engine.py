@@ -179,7 +179,9 @@ def dotted_photo(width: int, height: int) -> Image.Image:
 
 def test_image_clip_moves_and_variations_move_differently(engine: PreviewEngine) -> None:
     """The camera moves over the image, differently per variation."""
-    job = make_job(images=[dotted_photo(200, 200)], resolution=96, duration=1.0, variations=2)
+    job = make_job(
+        images=[dotted_photo(200, 200)], resolution=96, duration=2.0, fps=24, variations=2
+    )
     first, second = render(engine, job)
     assert mean_abs_diff(first[0], first[-1]) > 5
     assert mean_abs_diff(first[0], second[0]) < 1  # both open on the image itself
@@ -264,3 +266,17 @@ def test_clip_encodes_to_a_playable_mp4(engine: PreviewEngine, tmp_path: Path) -
     info = probe_mp4(path)
     assert written == info["frames"] == 6
     assert (info["width"], info["height"]) == (clip.width, clip.height)
+
+
+def test_cancelling_mid_encode_leaves_no_video(engine: PreviewEngine, tmp_path: Path) -> None:
+    """Cancellation raised inside the frame stream aborts the encode without a partial file."""
+    produced: list[float] = []
+    job = make_job(
+        duration=2.0,
+        on_progress=produced.append,
+        is_cancelled=lambda: len(produced) >= 5,
+    )
+    (clip, _) = engine.generate(job)
+    with pytest.raises(Cancelled):
+        encode_mp4(clip.frames, tmp_path / "out.mp4", fps=clip.fps, width=64, height=64)
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 from PIL import Image
 
 from conftest import Server, auth
@@ -86,7 +87,7 @@ def test_s3_storage_stores_reads_signs_and_deletes(tmp_path: Path, s3_endpoint: 
 
     storage.delete("inputs/task_abcdefgh12/0.png")
     storage.delete("inputs/task_abcdefgh12/0.png")  # missing: not an error
-    with pytest.raises(Exception):
+    with pytest.raises(ClientError, match="NoSuchKey"):
         storage.read_bytes("inputs/task_abcdefgh12/0.png")
     with pytest.raises(NotFound):
         storage.url("../secrets/0.mp4")

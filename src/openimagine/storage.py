@@ -85,7 +85,7 @@ class LocalStorage:
         self.public_url = public_url.rstrip("/")
         self.ttl_seconds = ttl_seconds
         # Inside the root (so that put_file is a rename), under a name no key can take.
-        self.staging_dir = root / ".staging"
+        self.staging_dir: Path | None = root / ".staging"
 
     def path(self, key: str) -> Path:
         if not valid_key(key):
@@ -153,8 +153,12 @@ class S3Storage:
 
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, ttl_seconds: int = 3600) -> None:
-        import boto3
-        from botocore.config import Config
+        try:
+            import boto3  # type: ignore[import-untyped]
+            from botocore.config import Config  # type: ignore[import-untyped]
+        except ImportError:
+            raise RuntimeError("OPENIMAGINE_S3_BUCKET needs boto3: "
+                               "pip install 'openimagine[scale]'") from None
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""

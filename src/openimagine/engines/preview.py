@@ -28,13 +28,13 @@ from openimagine.settings import Settings
 
 INFO = EngineInfo(
     name="preview",
-    description="Built-in procedural animation and camera moves over input images; "
-    "no model, CPU only, renders in about a second.",
+    description="Built-in procedural animation, or camera moves over the input images; "
+    "no model, CPU only, a few seconds per task.",
     image_input=True,
     max_images=7,
 )
 
-# Check for cancellation this often (frames); a frame takes about a millisecond.
+# Check for cancellation this often (frames); a frame takes a few milliseconds.
 CANCEL_CHECK_EVERY = 4
 # OpenBLAS runs a matrix product on one thread when m*n*k is at most 4 * 65536.
 # Frames are multiplied in row bands under that size: threaded products this small
@@ -88,7 +88,7 @@ class _LazyFrames:
         return self._count
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        # Set-up (grids, image crops) happens on first use, not in generate().
+        # Per-clip set-up (palette, grids, buffers) happens on first use, not in generate().
         render = self._make_renderer()
         for index in range(self._count):
             if index % CANCEL_CHECK_EVERY == 0 and self._job.is_cancelled():
@@ -332,8 +332,11 @@ def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     )
 
 
-def _ease(u: float) -> float:
-    return u * u * (3.0 - 2.0 * u)
+def _ease(u: float, mode: str) -> float:
+    """Camera progress 0..1 for time 0..1; never flat, so every frame moves."""
+    if mode == "spicy":
+        return 0.3 * u + 0.7 * u * u  # accelerating push-in
+    return 0.5 * u + 0.5 * u * u * (3.0 - 2.0 * u)  # gentle start and stop
 
 
 def image_renderer(
@@ -343,6 +346,7 @@ def image_renderer(
     width: int,
     height: int,
     frames: int,
+    fps: int,
 ) -> Callable[[int], np.ndarray]:
     """Frame ``i`` -> RGB uint8: each source under a zoom and pan, crossfading in order.
 
@@ -362,8 +366,7 @@ def image_renderer(
     def view(which: int, u: float, index: int) -> Image.Image:
         source = sources[which]
         src_w, src_h = source.size
-        # Smooth start and stop; spicy accelerates into the push-in instead.
-        zoom = 1.0 + (zoom_ends[which] - 1.0) * (u**1.5 if mode == "spicy" else _ease(u))
+        zoom = 1.0 + (zoom_ends[which] - 1.0) * _ease(u, mode)
         win_w, win_h = src_w / zoom, src_h / zoom
         slack_x, slack_y = (src_w - win_w) / 2.0, (src_h - win_h) / 2.0
         dx, dy = math.cos(angles[which]), math.sin(angles[which])
@@ -374,9 +377,10 @@ def image_renderer(
         cx = src_w / 2.0 + max(-1.0, min(1.0, dx)) * slack_x
         cy = src_h / 2.0 + max(-1.0, min(1.0, dy)) * slack_y
         if mode == "spicy":
-            # Handheld shake, kept inside the image.
-            cx += math.sin(index * 1.7 + shake_phase[0]) * slack_x * 0.15
-            cy += math.sin(index * 2.3 + shake_phase[1]) * slack_y * 0.15
+            # Handheld shake (about 6 Hz whatever the fps), kept inside the image.
+            t = index / fps
+            cx += math.sin(t * 41.0 + shake_phase[0]) * slack_x * 0.15
+            cy += math.sin(t * 55.0 + shake_phase[1]) * slack_y * 0.15
         cx = min(max(cx, win_w / 2.0), src_w - win_w / 2.0)
         cy = min(max(cy, win_h / 2.0), src_h - win_h / 2.0)
         box = (cx - win_w / 2.0, cy - win_h / 2.0, cx + win_w / 2.0, cy + win_h / 2.0)
@@ -418,6 +422,7 @@ class PreviewEngine:
         self.settings = settings
 
     def generate(self, job: Job) -> list[Clip]:
+        """One lazy clip per variation; rendering happens as the frames are iterated."""
         if job.is_cancelled():
             raise Cancelled(job.task_id)
         width, height = frame_size(job.ratio, job.resolution)
@@ -436,7 +441,7 @@ class PreviewEngine:
 
             def make_renderer(seed: int = seed) -> Callable[[int], np.ndarray]:
                 if sources:
-                    return image_renderer(sources, job.mode, seed, width, height, frames)
+                    return image_renderer(sources, job.mode, seed, width, height, frames, job.fps)
                 return text_renderer(job.prompt, job.mode, seed, width, height, job.fps)
 
             lazy = _LazyFrames(make_renderer, frames, index, job, progress)

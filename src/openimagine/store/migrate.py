@@ -23,7 +23,7 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database: Database) -> None:
     config = alembic_config(database.url.render_as_string(hide_password=False))
     with database.engine.begin() as connection:
-        if False:
+        if connection.dialect.name == "postgresql":
             # Replicas starting together take turns: the later ones find the schema
             # at head instead of racing to create the same tables.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),

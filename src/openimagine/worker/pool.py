@@ -109,6 +109,9 @@ class WorkerPool:
 
     async def _loop(self, index: int, runner: Runner, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # Cleared before the claim, not after: a submission that commits while
+            # the claim is in flight must still wake this loop, not wait a poll.
+            self.wakeup.clear()
             try:
                 claim = await asyncio.to_thread(
                     lifecycle.claim_next, self.db, owner=self.name,
@@ -117,7 +120,6 @@ class WorkerPool:
                 log.exception("claiming failed; trying again")
                 claim = None
             if claim is None:
-                self.wakeup.clear()
                 await self._sleep_until(stop, self.settings.poll_seconds, self.wakeup)
                 continue
             outcome = await self._execute(runner, claim)

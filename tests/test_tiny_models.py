@@ -107,8 +107,10 @@ def test_engines_report_lists_every_engine_with_capabilities() -> None:
     assert report["ltx"]["selected"] and not report["preview"]["selected"]
     for name in ("wan", "ltx", "cogvideox"):
         assert report[name]["available"] and report[name]["missing"] == []
-        assert report[name]["image_input"] is True
         assert report[name]["modes"] == ["fun", "normal", "spicy"]
+    # What each family can do; the selected engine as configured: no image model, no images.
+    assert report["wan"]["image_input"] is True and report["cogvideox"]["image_input"] is True
+    assert report["ltx"]["image_input"] is False
     # Model-card short sides, each size a multiple of the family's rule or cropped to the ratio.
     assert report["wan"]["sizes"]["1:1"] == "480x480"
     assert report["ltx"]["sizes"]["1:1"] == "512x512"

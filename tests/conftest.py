@@ -80,7 +80,7 @@ class Server:
     settings: Settings
     db: Database
     client: httpx.Client
-    _stop: Callable[[], None] = field(repr=False)
+    stop: Callable[[], None] = field(repr=False)
 
     def account(self, **kwargs: Any) -> str:
         return make_account(self.db, **kwargs)
@@ -125,26 +125,31 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def launch_server(settings: Settings, run_workers: bool | None = None) -> Server:
+    """Migrate, then serve ``settings`` in a thread; ``Server.stop()`` ends it."""
+    db = Database(settings.resolved_database_url)
+    migrate.upgrade(db)
+    base_url, stop_server = _serve_in_thread(settings, run_workers)
+    client = httpx.Client(base_url=base_url, timeout=30)
+
+    def stop() -> None:
+        client.close()
+        stop_server()
+        db.dispose()
+
+    return Server(base_url, settings, db, client, stop)
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Factory: ``start_server(**settings_overrides, run_workers=None)`` → a running ``Server``."""
     stops: list[Callable[[], None]] = []
 
     def start(run_workers: bool | None = None, **overrides: Any) -> Server:
-        port = free_port()
-        settings = make_settings(tmp_path, port=port, **overrides)
-        db = Database(settings.resolved_database_url)
-        migrate.upgrade(db)
-        base_url, stop_server = _serve_in_thread(settings, run_workers)
-        client = httpx.Client(base_url=base_url, timeout=30)
-
-        def stop() -> None:
-            client.close()
-            stop_server()
-            db.dispose()
-
-        stops.append(stop)
-        return Server(base_url, settings, db, client, stop)
+        server = launch_server(make_settings(tmp_path, port=free_port(), **overrides),
+                               run_workers)
+        stops.append(server.stop)
+        return server
 
     yield start
     for stop in reversed(stops):

@@ -15,13 +15,11 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import uvicorn
-from conftest import Server, _serve_in_thread, auth, free_port, make_settings
+from conftest import Server, auth, free_port, launch_server, make_settings
 from PIL import Image
 
 from openimagine.api.app import create_app
 from openimagine.services import accounts
-from openimagine.store import migrate
-from openimagine.store.db import Database
 
 MODES = ("fun", "normal", "spicy")
 RATIOS = ("2:3", "3:2", "1:1", "16:9", "9:16")
@@ -74,18 +72,9 @@ def idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """
     settings = make_settings(tmp_path_factory.mktemp("idle"), port=free_port(),
                              auth_failure_limit=10_000)
-    db = Database(settings.resolved_database_url)
-    migrate.upgrade(db)
-    base_url, stop_server = _serve_in_thread(settings, False)
-    client = httpx.Client(base_url=base_url, timeout=30)
-
-    def stop() -> None:
-        client.close()
-        stop_server()
-        db.dispose()
-
-    yield Server(base_url, settings, db, client, stop)
-    stop()
+    server = launch_server(settings, run_workers=False)
+    yield server
+    server.stop()
 
 
 # ---------------------------------------------------------------------------

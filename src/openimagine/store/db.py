@@ -88,7 +88,10 @@ class Database:
         if self.is_sqlite:
             _prepare_sqlite(self.engine)
         self._write_engine = self.engine.execution_options(write=True)
-        self._single_engine = self.engine.execution_options(single_statement=True)
+        # One-statement reads need no transaction: on a server, autocommit
+        # saves the BEGIN and ROLLBACK round trips (SQLite: see _on_begin).
+        self._single_engine = self.engine.execution_options(
+            single_statement=True, **({} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}))
         self._local = threading.local()
         self._write_lock: threading.Lock | nullcontext[None] = (
             threading.Lock() if self.is_sqlite else nullcontext()

@@ -25,6 +25,11 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lint: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet ruff mypy
+	$(BIN)/ruff check --select F,I src tests bench
+	$(BIN)/mypy src/openimagine --ignore-missing-imports
+
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/api_bench.py
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -148,8 +147,12 @@ def worker(
         stop = asyncio.Event()
         pool = WorkerPool(settings, db, build_storage(settings), size=size)
         loop = asyncio.get_running_loop()
+        def shut_down() -> None:
+            stop.set()
+            pool.cancel_running()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, lambda: (stop.set(), pool.cancel_running()))
+            loop.add_signal_handler(signum, shut_down)
         await pool.run(stop)
 
     asyncio.run(main())
@@ -274,4 +277,4 @@ def main() -> None:  # pragma: no cover - console script entry
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

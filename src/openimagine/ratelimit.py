@@ -14,7 +14,12 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import (
+    MemoryStorage,
+    SlidingWindowCounterSupport,
+    Storage,
+    storage_from_string,
+)
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from openimagine.settings import Settings
@@ -71,10 +76,14 @@ class Window:
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         options = {"key_prefix": settings.ratelimit_prefix} if settings.ratelimit_prefix else {}
-        if settings.ratelimit_url.startswith("memory://"):
-            self.storage: Storage = QuietMemoryStorage()
-        else:
-            self.storage = storage_from_string(settings.ratelimit_url, **options)
+        storage = (QuietMemoryStorage() if settings.ratelimit_url.startswith("memory://")
+                   else storage_from_string(settings.ratelimit_url, **options))
+        if not isinstance(storage, Storage) or not isinstance(storage,
+                                                              SlidingWindowCounterSupport):
+            raise ValueError(f"{settings.ratelimit_url}: a synchronous storage with the "
+                             "sliding-window counter is needed (memory://, redis://, ...)")
+        self.storage: Storage = storage
+        self._windows: SlidingWindowCounterSupport = storage  # the same object
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.plans = {plan: RateLimitItemPerMinute(n) for plan, n in settings.rate_limits.items()}
         self.auth_failures = RateLimitItemPerMinute(settings.auth_failure_limit)
@@ -90,7 +99,7 @@ class RateLimiter:
         # current window if only the previous one has hits, one period later
         # if the current one has some.
         period = item.get_expiry()
-        previous, previous_ttl, current, _ = self.storage.get_sliding_window(
+        previous, previous_ttl, current, _ = self._windows.get_sliding_window(
             item.key_for(key), period)
         now = time.time()
         left = period - now % period

@@ -21,10 +21,10 @@ DEFAULT_RATE_LIMITS = {"free": 100, "pro": 1000, "enterprise": 5000}
 
 def parse_rate_limits(value: object) -> dict[str, int]:
     """Accept ``free=100,pro=1000`` (environment form) or a mapping."""
+    items: list[tuple[object, object]] = []
     if isinstance(value, dict):
-        items = value.items()
+        items = list(value.items())
     elif isinstance(value, str):
-        items = []
         for part in value.split(","):
             if not part.strip():
                 continue
@@ -35,11 +35,11 @@ def parse_rate_limits(value: object) -> dict[str, int]:
     else:
         raise ValueError("expected PLAN=REQUESTS_PER_MINUTE pairs")
     limits = dict(DEFAULT_RATE_LIMITS)
-    for name, number in items:
-        name = str(name).strip()
+    for raw_name, raw_count in items:
+        name = str(raw_name).strip()
         if name not in PLANS:
             raise ValueError(f"unknown plan {name!r} (plans: {', '.join(PLANS)})")
-        count = int(str(number).strip())
+        count = int(str(raw_count).strip())
         if count < 1:
             raise ValueError(f"rate limit for {name} must be at least 1 request per minute")
         limits[name] = count

@@ -44,7 +44,7 @@ def serve_plainly(app: FastAPI, path: str, method: str) -> None:
     the request and reads its parameters itself, so nothing is lost.
     """
     for index, route in enumerate(app.router.routes):
-        if isinstance(route, APIRoute) and route.path == path and method in route.methods:
+        if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ()):
             app.router.routes[index] = Route(path, route.endpoint, methods=[method],
                                              name=route.name)
             return

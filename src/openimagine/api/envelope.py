@@ -11,7 +11,7 @@ def ok(data: Any) -> JSONResponse:
     return JSONResponse({"code": 200, "message": "success", "data": data})
 
 
-def envelope_schema(data_schema: dict[str, Any]) -> dict[str, Any]:
+def envelope_schema(data_schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     """An OpenAPI response description for ``{"code","message","data"}``."""
     return {
         200: {

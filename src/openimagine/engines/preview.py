@@ -326,7 +326,7 @@ def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     left, top = (src_w - crop_w) / 2.0, (src_h - crop_h) / 2.0
     return image.resize(
         (width, height),
-        Image.BICUBIC,
+        Image.Resampling.BICUBIC,
         box=(left, top, left + crop_w, top + crop_h),
         reducing_gap=3.0,  # large photos shrink by fast integer steps first
     )
@@ -384,7 +384,7 @@ def image_renderer(
         cx = min(max(cx, win_w / 2.0), src_w - win_w / 2.0)
         cy = min(max(cy, win_h / 2.0), src_h - win_h / 2.0)
         box = (cx - win_w / 2.0, cy - win_h / 2.0, cx + win_w / 2.0, cy + win_h / 2.0)
-        return source.resize((width, height), Image.BILINEAR, box=box)
+        return source.resize((width, height), Image.Resampling.BILINEAR, box=box)
 
     def span(which: int) -> tuple[float, float]:
         """Frames during which image ``which`` is on screen (fades included)."""

@@ -149,7 +149,7 @@ def probe_mp4(path: Path) -> dict[str, Any]:
             if stream.duration is not None and stream.time_base is not None
             else None
         )
-        info = {
+        info: dict[str, Any] = {
             "codec": stream.codec_context.name,
             "pix_fmt": stream.codec_context.pix_fmt,
             "width": stream.codec_context.width,

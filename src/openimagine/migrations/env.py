@@ -22,6 +22,6 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 if connection is not None:
     _run(connection)
 else:
-    with create_engine(config.get_main_option("sqlalchemy.url")).connect() as fresh:
+    with create_engine(config.get_main_option("sqlalchemy.url") or "").connect() as fresh:
         _run(fresh)
         fresh.commit()

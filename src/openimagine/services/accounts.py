@@ -192,9 +192,10 @@ def summary(db: Database, *, name: str | None = None, account_id: int | None = N
         if name is not None:
             account = _account(session, name)
         else:
-            account = session.get(Account, account_id)
-            if account is None:
+            found = session.get(Account, account_id)
+            if found is None:
                 raise AccountNotFound(f"no account with id {account_id}")
+            account = found
         by_status = dict(
             session.execute(
                 select(Task.status, func.count())

@@ -12,6 +12,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from openimagine.errors import InsufficientCredits
+from openimagine.store.db import rows_changed
 from openimagine.store.models import Account, LedgerEntry
 
 
@@ -24,11 +25,11 @@ def grant(session: Session, account_id: int, amount: int, *, note: str | None = 
 
 def debit_for_task(session: Session, account_id: int, task_id: str, price: int) -> None:
     """Take ``price`` for a new task or raise ``InsufficientCredits`` (nothing written)."""
-    changed = session.execute(
+    changed = rows_changed(session.execute(
         update(Account)
         .where(Account.id == account_id, Account.balance >= price)
         .values(balance=Account.balance - price)
-    ).rowcount
+    ))
     if changed != 1:
         raise InsufficientCredits(
             f"Insufficient credits: a generation costs {price} credits"

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from openimagine.services import ledger
-from openimagine.store.db import Database
+from openimagine.store.db import Database, rows_changed
 from openimagine.store.models import Task
 from openimagine.timeutil import utcnow
 
@@ -81,29 +81,29 @@ def renew(db: Database, claim: Claim, *, lease_seconds: float, progress: int | N
     if progress is not None:
         values["progress"] = max(0, min(99, progress))
     with db.write() as session:
-        return session.execute(update(Task).where(*_fenced(claim)).values(**values)).rowcount == 1
+        return rows_changed(session.execute(update(Task).where(*_fenced(claim)).values(**values))) == 1
 
 
 def complete(db: Database, claim: Claim, *, outputs: list[str], seeds: list[int]) -> bool:
     with db.write() as session:
-        changed = session.execute(
+        changed = rows_changed(session.execute(
             update(Task)
             .where(*_fenced(claim))
             .values(status="completed", outputs=outputs, seeds=seeds, progress=100,
                     finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
-        ).rowcount
+        ))
     return changed == 1
 
 
 def _fail_and_refund(session: Session, task_id: str, account_id: int, price: int,
                      message: str, detail: str, *conditions) -> bool:  # type: ignore[no-untyped-def]
-    changed = session.execute(
+    changed = rows_changed(session.execute(
         update(Task)
         .where(Task.id == task_id, *conditions)
         .values(status="failed", error_message=message, error_detail=detail[:4000],
                 consumed_credits=0, finished_at=utcnow(), lease_owner=None,
                 lease_expires_at=None)
-    ).rowcount
+    ))
     if changed != 1:
         return False
     if price:
@@ -122,12 +122,12 @@ def fail(db: Database, claim: Claim, *, message: str, detail: str) -> bool:
 def release(db: Database, claim: Claim) -> bool:
     """Give an unfinished task back to the queue (graceful shutdown): the attempt is not counted."""
     with db.write() as session:
-        return session.execute(
+        return rows_changed(session.execute(
             update(Task)
             .where(*_fenced(claim))
             .values(status="pending", attempts=Task.attempts - 1, lease_owner=None,
                     lease_expires_at=None, progress=0)
-        ).rowcount == 1
+        )) == 1
 
 
 def reap_expired(db: Database, *, max_attempts: int,
@@ -160,12 +160,12 @@ def reap_expired(db: Database, *, max_attempts: int,
                 failed += _fail_and_refund(session, row.id, row.account_id, row.price,
                                            ENGINE_FAILED, detail, *still_expired)
             else:
-                changed = session.execute(
+                changed = rows_changed(session.execute(
                     update(Task)
                     .where(Task.id == row.id, *still_expired)
                     .values(status="pending", lease_owner=None, lease_expires_at=None,
                             dispatched_at=now, progress=0)
-                ).rowcount
+                ))
                 requeued += changed
         if changed and on_requeue is not None:
             on_requeue(row.id, row.engine)

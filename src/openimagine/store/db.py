@@ -14,9 +14,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
-from sqlalchemy import Connection, Dialect, Engine, Select, create_engine, event, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Dialect,
+    Engine,
+    Result,
+    Select,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -49,6 +59,11 @@ def _prepare_sqlite(engine: Engine) -> None:
         # A single-statement read runs in SQLite's autocommit mode: one
         # statement is its own consistent snapshot, and BEGIN/COMMIT would
         # double the round trips on the hottest path.
+
+
+def rows_changed(result: Result[Any]) -> int:
+    """Rows an UPDATE changed (``Session.execute`` types its result as a plain Result)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 class _DriverQuery:
@@ -109,7 +124,8 @@ class Database:
         """A plain connection for one-statement reads on hot paths (no ORM session)."""
         return self._single_engine.connect()
 
-    def fetch_first(self, statement: Select[Any], params: dict[str, Any]) -> Record | None:
+    def fetch_first(self, statement: Select[Any] | Select[Any, Any],
+                    params: dict[str, Any]) -> Record | None:
         """The first row of a one-statement read (attribute access by column
         name), as cheaply as possible: this serves every status poll.
 

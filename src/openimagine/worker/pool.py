@@ -64,7 +64,9 @@ class WorkerPool:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         # Load the engine before the first claim: the first task does not pay for it.
-        engine = self._engine or await loop.run_in_executor(None, create_engine, self.settings)
+        engine = self._engine
+        if engine is None:
+            engine = await loop.run_in_executor(None, create_engine, self.settings)
         runner = Runner(self.settings, self.db, self.storage, engine,
                         load_policy(self.settings))
         self.ready.set()

@@ -29,7 +29,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from openimagine.engines import create_engine
@@ -39,7 +38,8 @@ from openimagine.settings import Settings
 from openimagine.storage import storage_from_settings
 from openimagine.store.db import Database
 from openimagine.worker.dispatch import CeleryDispatcher
-from openimagine.worker.pool import PROGRESS_TICK, Progress, worker_name
+from openimagine.worker.heartbeat import PROGRESS_TICK, Heartbeat
+from openimagine.worker.pool import worker_name
 from openimagine.worker.runner import Outcome, Runner
 from openimagine.worker.sweeper import Sweeper
 
@@ -125,34 +125,19 @@ def queue_depth(app: Celery, engine: str) -> int | None:
 def run_with_heartbeat(runner: Runner, claim: lifecycle.Claim) -> Outcome:
     """``runner.run(claim)`` here, with a thread that renews the lease meanwhile and
     stops the engine (cooperatively) when the lease turns out to be someone else's."""
-    settings, db = runner.settings, runner.db
     cancelled = threading.Event()
     finished = threading.Event()
-    progress = Progress()
+    heartbeat = Heartbeat(runner.settings, runner.db, claim, cancelled)
 
-    def heartbeat() -> None:
-        written = 0
-        next_lease = time.monotonic() + settings.heartbeat_seconds
+    def keep_beating() -> None:
         while not finished.wait(PROGRESS_TICK):
-            now = time.monotonic()
-            if progress.value == written and now < next_lease:
-                continue
-            written = progress.value
-            next_lease = now + settings.heartbeat_seconds
-            try:
-                ours = lifecycle.renew(db, claim, lease_seconds=settings.lease_seconds,
-                                       progress=written)
-            except Exception:
-                log.exception("heartbeat failed for %s", claim.task_id)
-                continue
-            if not ours:
-                log.warning("task %s: lease lost; stopping its engine", claim.task_id)
-                cancelled.set()
+            if heartbeat.due():
+                heartbeat.beat()
 
-    beat = threading.Thread(target=heartbeat, name="openimagine-heartbeat", daemon=True)
+    beat = threading.Thread(target=keep_beating, name="openimagine-heartbeat", daemon=True)
     beat.start()
     try:
-        return runner.run(claim, progress.report, cancelled)
+        return runner.run(claim, heartbeat.progress.report, cancelled)
     finally:
         finished.set()
         beat.join()

@@ -12,7 +12,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from openimagine.engines import create_engine
@@ -22,27 +21,13 @@ from openimagine.services import lifecycle
 from openimagine.settings import Settings
 from openimagine.storage import Storage
 from openimagine.store.db import Database
+from openimagine.worker.heartbeat import PROGRESS_TICK, Heartbeat
 from openimagine.worker.runner import Outcome, Runner
 
 log = logging.getLogger("openimagine.worker")
 
-# How often a running task's progress is written (the lease on its own
-# schedule, every ``heartbeat_seconds``).
-PROGRESS_TICK = 0.5
-
-
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-class Progress:
-    """Written by the engine thread, read by the heartbeat (coroutine or thread)."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def report(self, fraction: float) -> None:
-        self.value = int(max(0.0, min(1.0, fraction)) * 99)
 
 
 class WorkerPool:
@@ -130,32 +115,17 @@ class WorkerPool:
     async def _execute(self, runner: Runner, claim: lifecycle.Claim) -> Outcome:
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
-        progress = Progress()
+        heartbeat = Heartbeat(self.settings, self.db, claim, cancelled)
         self._cancels.add(cancelled)
-        future = loop.run_in_executor(self._executor, runner.run, claim, progress.report,
-                                      cancelled)
-        written = 0
-        next_lease = time.monotonic() + self.settings.heartbeat_seconds
+        future = loop.run_in_executor(self._executor, runner.run, claim,
+                                      heartbeat.progress.report, cancelled)
         try:
             while True:
                 done, _ = await asyncio.wait({future}, timeout=PROGRESS_TICK)
                 if done:
                     return future.result()
-                now = time.monotonic()
-                if progress.value == written and now < next_lease:
-                    continue
-                written = progress.value
-                next_lease = now + self.settings.heartbeat_seconds
-                try:
-                    ours = await asyncio.to_thread(
-                        lifecycle.renew, self.db, claim,
-                        lease_seconds=self.settings.lease_seconds, progress=written)
-                except Exception:
-                    log.exception("heartbeat failed for %s", claim.task_id)
-                    continue
-                if not ours:
-                    log.warning("task %s: lease lost; stopping its engine", claim.task_id)
-                    cancelled.set()
+                if heartbeat.due():
+                    await asyncio.to_thread(heartbeat.beat)
         except asyncio.CancelledError:
             # The thread goes on and writes the final state itself (released
             # when the engine honours the flag); only this coroutine stops.

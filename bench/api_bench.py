@@ -2,7 +2,7 @@
 
 Prints, measured side by side with the same uvicorn settings and the same load
 generator (wrk, 32 connections):
-  - GET /v1/status of a completed task (two freshly signed URLs) requests/s and
+  - GET /v1/status of a completed task (two signed video URLs) requests/s and
     p99 latency vs the bare endpoint (the ratio)
   - POST /v1/generate requests/s on a second server with the worker off, so it
     measures the submission path (auth, rate limit, debit + task row in one

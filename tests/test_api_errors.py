@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import uvicorn
-from conftest import Server, auth, free_port, launch_server, make_settings
 from PIL import Image
 
 from openimagine.api.app import create_app
 from openimagine.services import accounts
+
+from conftest import Server, auth, free_port, launch_server, make_settings
 
 MODES = ("fun", "normal", "spicy")
 RATIOS = ("2:3", "3:2", "1:1", "16:9", "9:16")

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import Server, auth, free_port
 from PIL import Image
 from sqlalchemy import func, select
 
 from openimagine.services import accounts
 from openimagine.store.models import Account, LedgerEntry, Task
+
+from conftest import Server, auth, free_port
 
 INAPPROPRIATE = "Inappropriate content, please try another prompt."
 NETWORK = "Network error, please try again later."

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Server, _serve_in_thread, free_port, make_account, make_settings
 from PIL import Image
 
 from openimagine.client import (
@@ -39,6 +38,8 @@ from openimagine.client import (
 from openimagine.media.mp4 import probe_mp4
 from openimagine.store import migrate
 from openimagine.store.db import Database
+
+from conftest import Server, _serve_in_thread, free_port, make_account, make_settings
 
 PROMPT = "a beautiful landscape with mountains"
 STATUS_DATA = {"task_id": "task_scripted", "status": "completed", "created_at": "2026-11-29T12:00:00Z",

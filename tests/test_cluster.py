@@ -27,13 +27,14 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from conftest import Server, auth, free_port, make_account, openimagine_env
 from openimagine.settings import Settings
 from openimagine.store import migrate
 from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task
 from openimagine.worker.celery_app import create_celery_app
 from openimagine.worker.dispatch import CeleryDispatcher
+
+from conftest import Server, auth, free_port, make_account, openimagine_env
 from scaleout import fresh_postgres_database, rabbitmq_vhost, redis_prefix, require_redis
 
 PRICE = 40

@@ -14,12 +14,12 @@ from PIL import Image
 pytest.importorskip("diffusers")
 pytest.importorskip("torch")
 
-from conftest import Server  # noqa: E402
-
 from openimagine.engines.base import ratio_parts  # noqa: E402
 from openimagine.engines.diffusers.families import FAMILIES, plan  # noqa: E402
 from openimagine.engines.diffusers.tiny import make_tiny  # noqa: E402
 from openimagine.media.mp4 import probe_mp4  # noqa: E402
+
+from conftest import Server  # noqa: E402
 
 CLIP = {"duration": 1.0, "fps": 8, "resolution": 64}
 

@@ -10,10 +10,11 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx
 import pytest
-from conftest import Server, auth
 
 from openimagine.media.mp4 import probe_mp4
-from openimagine.storage import LocalStorage
+from openimagine.storage import LocalStorage, url_expiry
+
+from conftest import Server, auth
 
 RATIOS = ("2:3", "3:2", "1:1", "16:9", "9:16")
 
@@ -138,6 +139,28 @@ def test_a_signature_cannot_be_moved_to_another_file(video: tuple[Server, str]) 
     other = parts._replace(path=parts.path.replace("/0.mp4", "/1.mp4")).geturl()
     assert other != url
     assert_forbidden(server.client.get(other))
+
+
+def test_polls_within_a_step_get_the_same_urls(server: Server) -> None:
+    """Expiries are rounded up to a step (a twelfth of the TTL): polls within a
+    step get one URL, which browsers and CDNs can cache."""
+    key = server.account()
+    task_id = server.generate(key).json()["data"]["task_id"]
+    server.wait(key, task_id)
+    ttl = server.settings.url_ttl_seconds
+    first_step = url_expiry(time.time(), ttl)
+    polls = [server.client.get("/v1/status", params={"task_id": task_id},
+                               headers=auth(key)).json()["data"]["response"] for _ in range(3)]
+    if url_expiry(time.time(), ttl) == first_step:  # no step boundary passed
+        assert polls[0] == polls[1] == polls[2]
+    assert len(set(polls[0])) == 2  # one URL per video
+
+
+def test_url_expiry_rounds_up_to_a_twelfth_of_the_ttl() -> None:
+    assert url_expiry(1_000_000, 3600) == 1_003_800  # 1_003_600 rounded up to 300 s
+    assert url_expiry(1_003_500, 3600) == 1_007_100  # already on a step
+    assert url_expiry(1_000_000.9, 1) == 1_000_001  # a second: no rounding
+    assert all(url_expiry(now, 600) - now >= 600 for now in range(1000, 1100))
 
 
 def test_an_expired_url_is_403_and_status_hands_out_a_fresh_one(

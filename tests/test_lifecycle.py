@@ -19,7 +19,6 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from conftest import make_account, make_settings
 from openimagine.errors import InsufficientCredits
 from openimagine.services import lifecycle, tasks
 from openimagine.services.accounts import Principal
@@ -28,6 +27,8 @@ from openimagine.store import migrate
 from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task
 from openimagine.timeutil import utcnow
+
+from conftest import make_account, make_settings
 
 ENGINE = "preview"
 PRICE = 40

@@ -20,7 +20,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, func, inspect, select, text, update
 
-from conftest import Server, auth, make_account
 from openimagine.errors import InsufficientCredits
 from openimagine.services import lifecycle, tasks
 from openimagine.services.accounts import Principal
@@ -28,6 +27,8 @@ from openimagine.store import migrate
 from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task
 from openimagine.timeutil import utcnow
+
+from conftest import Server, auth, make_account
 from scaleout import pg_url  # noqa: F401 - fixture
 
 ENGINE = "preview"
@@ -288,8 +289,9 @@ class RecordingDispatcher:
 
 def test_the_sweeper_republishes_lost_messages_and_expired_leases_only(
         db: Database, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from conftest import make_settings
     from openimagine.worker.sweeper import Sweeper
+
+    from conftest import make_settings
 
     settings = make_settings(tmp_path, redispatch_seconds=30, max_attempts=2)
     principal = new_principal(db)

@@ -25,9 +25,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from conftest import Spawned, auth, free_port, openimagine_env, run_cli, wait_for_task
 from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task
+
+from conftest import Spawned, auth, free_port, openimagine_env, run_cli, wait_for_task
 
 SECRET = "durability-secret-0123456789"
 SMALL: dict[str, Any] = {"duration": 0.5, "fps": 8, "resolution": 64, "poll_seconds": 0.1,
@@ -316,7 +317,8 @@ def test_status_requests_answer_quickly_while_a_clip_renders(
         tmp_path: Path, spawn_server: Callable[..., Spawned]) -> None:
     data = tmp_path / "data"
     key = create_account(data, "erin")
-    heavy = {"duration": 6, "fps": 24, "resolution": 480, "poll_seconds": 0.1,
+    # Long enough that even a fast machine is still rendering after 20 polls.
+    heavy = {"duration": 20, "fps": 24, "resolution": 480, "poll_seconds": 0.1,
              "secret_key": SECRET}
     server = spawn_server(data, **heavy)
     client = httpx.Client(base_url=server.base_url, timeout=30)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from limits import RateLimitItemPerMinute
 from limits.storage import (
@@ -50,8 +50,7 @@ class QuietMemoryStorage(MemoryStorage):
             self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
     allowed: bool
     limit: int
     remaining: int
@@ -61,12 +60,11 @@ class Window:
     next_allowed: float
 
     @property
-    def headers(self) -> dict[str, str]:
-        return {
-            "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(self.reset),
-        }
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The contract's ``X-RateLimit-*`` headers, as ASGI header pairs."""
+        return [(b"x-ratelimit-limit", b"%d" % self.limit),
+                (b"x-ratelimit-remaining", b"%d" % self.remaining),
+                (b"x-ratelimit-reset", b"%d" % self.reset)]
 
     @property
     def retry_after(self) -> int:
@@ -89,41 +87,76 @@ class RateLimiter:
         self.auth_failures = RateLimitItemPerMinute(settings.auth_failure_limit)
         # Memory storage answers without I/O; any other storage is a network hop.
         self.in_process = settings.ratelimit_url.startswith("memory://")
+        # limits' storage key per (limit, identifier), built once: ``key_for``
+        # would run on every request otherwise.
+        self._keys: dict[tuple[int, str], str] = {}
+        # With memory storage only this process records failed attempts, so an
+        # address it has not seen fail within two windows (the longest a
+        # sliding-window counter remembers a hit) cannot be blocked: nearly
+        # every request skips that lookup. Another storage is shared: always ask.
+        self._failed_lately: dict[str, float] | None = {} if self.in_process else None
+        self._failures_weigh_for = 2 * self.auth_failures.get_expiry()
 
-    def _window(self, item: RateLimitItemPerMinute, key: str, allowed: bool) -> Window:
-        """The headers' figures from one storage read (a Redis round trip)."""
+    def _storage_key(self, item: RateLimitItemPerMinute, identifier: str) -> str:
+        key = self._keys.get((id(item), identifier))
+        if key is None:
+            if len(self._keys) >= 100_000:  # accounts and addresses come and go
+                self._keys.clear()
+            key = self._keys[(id(item), identifier)] = item.key_for(identifier)
+        return key
+
+    def _window(self, item: RateLimitItemPerMinute, identifier: str,
+                allowed: bool | None = None) -> Window:
+        """The headers' figures from one storage read (a Redis round trip).
+        ``allowed`` None: whether one more request would fit now."""
         # The sliding-window counter weighs the previous window by the share
         # of the current one still to run; windows are aligned to multiples of
-        # the period (the same arithmetic as limits' own get_window_stats).
-        # The limit is whole again once no hit weighs: at the end of the
-        # current window if only the previous one has hits, one period later
-        # if the current one has some.
+        # the period (the same arithmetic as limits' own test and
+        # get_window_stats). The limit is whole again once no hit weighs: at
+        # the end of the current window if only the previous one has hits,
+        # one period later if the current one has some.
         period = item.get_expiry()
         previous, previous_ttl, current, _ = self._windows.get_sliding_window(
-            item.key_for(key), period)
+            self._storage_key(item, identifier), period)
         now = time.time()
         left = period - now % period
         used = math.floor(previous * previous_ttl / period + current)
         full_in = left + period if current else left if previous else 0.0
+        if allowed is None:
+            allowed = used < item.amount
         # Only a refused request needs the time the next one fits.
-        next_allowed = now if allowed else self.limiter.get_window_stats(item, key).reset_time
+        next_allowed = now if allowed else self.limiter.get_window_stats(item,
+                                                                         identifier).reset_time
         return Window(allowed, item.amount, max(0, item.amount - used), math.ceil(now + full_in),
                       next_allowed)
 
     def hit_account(self, account_id: int, plan: str) -> Window:
         item = self.plans[plan]
-        key = f"account:{account_id}"
-        return self._window(item, key, self.limiter.hit(item, key))
+        identifier = f"account:{account_id}"
+        # The strategy's ``hit``, with the key built once.
+        allowed = self._windows.acquire_sliding_window_entry(
+            self._storage_key(item, identifier), item.amount, item.get_expiry())
+        return self._window(item, identifier, allowed)
 
     def auth_blocked(self, address: str) -> Window | None:
         """The address's window when it has used up its failed attempts, else None."""
-        key = f"authfail:{address}"
-        if self.limiter.test(self.auth_failures, key):
-            return None
-        return self._window(self.auth_failures, key, False)
+        if self._failed_lately is not None:
+            failed_at = self._failed_lately.get(address)
+            if failed_at is None or time.time() - failed_at > self._failures_weigh_for:
+                return None
+        window = self._window(self.auth_failures, f"authfail:{address}")
+        return None if window.allowed else window
 
     def record_auth_failure(self, address: str) -> None:
+        if self._failed_lately is not None:
+            now = time.time()
+            if len(self._failed_lately) >= 100_000:  # drop what no longer weighs
+                self._failed_lately = {a: t for a, t in self._failed_lately.items()
+                                       if now - t <= self._failures_weigh_for}
+            self._failed_lately[address] = now
         self.limiter.hit(self.auth_failures, f"authfail:{address}")
 
     def reset(self) -> None:
         self.storage.reset()
+        if self._failed_lately is not None:
+            self._failed_lately.clear()

@@ -16,4 +16,7 @@ def as_utc(value: datetime) -> datetime:
 
 def rfc3339(value: datetime) -> str:
     """``2026-11-29T12:00:00Z``: UTC, whole seconds, ``Z`` suffix."""
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is several times cheaper than strftime (every status answer).
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="seconds") + "Z"

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from openimagine.api.envelope import EnvelopeResponse
 from openimagine.errors import (
     InternalError,
     InvalidRequest,
@@ -26,7 +27,7 @@ log = logging.getLogger("openimagine.api")
 
 def error_response(error: OpenImagineError) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after)} if isinstance(error, RateLimited) else None
-    return JSONResponse(
+    return EnvelopeResponse(
         {"code": error.status, "message": error.public_message, "error": error.code},
         status_code=error.status,
         headers=headers,
@@ -45,32 +46,35 @@ def _from_http_exception(exc: StarletteHTTPException) -> OpenImagineError:
     return InternalError("Internal server error")
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(OpenImagineError)
-    async def _ours(_request: Request, exc: OpenImagineError) -> JSONResponse:
-        return error_response(exc)
+def _from_validation(exc: RequestValidationError) -> OpenImagineError:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+    return InvalidRequest(f"{where}: {first.get('msg', 'invalid value')}")
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+
+def response_for(exc: Exception) -> JSONResponse:
+    """The envelope for any exception a request raised (the handlers below, and
+    the routes ``OpenImagineAPI`` serves directly, both answer through here)."""
+    if isinstance(exc, OpenImagineError):
+        return error_response(exc)
+    if isinstance(exc, StarletteHTTPException):
         response = error_response(_from_http_exception(exc))
         if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
-        return error_response(InvalidRequest(f"{where}: {first.get('msg', 'invalid value')}"))
-
-    @app.exception_handler(OperationalError)
-    async def _database(_request: Request, exc: OperationalError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
+        return error_response(_from_validation(exc))
+    if isinstance(exc, OperationalError):
         log.error("database unavailable: %s", exc.orig)
-        return error_response(
-            ServiceUnavailable("Service unavailable, please try again later.")
-        )
+        return error_response(ServiceUnavailable("Service unavailable, please try again later."))
+    log.exception("unexpected error", exc_info=exc)
+    return error_response(InternalError("Internal server error"))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", exc_info=exc)
-        return error_response(InternalError("Internal server error"))
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc)
+
+    for kind in (OpenImagineError, StarletteHTTPException, RequestValidationError,
+                 OperationalError, Exception):
+        app.add_exception_handler(kind, handle)

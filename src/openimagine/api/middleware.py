@@ -9,7 +9,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from openimagine.api.errors import error_response
 from openimagine.errors import PayloadTooLarge
 
+# Where authentication leaves the rate-limit headers (ASGI header pairs) in
+# the request state, for whatever sends the response to add.
 RATELIMIT_STATE = "ratelimit_headers"
+
+
+def ratelimit_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    return scope.get("state", {}).get(RATELIMIT_STATE) or []  # type: ignore[no-any-return]
 
 
 class EnvelopeMiddleware:
@@ -42,12 +48,9 @@ class EnvelopeMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = scope.get("state", {}).get(RATELIMIT_STATE)
+                extra = ratelimit_headers(scope)
                 if extra:
-                    message["headers"] = [
-                        *message.get("headers", []),
-                        *((k.lower().encode(), v.encode()) for k, v in extra.items()),
-                    ]
+                    message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         await self.app(scope, capped_receive, send_with_headers)

@@ -19,7 +19,7 @@ from openimagine.errors import AccountNotFound, KeyNotFound
 from openimagine.services import ledger
 from openimagine.settings import PLANS
 from openimagine.store.db import Database, Record
-from openimagine.store.models import Account, ApiKey, LedgerEntry, Task
+from openimagine.store.models import TASK_VIEW_COLUMNS, Account, ApiKey, LedgerEntry, Task
 from openimagine.timeutil import utcnow
 
 KEY_PREFIX = "oi_"
@@ -166,7 +166,7 @@ def authenticate(db: Database, key: str) -> Principal | None:
 # round trip. The task joins only when it belongs to that account.
 _PRINCIPAL_AND_TASK = (
     select(Account.id.label("principal_id"), Account.plan.label("principal_plan"),
-           *Task.__table__.columns)
+           *TASK_VIEW_COLUMNS)
     .select_from(ApiKey)
     .join(Account, ApiKey.account_id == Account.id)
     .outerjoin(Task, (Task.id == bindparam("task_id")) & (Task.account_id == Account.id))

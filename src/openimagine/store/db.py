@@ -10,12 +10,13 @@ mode. On PostgreSQL both are ordinary transactions.
 from __future__ import annotations
 
 import threading
+from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, Unpack, cast
 
+import orjson
 from sqlalchemy import (
     Connection,
     CursorResult,
@@ -75,18 +76,23 @@ class _DriverQuery:
         self.sql = str(compiled)
         self.order = tuple(compiled.positiontup or ())
         columns = compiled._result_columns  # noqa: SLF001 - names and types, in order
-        self.names = [column.keyname for column in columns]
-        self.processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
-                           for column in columns]
+        self.row_type: Any = namedtuple(  # type: ignore[misc] # field names known at run time
+            "Row", [column.keyname for column in columns])
+        processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                      for column in columns]
+        # Only the columns whose values need converting (dates, JSON).
+        self.conversions = [(index, process) for index, process in enumerate(processors)
+                            if process is not None]
 
-    def first(self, driver: Any, params: dict[str, Any]) -> SimpleNamespace | None:
+    def first(self, driver: Any, params: dict[str, Any]) -> Any:
         row = driver.execute(self.sql, tuple(params[name] for name in self.order)).fetchone()
         if row is None:
             return None
-        return SimpleNamespace(**{
-            name: (process(value) if process is not None and value is not None else value)
-            for name, process, value in zip(self.names, self.processors, row, strict=True)
-        })
+        values = list(row)
+        for index, process in self.conversions:
+            if values[index] is not None:
+                values[index] = process(values[index])
+        return self.row_type._make(values)
 
 
 class Database:
@@ -96,7 +102,9 @@ class Database:
         if self.is_sqlite and self.url.database and self.url.database != ":memory:":
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, object] = {"pool_pre_ping": not self.is_sqlite,
-                                     "pool_size": 10, "max_overflow": 20}
+                                     "pool_size": 10, "max_overflow": 20,
+                                     # JSON columns are read on every status poll.
+                                     "json_deserializer": orjson.loads}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine = create_engine(url, **kwargs)
@@ -124,7 +132,7 @@ class Database:
         """A plain connection for one-statement reads on hot paths (no ORM session)."""
         return self._single_engine.connect()
 
-    def fetch_first(self, statement: Select[Any] | Select[Any, Any],
+    def fetch_first(self, statement: Select[Unpack[tuple[Any, ...]]],
                     params: dict[str, Any]) -> Record | None:
         """The first row of a one-statement read (attribute access by column
         name), as cheaply as possible: this serves every status poll.

@@ -115,3 +115,11 @@ class Task(Base):
             "status IN ('pending', 'processing', 'completed', 'failed')", name="known_status"
         ),
     )
+
+
+# What a status answer shows (``services.tasks.task_view`` reads only these):
+# the status poll selects just them, the hottest query of all.
+TASK_VIEW_COLUMNS = (
+    Task.id, Task.status, Task.created_at, Task.consumed_credits, Task.error_message,
+    Task.mode, Task.prompt, Task.ratio, Task.images, Task.outputs, Task.progress,
+)

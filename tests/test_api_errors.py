@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -506,6 +507,44 @@ def test_openapi_lists_generate_and_status(idle: Server) -> None:
     paths = response.json()["paths"]
     assert "post" in paths["/v1/generate"]
     assert {"get", "post"} <= set(paths["/v1/status"])
+
+
+def test_api_is_503_not_500_when_the_rate_limit_storage_is_unreachable(
+        start_server: Callable[..., Server]) -> None:
+    """Redis down: every authenticated call answers 503 in the envelope (no
+    traceback, nothing charged), and the service says it is alive."""
+    pytest.importorskip("redis")
+    server = start_server(run_workers=False,
+                          ratelimit_url=f"redis://127.0.0.1:{free_port()}/0")
+    key = server.account(name="redis-down", credits=100)
+    for response in (server.generate(key),
+                     server.client.get("/v1/status", params={"task_id": "task_x"},
+                                       headers=auth(key)),
+                     server.client.post("/v1/status", json={"task_id": "task_x"},
+                                        headers=auth(key))):
+        assert_error(response, 503, "SERVICE_UNAVAILABLE")
+    assert server.client.get("/healthz").status_code == 200
+    summary = accounts.summary(server.db, name="redis-down")
+    assert summary["balance"] == 100 and sum(summary["usage"]["tasks"].values()) == 0
+
+
+def test_a_redis_that_stops_answering_fails_requests_fast(
+        start_server: Callable[..., Server]) -> None:
+    """A port that accepts connections and never answers: a request waits at
+    most the storage timeout (2 s), then 503."""
+    pytest.importorskip("redis")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never replies
+    try:
+        server = start_server(run_workers=False, ratelimit_url=(
+            f"redis://127.0.0.1:{silent.getsockname()[1]}/0"))
+        key = server.account()
+        started = time.monotonic()
+        response = server.client.get("/v1/status", params={"task_id": "task_x"},
+                                     headers=auth(key))
+        assert_error(response, 503, "SERVICE_UNAVAILABLE")
+        assert time.monotonic() - started < 4.5  # redis-py alone would wait 5 s (or forever)
+    finally:
+        silent.close()
 
 
 @pytest.fixture

@@ -71,11 +71,24 @@ class Window(NamedTuple):
         return max(1, math.ceil(self.next_allowed - time.time()))
 
 
+# Longest wait for the shared limit storage before a request fails with 503.
+STORAGE_TIMEOUT_SECONDS = 2.0
+
+
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
-        options = {"key_prefix": settings.ratelimit_prefix} if settings.ratelimit_prefix else {}
+        options: dict[str, float | str | bool] = (
+            {"key_prefix": settings.ratelimit_prefix} if settings.ratelimit_prefix else {})
+        if settings.ratelimit_url.startswith("redis"):
+            # A Redis that stopped answering must fail requests fast, not hold
+            # them for the operating system's TCP timeouts (minutes).
+            options.update(socket_connect_timeout=STORAGE_TIMEOUT_SECONDS,
+                           socket_timeout=STORAGE_TIMEOUT_SECONDS)
+        # wrap_exceptions: a storage that cannot be reached (Redis down)
+        # raises limits' StorageError, which the API answers with a 503.
         storage = (QuietMemoryStorage() if settings.ratelimit_url.startswith("memory://")
-                   else storage_from_string(settings.ratelimit_url, **options))
+                   else storage_from_string(settings.ratelimit_url, wrap_exceptions=True,
+                                            **options))
         if not isinstance(storage, Storage) or not isinstance(storage,
                                                               SlidingWindowCounterSupport):
             raise ValueError(f"{settings.ratelimit_url}: a synchronous storage with the "

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from limits.errors import StorageError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -67,6 +68,9 @@ def response_for(exc: Exception) -> JSONResponse:
     if isinstance(exc, OperationalError):
         log.error("database unavailable: %s", exc.orig)
         return error_response(ServiceUnavailable("Service unavailable, please try again later."))
+    if isinstance(exc, StorageError):
+        log.error("rate-limit storage unavailable: %s", exc.storage_error)
+        return error_response(ServiceUnavailable("Service unavailable, please try again later."))
     log.exception("unexpected error", exc_info=exc)
     return error_response(InternalError("Internal server error"))
 
@@ -76,5 +80,5 @@ def install_error_handlers(app: FastAPI) -> None:
         return response_for(exc)
 
     for kind in (OpenImagineError, StarletteHTTPException, RequestValidationError,
-                 OperationalError, Exception):
+                 OperationalError, StorageError, Exception):
         app.add_exception_handler(kind, handle)

@@ -94,7 +94,7 @@ def image_url(ref: str, storage: Storage) -> str:
 
 
 def task_view(task: Task | Record, storage: Storage) -> dict:
-    """The ``data`` object of ``/v1/status``, with freshly signed URLs."""
+    """The ``data`` object of ``/v1/status``, with signed URLs (see ``storage``)."""
     request: dict[str, object] = {"mode": task.mode, "prompt": task.prompt, "ratio": task.ratio}
     if task.images:
         request["images"] = [image_url(ref, storage) for ref in task.images]

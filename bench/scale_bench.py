@@ -23,26 +23,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # scratch: databases and vhosts of its own
 from api_bench import CONNECTIONS, THREADS, free_port, wait_ready, wrk
 
 from openimagine.store.db import Database
 from openimagine.store.models import Task
+
+import scratch
 
 POSTGRES_ADMIN_URL = os.environ.get("OPENIMAGINE_BENCH_POSTGRES_URL",
                                     "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -52,37 +53,6 @@ CLI = [sys.executable, "-m", "openimagine"]
 COMMON = {"OPENIMAGINE_PRICE": "1", "OPENIMAGINE_RATE_LIMITS": "enterprise=100000000",
           "OPENIMAGINE_DURATION": "0.5", "OPENIMAGINE_FPS": "8",
           "OPENIMAGINE_RESOLUTION": "64", "OPENIMAGINE_SECRET_KEY": "bench-secret-0123456789"}
-
-
-@contextmanager
-def scratch_postgres() -> Iterator[str]:
-    admin_url = make_url(POSTGRES_ADMIN_URL)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"oi_bench_{secrets.token_hex(4)}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
-def scratch_vhost() -> Iterator[str]:
-    if shutil.which("rabbitmqctl") is None:
-        yield AMQP_URL
-        return
-    vhost = f"oi_bench_{secrets.token_hex(4)}"
-    run = ["rabbitmqctl", "-q"]
-    subprocess.run([*run, "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run([*run, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True)
-    try:
-        yield f"{AMQP_URL.rstrip('/')}/{vhost}"
-    finally:
-        subprocess.run([*run, "delete_vhost", vhost], capture_output=True, check=False)
 
 
 class Setup:
@@ -170,9 +140,11 @@ def main() -> None:
     throughput: dict[str, dict] = {}
     try:
         with ExitStack() as stack:
-            pg_embedded = stack.enter_context(scratch_postgres())
-            pg_celery = stack.enter_context(scratch_postgres())
-            amqp = stack.enter_context(scratch_vhost())
+            pg_embedded = stack.enter_context(scratch.postgres_database(POSTGRES_ADMIN_URL,
+                                                                        "oi_bench"))
+            pg_celery = stack.enter_context(scratch.postgres_database(POSTGRES_ADMIN_URL,
+                                                                      "oi_bench"))
+            amqp = stack.enter_context(scratch.rabbitmq_vhost(AMQP_URL, "oi_bench"))
 
             sqlite = Setup("embedded-sqlite", root, stack)
             sqlite.serve()

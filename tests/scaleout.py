@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import NoReturn
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+
+import scratch
 
 POSTGRES_ADMIN_URL = os.environ.get("OPENIMAGINE_TEST_POSTGRES_URL",
                                     "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -40,7 +39,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def unavailable(service: str, reason: str) -> None:
+def unavailable(service: str, reason: str) -> NoReturn:
     """Skip (fail in CI) because ``service`` cannot be used."""
     message = f"{service} is not available: {reason}"
     if in_ci():
@@ -48,37 +47,23 @@ def unavailable(service: str, reason: str) -> None:
     pytest.skip(message)
 
 
-def _tcp(service: str, url: str, default_port: int) -> None:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port),
-                                      timeout=2):
-            pass
-    except OSError as exc:
-        unavailable(service, f"{parts.hostname}:{parts.port or default_port}: {exc}")
-
-
 # --- PostgreSQL -------------------------------------------------------------------------
 
 
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
+def _needed(resource: AbstractContextManager[str]) -> Iterator[str]:
+    """``resource`` from ``scratch``; a service that is not there skips (fails in CI)."""
+    with ExitStack() as stack:
+        try:
+            value = stack.enter_context(resource)
+        except scratch.Unavailable as exc:
+            unavailable(exc.service, exc.reason)
+        yield value
+
+
+def fresh_postgres_database() -> AbstractContextManager[str]:
     """A new, empty database for this run; its URL. Dropped afterwards (connections too)."""
-    admin_url = make_url(POSTGRES_ADMIN_URL)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"oi_test_{secrets.token_hex(6)}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure means: no PostgreSQL here
-        admin.dispose()
-        unavailable("PostgreSQL", f"{admin_url.render_as_string(hide_password=True)}: {exc}")
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return _needed(scratch.postgres_database(POSTGRES_ADMIN_URL))
 
 
 @pytest.fixture
@@ -109,36 +94,9 @@ def redis_prefix() -> str:
 # --- RabbitMQ -----------------------------------------------------------------------------
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-@contextmanager
-def rabbitmq_vhost() -> Iterator[str]:
-    """An AMQP URL on a virtual host of its own (with ``rabbitmqctl``), dropped afterwards.
-
-    Queues are named per engine (``openimagine.test-sleep``), so two runs on one
-    broker would otherwise consume each other's messages. Without
-    ``rabbitmqctl`` (a remote broker) the default virtual host is used.
-    """
-    _tcp("RabbitMQ", AMQP_URL, 5672)
-    if shutil.which("rabbitmqctl") is None:
-        yield AMQP_URL
-        return
-    vhost = f"oi_test_{secrets.token_hex(6)}"
-    user = urlsplit(AMQP_URL).username or "guest"
-    try:
-        _rabbitmqctl("add_vhost", vhost)
-        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    except (subprocess.SubprocessError, OSError) as exc:
-        unavailable("RabbitMQ", f"cannot create a virtual host with rabbitmqctl: {exc}")
-    try:
-        yield f"{AMQP_URL.rstrip('/')}/{vhost}"
-    finally:
-        try:
-            _rabbitmqctl("delete_vhost", vhost)
-        except (subprocess.SubprocessError, OSError):
-            pass
+def rabbitmq_vhost() -> AbstractContextManager[str]:
+    """An AMQP URL on a virtual host of its own, dropped afterwards."""
+    return _needed(scratch.rabbitmq_vhost(AMQP_URL))
 
 
 # --- S3 (moto's standalone server) --------------------------------------------------------

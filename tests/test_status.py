@@ -245,6 +245,28 @@ def test_post_status_sees_the_same_life_as_get(server: Server) -> None:
         [urlsplit(u).path for u in data["response"]]
 
 
+def test_head_status_answers_like_get_without_a_body(server: Server) -> None:
+    key = server.account()
+    task_id = submit(server, key)
+    head = server.client.head("/v1/status", params={"task_id": task_id}, headers=auth(key))
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) > 0
+    assert int(head.headers["X-RateLimit-Limit"]) > 0
+    missing = server.client.head("/v1/status", params={"task_id": "task_nope"},
+                                 headers=auth(key))
+    assert missing.status_code == 404 and missing.content == b""
+
+
+def test_other_methods_on_status_are_405_in_the_envelope(server: Server) -> None:
+    key = server.account()
+    for method in ("PUT", "DELETE", "PATCH"):
+        response = server.client.request(method, "/v1/status", params={"task_id": "task_x"},
+                                         headers=auth(key))
+        assert response.status_code == 405, method
+        assert response.json() == {"code": 405, "message": "Method not allowed for this endpoint",
+                                   "error": "METHOD_NOT_ALLOWED"}
+
+
 @pytest.mark.parametrize("spelling", ["task_id", " task_id "])
 def test_task_id_surrounding_whitespace_is_ignored(start_server: Callable[..., Server],
                                                     spelling: str) -> None:

@@ -50,8 +50,8 @@ class OpenImagineAPI(FastAPI):
     none of them does anything for a GET without a body that answers in our
     own envelope. A direct route runs the same endpoint, maps its errors
     through the same ``response_for`` and adds the same rate-limit headers;
-    everything else (HEAD, other methods, a mounted root path) still goes
-    through FastAPI, where the same endpoint is registered.
+    everything else (other methods, a mounted root path) still goes through
+    FastAPI, where the same endpoint is registered.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -83,6 +83,8 @@ class OpenImagineAPI(FastAPI):
         for route in self.router.routes:
             if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ()):
                 self.direct_routes[(method, path)] = route.endpoint
+                if method == "GET":  # as Starlette routes do (the server drops the body)
+                    self.direct_routes[("HEAD", path)] = route.endpoint
                 return
         raise LookupError(f"no {method} {path} route")
 

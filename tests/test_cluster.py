@@ -383,3 +383,46 @@ def test_a_worker_killed_mid_task_is_taken_over_by_the_other(cluster: Cluster) -
     assert completions([survivor], task_id) == [1]
     assert completions([victim], task_id) == [0]
     assert survivor.process.poll() is None
+
+
+def test_a_worker_stopped_mid_task_gives_it_back_at_once(cluster: Cluster) -> None:
+    """SIGTERM to a worker's main process only (docker stop, Kubernetes): the
+    running task goes back to the queue without counting an attempt, the other
+    worker takes it over before the lease could even expire, and the stopped
+    worker exits long before its clip would have been done."""
+    for worker in cluster.live_workers():
+        worker.stop()
+    sleep_seconds = 10
+    for index in (1, 2):
+        cluster.start_worker(index, test_sleep_seconds=sleep_seconds)
+    cluster.wait_ready()
+    first, second = cluster.live_workers()
+
+    key = make_account(cluster.db, name="graceful", credits=10 * PRICE)
+    task_id = submit(cluster.apis[0].base_url, key, "a kite over the dunes").json()[
+        "data"]["task_id"]
+    deadline = time.monotonic() + 60
+    while (row := cluster.task(task_id)).status != "processing" or row.lease_owner is None:
+        assert time.monotonic() < deadline, f"never started: {row.status}"
+        time.sleep(0.05)
+    first_owner = row.lease_owner
+    owner_pid = int(first_owner.split(":")[1])
+    victim = next(w for w in (first, second) if os.getpgid(owner_pid) == w.process.pid)
+    survivor = second if victim is first else first
+
+    stopped_at = time.monotonic()
+    os.kill(victim.process.pid, signal.SIGTERM)  # the main process, not its group
+    while (row := cluster.task(task_id)).lease_owner in (first_owner, None):
+        assert time.monotonic() - stopped_at < cluster.settings["lease_seconds"], (
+            f"not handed over before the lease expired: {row.status}\n{victim.text()[-3000:]}")
+        time.sleep(0.05)
+    victim.process.wait(timeout=sleep_seconds - 2)  # it did not finish the clip first
+
+    cluster.wait_finished([task_id], timeout=90)
+    row = cluster.task(task_id)
+    assert row.status == "completed", (row.status, row.error_detail, survivor.text()[-3000:])
+    assert row.attempts == 1  # the given-back attempt is not counted
+    assert cluster.ledger(task_id) == ["debit"]
+    assert cluster.balance("graceful") == 9 * PRICE
+    assert completions([survivor], task_id) == [1]
+    assert f"task {task_id}: released" in victim.text()

@@ -21,12 +21,20 @@ Processes: the worker's main process holds the broker connection and forks
 child loads the engine once in ``worker_process_init``, after the fork, so
 CUDA is never initialised in the parent; ``worker_proc_alive_timeout`` is
 raised so a model has time to load.
+
+Stopping (``SIGTERM``, as ``docker stop`` or Kubernetes send it to the main
+process): the main process asks its children to stop (``STOP_SIGNAL``); a
+child that is rendering stops the engine at its next step, gives the task back to
+the queue (``lifecycle.release``: the attempt is not counted) and rejects its
+message with requeue, so another worker takes it over at once instead of
+after the lease expires. Celery's warm shutdown then ends the worker.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
@@ -49,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("openimagine.worker")
 
 TASK_NAME = "openimagine.run"
+# The main process tells its children to give their tasks back with this one:
+# billiard claims SIGTERM in the children, and Celery uses SIGUSR2 only for a
+# remote debugger, and only in the main process when CELERY_RDBSIG is set.
+STOP_SIGNAL = signal.SIGUSR2
 # Seconds a worker child may take to start, model load included (Celery's default is 4).
 ENGINE_LOAD_SECONDS = 900.0
 
@@ -97,7 +109,13 @@ def create_celery_app(settings: Settings) -> Celery:
 
     @app.task(name=TASK_NAME, bind=True)
     def run(self: Any, task_id: str) -> str:
-        return _current_process(self.app).run(task_id)
+        status = _current_process(self.app).run(task_id)
+        if status == "released":
+            from celery.exceptions import Reject  # type: ignore[import-untyped]
+
+            # Back to the queue now (acks_late: the message was not acked yet).
+            raise Reject("worker stopping: task released", requeue=True)
+        return status
 
     return app
 
@@ -122,15 +140,19 @@ def queue_depth(app: Celery, engine: str) -> int | None:
         return None
 
 
-def run_with_heartbeat(runner: Runner, claim: lifecycle.Claim) -> Outcome:
+def run_with_heartbeat(runner: Runner, claim: lifecycle.Claim,
+                       stopping: threading.Event | None = None) -> Outcome:
     """``runner.run(claim)`` here, with a thread that renews the lease meanwhile and
-    stops the engine (cooperatively) when the lease turns out to be someone else's."""
+    stops the engine (cooperatively) when the lease turns out to be someone else's,
+    or when ``stopping`` is set (the task is then released)."""
     cancelled = threading.Event()
     finished = threading.Event()
     heartbeat = Heartbeat(runner.settings, runner.db, claim, cancelled)
 
     def keep_beating() -> None:
         while not finished.wait(PROGRESS_TICK):
+            if stopping is not None and stopping.is_set():
+                cancelled.set()
             if heartbeat.due():
                 heartbeat.beat()
 
@@ -156,6 +178,8 @@ class WorkerProcess:
         dispatcher = CeleryDispatcher(app)
         self.sweeper = Sweeper(settings, self.db, dispatcher, dispatcher.queue_depth)
         self._stop = threading.Event()
+        # Set by SIGTERM in this process: the running task is given back.
+        self.stopping = threading.Event()
         self._sweeping = threading.Thread(target=self.sweeper.run, args=(self._stop,),
                                           name="openimagine-sweeper", daemon=True)
         self._sweeping.start()
@@ -170,7 +194,7 @@ class WorkerProcess:
             # Already claimed, finished, or of another engine: the row says so.
             log.info("task %s: not pending; message dropped", task_id)
             return "skipped"
-        outcome = run_with_heartbeat(self.runner, claim)
+        outcome = run_with_heartbeat(self.runner, claim, self.stopping)
         log.info("task %s: %s", claim.task_id, outcome.status)
         return outcome.status
 
@@ -197,7 +221,24 @@ def _current_process(app: Celery) -> WorkerProcess:
 def _on_process_init(**_: Any) -> None:
     # In the child, right after the fork: load the engine before the first message.
     assert _app is not None
-    _current_process(_app)
+    process = _current_process(_app)
+    # Billiard installs its own SIGTERM handler in the children after this
+    # (terminate at once); the main process asks for a cooperative stop with
+    # STOP_SIGNAL instead.
+    signal.signal(STOP_SIGNAL, lambda *_: process.stopping.set())
+
+
+def _on_shutting_down(**_: Any) -> None:
+    # In the main process, at the start of a warm shutdown: a SIGTERM sent to
+    # the main process alone (docker stop, Kubernetes) does not reach the
+    # children, which hold the running tasks.
+    from billiard.process import active_children  # type: ignore[import-untyped]
+
+    for child in active_children():
+        try:
+            os.kill(child.pid, STOP_SIGNAL)
+        except ProcessLookupError:
+            pass
 
 
 def _on_process_shutdown(**_: Any) -> None:
@@ -207,7 +248,7 @@ def _on_process_shutdown(**_: Any) -> None:
 
 def run_worker(settings: Settings, *, concurrency: int = 1) -> None:
     """``openimagine worker`` with a broker: consume ``openimagine.<engine>`` until stopped
-    (SIGTERM: warm shutdown, the running task finishes first)."""
+    (SIGTERM: the running task goes back to the queue, then warm shutdown)."""
     from celery import signals
 
     global _app
@@ -215,6 +256,7 @@ def run_worker(settings: Settings, *, concurrency: int = 1) -> None:
     _app = app
     signals.worker_process_init.connect(_on_process_init, weak=False)
     signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)
+    signals.worker_shutting_down.connect(_on_shutting_down, weak=False)
     node = f"openimagine-{settings.engine}-{os.getpid()}@{socket.gethostname()}"
     app.worker_main([
         "worker",

@@ -274,6 +274,31 @@ def test_the_api_and_its_embedded_worker_run_on_postgres(
     assert row.attempts == 1 and row.started_at >= row.created_at
 
 
+def test_status_polls_survive_the_server_dropping_every_connection(
+        start_server: Callable[..., Server], pg_url: str) -> None:  # noqa: F811
+    """Status reads skip the pool's pre-ping; a connection PostgreSQL dropped (a
+    restart, a proxy's idle timeout) is retried on a fresh one, not answered 503."""
+    server = start_server(database_url=pg_url, run_workers=False)
+    key = server.account(credits=1000)
+    task_id = server.generate(key).json()["data"]["task_id"]
+
+    def poll() -> int:
+        return server.client.get("/v1/status", params={"task_id": task_id},
+                                 headers=auth(key)).status_code
+
+    # Several pooled connections, so that the next poll meets a dropped one.
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda _: poll(), range(32))) == {200}
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        dropped = connection.scalar(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    admin.dispose()
+    assert dropped >= 1
+    assert [poll() for _ in range(5)] == [200] * 5
+
+
 # --- the Celery workers' sweeper ----------------------------------------------------------------
 
 

@@ -8,7 +8,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import Server, auth
+from openimagine.ratelimit import RateLimiter
+
+from conftest import Server, auth, make_settings
 
 HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
@@ -199,3 +201,18 @@ def test_successful_requests_do_not_count_as_failures(start_server: Callable[...
         assert server.generate(key).status_code == 200
     assert server.generate("oi_wrong").status_code == 401
     assert server.generate(key).status_code == 200
+
+
+def test_failed_auth_bookkeeping_stays_exact_with_many_failing_addresses(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The in-memory limiter remembers which addresses failed lately so that the
+    others skip a lookup. Past 100,000 of them it prunes, or stops remembering
+    and asks the storage every time: either way it stays exact."""
+    limiter = RateLimiter(make_settings(tmp_path, auth_failure_limit=3))
+    for _ in range(3):
+        limiter.record_auth_failure("203.0.113.7")
+    for n in range(100_001):  # a spray from many IPv6 addresses
+        limiter.record_auth_failure(f"2001:db8::{n:x}")
+    blocked = limiter.auth_blocked("203.0.113.7")
+    assert blocked is not None and blocked.retry_after >= 1
+    assert limiter.auth_blocked("2001:db8::1") is None  # one failure of three
+    assert limiter.auth_blocked("198.51.100.1") is None  # never failed

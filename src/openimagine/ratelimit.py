@@ -71,6 +71,8 @@ class Window(NamedTuple):
         return max(1, math.ceil(self.next_allowed - time.time()))
 
 
+# Addresses with recent failed authentications the in-memory limiter keeps in mind.
+FAILED_ADDRESSES_KEPT = 100_000
 # Longest wait for the shared limit storage before a request fails with 503.
 STORAGE_TIMEOUT_SECONDS = 2.0
 
@@ -161,15 +163,21 @@ class RateLimiter:
         return None if window.allowed else window
 
     def record_auth_failure(self, address: str) -> None:
-        if self._failed_lately is not None:
+        failed_lately = self._failed_lately
+        if failed_lately is not None:
             now = time.time()
-            if len(self._failed_lately) >= 100_000:  # drop what no longer weighs
-                self._failed_lately = {a: t for a, t in self._failed_lately.items()
-                                       if now - t <= self._failures_weigh_for}
-            self._failed_lately[address] = now
+            if len(failed_lately) >= FAILED_ADDRESSES_KEPT:  # drop what no longer weighs
+                # A copy first: API threads record failures concurrently.
+                failed_lately = {a: t for a, t in list(failed_lately.items())
+                                 if now - t <= self._failures_weigh_for}
+                # Still full (a spray from many addresses): stop remembering and
+                # ask the storage on every request, rather than prune each time.
+                self._failed_lately = (failed_lately if len(failed_lately) < FAILED_ADDRESSES_KEPT
+                                       else None)
+            if self._failed_lately is not None:
+                self._failed_lately[address] = now
         self.limiter.hit(self.auth_failures, f"authfail:{address}")
 
     def reset(self) -> None:
         self.storage.reset()
-        if self._failed_lately is not None:
-            self._failed_lately.clear()
+        self._failed_lately = {} if self.in_process else None

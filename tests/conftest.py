@@ -16,18 +16,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import select, update
 
 from openimagine.api.app import create_app
-from openimagine.services import accounts
+from openimagine.services import accounts, tasks
+from openimagine.services.accounts import Principal
 from openimagine.settings import Settings
 from openimagine.store import migrate
 from openimagine.store.db import Database
+from openimagine.store.models import Account, Task
+from openimagine.timeutil import utcnow
 
 # Small, fast clips unless a test asks for more.
 FAST = {"duration": 0.5, "fps": 8, "resolution": 64, "poll_seconds": 0.05}
@@ -52,6 +57,35 @@ def make_account(db: Database, *, name: str | None = None, plan: str = "pro",
     _, key = accounts.create_account(db, name or f"acct-{os.urandom(4).hex()}", plan=plan,
                                      credits=credits)
     return key
+
+
+def make_principal(db: Database, credits: int = 1000) -> Principal:
+    """A new account (made as the CLI and API make them), as the API sees its caller."""
+    name = f"acct-{os.urandom(4).hex()}"
+    make_account(db, name=name, credits=credits)
+    with db.read() as session:
+        row = session.execute(select(Account.id, Account.plan)
+                              .where(Account.name == name)).one()
+    return Principal(account_id=row.id, plan=row.plan)
+
+
+# What ``submit_task`` submits unless told otherwise.
+TASK_ENGINE = "preview"
+TASK_PRICE = 40
+
+
+def submit_task(db: Database, principal: Principal, prompt: str = "a red fox in the snow", *,
+                engine: str = TASK_ENGINE, price: int = TASK_PRICE) -> str:
+    """A task submitted through the service layer (debit and row in one transaction)."""
+    return tasks.submit(db, principal, tasks.NewTask(prompt, "normal", "1:1", []),
+                        task_id=tasks.new_task_id(), engine=engine, price=price)
+
+
+def expire_lease(db: Database, task_id: str) -> None:
+    """Make the lease run out now (as if the worker stopped heartbeating long ago)."""
+    with db.write() as session:
+        session.execute(update(Task).where(Task.id == task_id)
+                        .values(lease_expires_at=utcnow() - timedelta(seconds=5)))
 
 
 def auth(key: str) -> dict[str, str]:

@@ -9,10 +9,8 @@ failed task gives its credits back once and only once.
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,18 +18,22 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from openimagine.errors import InsufficientCredits
-from openimagine.services import lifecycle, tasks
-from openimagine.services.accounts import Principal
+from openimagine.services import lifecycle
 from openimagine.services.lifecycle import ENGINE_FAILED, Claim
 from openimagine.store import migrate
 from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task
-from openimagine.timeutil import utcnow
 
-from conftest import make_account, make_settings
+from conftest import (
+    TASK_ENGINE,
+    TASK_PRICE,
+    expire_lease,
+    make_principal,
+    make_settings,
+    submit_task,
+)
 
-ENGINE = "preview"
-PRICE = 40
+ENGINE, PRICE = TASK_ENGINE, TASK_PRICE  # what submit_task submits
 LEASE = 60.0
 
 
@@ -44,32 +46,9 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.dispose()
 
 
-def new_principal(db: Database, credits: int = 1000) -> Principal:
-    """A new account (made as the CLI and API make them), as the API sees its caller."""
-    name = f"acct-{secrets.token_hex(4)}"
-    make_account(db, name=name, credits=credits)
-    with db.read() as session:
-        row = session.execute(select(Account.id, Account.plan)
-                              .where(Account.name == name)).one()
-    return Principal(account_id=row.id, plan=row.plan)
-
-
-def submit(db: Database, principal: Principal, prompt: str = "a red fox in the snow",
-           engine: str = ENGINE) -> str:
-    return tasks.submit(db, principal, tasks.NewTask(prompt, "normal", "1:1", []),
-                        task_id=tasks.new_task_id(), engine=engine, price=PRICE)
-
-
 def claim(db: Database, owner: str, **kwargs) -> Claim | None:  # type: ignore[no-untyped-def]
     kwargs.setdefault("lease_seconds", LEASE)
     return lifecycle.claim_next(db, owner=owner, engine=kwargs.pop("engine", ENGINE), **kwargs)
-
-
-def expire_lease(db: Database, task_id: str) -> None:
-    """Make the lease run out now (as if the worker stopped heartbeating long ago)."""
-    with db.write() as session:
-        session.execute(update(Task).where(Task.id == task_id)
-                        .values(lease_expires_at=utcnow() - timedelta(seconds=5)))
 
 
 def task_row(db: Database, task_id: str) -> Task:
@@ -112,8 +91,8 @@ def take_over(db: Database, first: Claim, owner: str = "worker-b") -> Claim:
 
 
 def test_two_claims_get_two_different_tasks_and_a_third_gets_none(db: Database) -> None:
-    who = new_principal(db)
-    first_id, second_id = submit(db, who), submit(db, who)
+    who = make_principal(db)
+    first_id, second_id = submit_task(db, who), submit_task(db, who)
 
     a = claim(db, "worker-a")
     b = claim(db, "worker-b")
@@ -128,8 +107,8 @@ def test_two_claims_get_two_different_tasks_and_a_third_gets_none(db: Database) 
 
 
 def test_a_claim_only_takes_tasks_of_its_own_engine(db: Database) -> None:
-    who = new_principal(db)
-    task_id = submit(db, who, engine="other-engine")
+    who = make_principal(db)
+    task_id = submit_task(db, who, engine="other-engine")
     assert claim(db, "worker-a") is None
     taken = claim(db, "worker-a", engine="other-engine")
     assert taken is not None and taken.task_id == task_id
@@ -137,8 +116,8 @@ def test_a_claim_only_takes_tasks_of_its_own_engine(db: Database) -> None:
 
 def test_many_threads_claiming_at_once_never_get_the_same_task(tmp_path: Path,
                                                                 db: Database) -> None:
-    who = new_principal(db, credits=PRICE * 40)
-    submitted = {submit(db, who, prompt=f"clip {n}") for n in range(40)}
+    who = make_principal(db, credits=PRICE * 40)
+    submitted = {submit_task(db, who, prompt=f"clip {n}") for n in range(40)}
     # Each thread has its own Database (its own connections), like separate processes.
     url = str(db.url)
     claims: list[Claim] = []
@@ -183,8 +162,8 @@ def test_many_threads_claiming_at_once_never_get_the_same_task(tmp_path: Path,
 
 
 def test_a_fenced_out_worker_cannot_complete_the_task(db: Database) -> None:
-    who = new_principal(db)
-    submit(db, who)
+    who = make_principal(db)
+    submit_task(db, who)
     old = claim(db, "worker-a")
     assert old is not None
     new = take_over(db, old)
@@ -200,8 +179,8 @@ def test_a_fenced_out_worker_cannot_complete_the_task(db: Database) -> None:
 
 
 def test_a_fenced_out_worker_cannot_fail_or_refund_the_task(db: Database) -> None:
-    who = new_principal(db)
-    submit(db, who)
+    who = make_principal(db)
+    submit_task(db, who)
     old = claim(db, "worker-a")
     assert old is not None
     new = take_over(db, old)
@@ -221,8 +200,8 @@ def test_a_fenced_out_worker_cannot_fail_or_refund_the_task(db: Database) -> Non
 
 
 def test_renew_extends_the_lease_until_another_worker_takes_over(db: Database) -> None:
-    who = new_principal(db)
-    submit(db, who)
+    who = make_principal(db)
+    submit_task(db, who)
     old = claim(db, "worker-a", lease_seconds=30)
     assert old is not None
     before = task_row(db, old.task_id).lease_expires_at
@@ -239,8 +218,8 @@ def test_renew_extends_the_lease_until_another_worker_takes_over(db: Database) -
 
 
 def test_a_finished_task_cannot_be_written_again(db: Database) -> None:
-    who = new_principal(db)
-    submit(db, who)
+    who = make_principal(db)
+    submit_task(db, who)
     taken = claim(db, "worker-a")
     assert taken is not None
     assert lifecycle.complete(db, taken, outputs=["o/0.mp4"], seeds=[]) is True
@@ -254,8 +233,8 @@ def test_a_finished_task_cannot_be_written_again(db: Database) -> None:
 
 
 def test_reap_requeues_an_expired_lease_and_leaves_live_ones_alone(db: Database) -> None:
-    who = new_principal(db)
-    stalled_id, live_id = submit(db, who), submit(db, who)
+    who = make_principal(db)
+    stalled_id, live_id = submit_task(db, who), submit_task(db, who)
     stalled = claim(db, "worker-a")
     live = claim(db, "worker-b")
     assert stalled is not None and live is not None and stalled.task_id == stalled_id
@@ -273,8 +252,8 @@ def test_reap_requeues_an_expired_lease_and_leaves_live_ones_alone(db: Database)
 
 
 def test_reap_past_max_attempts_fails_and_refunds_exactly_once(db: Database) -> None:
-    who = new_principal(db, credits=400)
-    task_id = submit(db, who)
+    who = make_principal(db, credits=400)
+    task_id = submit_task(db, who)
     assert balance(db, who.account_id) == 360
     for attempt in (1, 2):
         taken = claim(db, f"worker-{attempt}")
@@ -298,8 +277,8 @@ def test_reap_past_max_attempts_fails_and_refunds_exactly_once(db: Database) -> 
 
 
 def test_two_reapers_at_once_refund_exactly_once(db: Database) -> None:
-    who = new_principal(db, credits=400)
-    task_ids = [submit(db, who, prompt=f"clip {n}") for n in range(5)]
+    who = make_principal(db, credits=400)
+    task_ids = [submit_task(db, who, prompt=f"clip {n}") for n in range(5)]
     for _ in task_ids:
         assert claim(db, "worker-a") is not None
     for task_id in task_ids:
@@ -337,8 +316,8 @@ def test_two_reapers_at_once_refund_exactly_once(db: Database) -> None:
 
 
 def test_release_returns_the_task_without_counting_the_attempt(db: Database) -> None:
-    who = new_principal(db)
-    task_id = submit(db, who)
+    who = make_principal(db)
+    task_id = submit_task(db, who)
     taken = claim(db, "worker-a")
     assert taken is not None
     assert lifecycle.renew(db, taken, lease_seconds=LEASE, progress=30) is True
@@ -363,8 +342,8 @@ def test_release_returns_the_task_without_counting_the_attempt(db: Database) -> 
 
 
 def test_the_database_refuses_a_second_refund(db: Database) -> None:
-    who = new_principal(db)
-    task_id = submit(db, who)
+    who = make_principal(db)
+    task_id = submit_task(db, who)
     taken = claim(db, "worker-a")
     assert taken is not None
     assert lifecycle.fail(db, taken, message=ENGINE_FAILED, detail="broke") is True
@@ -381,15 +360,15 @@ def test_the_database_refuses_a_second_refund(db: Database) -> None:
 
 
 def test_the_database_refuses_a_negative_balance(db: Database) -> None:
-    who = new_principal(db, credits=50)
+    who = make_principal(db, credits=50)
     with pytest.raises(IntegrityError), db.write() as session:
         session.execute(update(Account).where(Account.id == who.account_id)
                         .values(balance=Account.balance - 51))
     assert balance(db, who.account_id) == 50
 
-    submit(db, who)  # 50 -> 10
+    submit_task(db, who)  # 50 -> 10
     with pytest.raises(InsufficientCredits):
-        submit(db, who)
+        submit_task(db, who)
     assert balance(db, who.account_id) == 10
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(Task)) == 1

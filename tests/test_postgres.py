@@ -10,7 +10,6 @@ and a balance never goes below zero whatever the concurrency.
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,18 +20,24 @@ import pytest
 from sqlalchemy import create_engine, func, inspect, select, text, update
 
 from openimagine.errors import InsufficientCredits
-from openimagine.services import lifecycle, tasks
-from openimagine.services.accounts import Principal
+from openimagine.services import lifecycle
 from openimagine.store import migrate
 from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task
 from openimagine.timeutil import utcnow
 
-from conftest import Server, auth, make_account
+from conftest import (
+    TASK_ENGINE,
+    TASK_PRICE,
+    Server,
+    auth,
+    expire_lease,
+    make_principal,
+    submit_task,
+)
 from scaleout import pg_url  # noqa: F401 - fixture
 
-ENGINE = "preview"
-PRICE = 40
+ENGINE, PRICE = TASK_ENGINE, TASK_PRICE  # what submit_task submits
 
 
 @pytest.fixture
@@ -41,25 +46,6 @@ def db(pg_url: str) -> Iterator[Database]:  # noqa: F811 - the fixture above
     migrate.upgrade(database)
     yield database
     database.dispose()
-
-
-def new_principal(db: Database, credits: int = 10_000) -> Principal:
-    name = f"acct-{secrets.token_hex(4)}"
-    make_account(db, name=name, credits=credits)
-    with db.read() as session:
-        row = session.execute(select(Account.id, Account.plan).where(Account.name == name)).one()
-    return Principal(account_id=row.id, plan=row.plan)
-
-
-def submit(db: Database, principal: Principal, prompt: str = "a red fox in the snow") -> str:
-    return tasks.submit(db, principal, tasks.NewTask(prompt, "normal", "1:1", []),
-                        task_id=tasks.new_task_id(), engine=ENGINE, price=PRICE)
-
-
-def expire_lease(db: Database, task_id: str) -> None:
-    with db.write() as session:
-        session.execute(update(Task).where(Task.id == task_id)
-                        .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
 
 
 def ledger_kinds(db: Database, task_id: str) -> list[str]:
@@ -114,10 +100,10 @@ def test_replicas_migrating_a_fresh_database_at_once_take_turns(pg_url: str) -> 
 
 
 def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(db: Database) -> None:
-    principal = new_principal(db)
-    first = submit(db, principal, "first")
+    principal = make_principal(db, credits=10_000)
+    first = submit_task(db, principal, "first")
     time.sleep(0.01)
-    second = submit(db, principal, "second")
+    second = submit_task(db, principal, "second")
 
     def claims() -> list[lifecycle.Claim | None]:
         return [lifecycle.claim_next(db, owner="w2", engine=ENGINE, lease_seconds=60),
@@ -142,8 +128,8 @@ def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(db: Da
 
 
 def test_concurrent_workers_claim_every_task_exactly_once(db: Database) -> None:
-    principal = new_principal(db)
-    submitted = {submit(db, principal, f"take {n}") for n in range(40)}
+    principal = make_principal(db, credits=10_000)
+    submitted = {submit_task(db, principal, f"take {n}") for n in range(40)}
     claimed: list[str] = []
     lock = threading.Lock()
 
@@ -166,8 +152,8 @@ def test_concurrent_workers_claim_every_task_exactly_once(db: Database) -> None:
 
 def test_a_worker_whose_lease_was_taken_over_cannot_write_and_refunds_happen_once(
         db: Database) -> None:
-    principal = new_principal(db, credits=1000)
-    task_id = submit(db, principal)
+    principal = make_principal(db, credits=1000)
+    task_id = submit_task(db, principal)
     stale = lifecycle.claim_next(db, owner="old", engine=ENGINE, lease_seconds=60)
     assert stale is not None
     expire_lease(db, task_id)
@@ -203,12 +189,12 @@ def test_a_worker_whose_lease_was_taken_over_cannot_write_and_refunds_happen_onc
 
 
 def test_stale_pending_tasks_are_handed_to_one_sweeper_at_a_time(db: Database) -> None:
-    principal = new_principal(db)
-    old = [submit(db, principal, f"old {n}") for n in range(5)]
+    principal = make_principal(db, credits=10_000)
+    old = [submit_task(db, principal, f"old {n}") for n in range(5)]
     with db.write() as session:
         session.execute(update(Task).where(Task.id.in_(old))
                         .values(dispatched_at=utcnow() - timedelta(seconds=120)))
-    fresh = submit(db, principal, "fresh")
+    fresh = submit_task(db, principal, "fresh")
     assert lifecycle.pending_by_engine(db) == {ENGINE: 6}
 
     with ThreadPoolExecutor(4) as pool:
@@ -228,14 +214,14 @@ def test_stale_pending_tasks_are_handed_to_one_sweeper_at_a_time(db: Database) -
 
 
 def test_concurrent_submissions_never_overdraw_an_account(db: Database) -> None:
-    principal = new_principal(db, credits=10 * PRICE)
+    principal = make_principal(db, credits=10 * PRICE)
     barrier = threading.Barrier(16)
 
     def attempt(n: int) -> str:
         if n < 16:
             barrier.wait()
         try:
-            submit(db, principal, f"race {n}")
+            submit_task(db, principal, f"race {n}")
             return "ok"
         except InsufficientCredits:
             return "402"
@@ -319,10 +305,10 @@ def test_the_sweeper_republishes_lost_messages_and_expired_leases_only(
     from conftest import make_settings
 
     settings = make_settings(tmp_path, redispatch_seconds=30, max_attempts=2)
-    principal = new_principal(db)
-    stale = [submit(db, principal, f"stale {n}") for n in range(3)]
-    fresh = submit(db, principal, "fresh")
-    running = submit(db, principal, "running")
+    principal = make_principal(db, credits=10_000)
+    stale = [submit_task(db, principal, f"stale {n}") for n in range(3)]
+    fresh = submit_task(db, principal, "fresh")
+    running = submit_task(db, principal, "running")
     with db.write() as session:
         session.execute(update(Task).where(Task.id.in_(stale))
                         .values(dispatched_at=utcnow() - timedelta(seconds=60)))

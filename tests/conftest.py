@@ -78,7 +78,7 @@ def submit_task(db: Database, principal: Principal, prompt: str = "a red fox in 
                 engine: str = TASK_ENGINE, price: int = TASK_PRICE) -> str:
     """A task submitted through the service layer (debit and row in one transaction)."""
     return tasks.submit(db, principal, tasks.NewTask(prompt, "normal", "1:1", []),
-                        task_id=tasks.new_task_id(), engine=engine, price=price)
+                        task_id=tasks.new_task_id(), model=engine, engine=engine, price=price)
 
 
 def expire_lease(db: Database, task_id: str) -> None:

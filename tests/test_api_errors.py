@@ -205,7 +205,7 @@ def test_mode_and_ratio_default_to_normal_and_1_1(idle: Server) -> None:
 
 def test_unknown_fields_are_ignored(idle: Server) -> None:
     key = idle.account()
-    response = idle.generate(key, prompt="a red fox", seed=7, model="grok-imagine",
+    response = idle.generate(key, prompt="a red fox", seed=7, style="grok-imagine",
                              extra={"nested": [1, 2]})
     assert response.status_code == 200, response.text
     body = response.json()

@@ -31,6 +31,7 @@ from openimagine.settings import Settings
 from openimagine.store import migrate
 from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task
+from openimagine.testing.fake_upstreams import FakeConfig, FakeUpstream
 from openimagine.worker.celery_app import create_celery_app
 from openimagine.worker.dispatch import CeleryDispatcher
 
@@ -38,6 +39,22 @@ from conftest import Server, auth, free_port, make_account, openimagine_env
 from scaleout import fresh_postgres_database, rabbitmq_vhost, redis_prefix, require_redis
 
 PRICE = 40
+LOCAL = "test-sleep"
+# The default model renders here (on the GPU machines, as it were); "relay" goes to a
+# fake Grok Imagine on loopback, served by a Celery worker of its own.
+MODELS = """
+default = "test-sleep"
+
+[models.test-sleep]
+engine = "test-sleep"
+
+[models.relay]
+engine = "xai"
+base_url = "{upstream}"
+upstream_model = "grok-imagine-video"
+variations = 1
+price = 10
+"""
 SETTINGS: dict[str, Any] = {
     "engine": "test-sleep", "test_sleep_seconds": 0.2,
     "duration": 0.5, "fps": 8, "resolution": 64,
@@ -134,8 +151,9 @@ class Cluster:
         self.apis.append(api)
         return api
 
-    def start_worker(self, index: int, **overrides: Any) -> Process:
+    def start_worker(self, index: int, *args: str, **overrides: Any) -> Process:
         worker = self.spawn(f"worker{index}-{len(self.workers)}", "worker",
+                            *(args or ("--models", LOCAL)),
                             env=self.env(f"worker{index}", **overrides))
         self.workers.append(worker)
         return worker
@@ -153,7 +171,7 @@ class Cluster:
                 assert time.monotonic() < deadline, f"API did not start:\n{api.text()}"
                 time.sleep(0.1)
         for worker in self.live_workers():
-            while "ready: engine" not in worker.text():
+            while "ready: model" not in worker.text():
                 assert worker.process.poll() is None, f"worker exited:\n{worker.text()}"
                 assert time.monotonic() < deadline, f"worker did not start:\n{worker.text()}"
                 time.sleep(0.1)
@@ -197,7 +215,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with fresh_postgres_database() as pg_url, rabbitmq_vhost() as amqp_url:
         db = Database(pg_url)
         migrate.upgrade(db)
+        upstream = FakeUpstream("xai", FakeConfig(job_seconds=0.5)).start()
+        models = root / "models.toml"
+        models.write_text(MODELS.format(upstream=upstream.base_url))
         settings = {**SETTINGS, "database_url": pg_url, "broker_url": amqp_url,
+                    "models_file": models,
                     "ratelimit_url": redis_url, "ratelimit_prefix": redis_prefix(),
                     "storage_dir": root / "shared-storage"}
         cluster = Cluster(root, settings, db)
@@ -212,6 +234,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             for process in cluster.apis + cluster.workers:
                 process.stop()
             db.dispose()
+            upstream.stop()
 
 
 def submit(base_url: str, key: str, prompt: str) -> httpx.Response:
@@ -426,3 +449,31 @@ def test_a_worker_stopped_mid_task_gives_it_back_at_once(cluster: Cluster) -> No
     assert cluster.balance("graceful") == 9 * PRICE
     assert completions([survivor], task_id) == [1]
     assert f"task {task_id}: released" in victim.text()
+
+
+def test_a_relay_model_runs_on_its_own_celery_worker_next_to_the_local_model(
+        cluster: Cluster) -> None:
+    """``openimagine worker`` without --models serves every model, a Celery worker
+    each: the relay's tasks run there while the local model's go to its queue."""
+    both = cluster.start_worker(9, "--models", f"relay,{LOCAL}")
+    deadline = time.monotonic() + 90
+    while both.text().count("ready: model") < 2:
+        assert both.process.poll() is None, both.text()
+        assert time.monotonic() < deadline, both.text()
+        time.sleep(0.1)
+    key = make_account(cluster.db, name="relay-user", plan="pro", credits=1000)
+    api = cluster.apis[0].base_url
+    relayed = [httpx.post(f"{api}/v1/generate", json={"prompt": f"a comet {n}", "model": "relay"},
+                          headers=auth(key), timeout=30).json()["data"]["task_id"]
+               for n in range(3)]
+    local = submit(api, key, "a harbour at dawn").json()["data"]["task_id"]
+    cluster.wait_finished([*relayed, local])
+    for task_id in relayed:
+        row = cluster.task(task_id)
+        assert (row.status, row.model, row.rendered_by) == ("completed", "relay", "relay")
+        assert len(row.outputs) == 1 and row.upstream["model"] == "relay"
+    assert cluster.task(local).status == "completed"
+    assert cluster.balance("relay-user") == 1000 - 3 * 10 - PRICE
+    # SIGTERM to the parent alone (as a service manager sends it) stops both children.
+    both.process.send_signal(signal.SIGTERM)
+    assert both.process.wait(timeout=60) == 0, both.text()[-3000:]

@@ -48,7 +48,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 def claim(db: Database, owner: str, **kwargs) -> Claim | None:  # type: ignore[no-untyped-def]
     kwargs.setdefault("lease_seconds", LEASE)
-    return lifecycle.claim_next(db, owner=owner, engine=kwargs.pop("engine", ENGINE), **kwargs)
+    return lifecycle.claim_next(db, owner=owner, model=kwargs.pop("engine", ENGINE), **kwargs)
 
 
 def task_row(db: Database, task_id: str) -> Task:

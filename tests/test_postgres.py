@@ -106,9 +106,9 @@ def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(db: Da
     second = submit_task(db, principal, "second")
 
     def claims() -> list[lifecycle.Claim | None]:
-        return [lifecycle.claim_next(db, owner="w2", engine=ENGINE, lease_seconds=60),
+        return [lifecycle.claim_next(db, owner="w2", model=ENGINE, lease_seconds=60),
                 # Asking for the locked task by id (a Celery message) skips it too.
-                lifecycle.claim_next(db, owner="w2", engine=ENGINE, lease_seconds=60,
+                lifecycle.claim_next(db, owner="w2", model=ENGINE, lease_seconds=60,
                                      task_id=first)]
 
     with db.engine.connect() as holder, ThreadPoolExecutor(1) as pool:
@@ -123,7 +123,7 @@ def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(db: Da
             holder.rollback()
     assert claim is not None and claim.task_id == second
     assert by_id is None
-    claim = lifecycle.claim_next(db, owner="w2", engine=ENGINE, lease_seconds=60, task_id=first)
+    claim = lifecycle.claim_next(db, owner="w2", model=ENGINE, lease_seconds=60, task_id=first)
     assert claim is not None and claim.task_id == first
 
 
@@ -134,7 +134,7 @@ def test_concurrent_workers_claim_every_task_exactly_once(db: Database) -> None:
     lock = threading.Lock()
 
     def worker(index: int) -> None:
-        while (claim := lifecycle.claim_next(db, owner=f"w{index}", engine=ENGINE,
+        while (claim := lifecycle.claim_next(db, owner=f"w{index}", model=ENGINE,
                                              lease_seconds=60)) is not None:
             with lock:
                 claimed.append(claim.task_id)
@@ -154,11 +154,11 @@ def test_a_worker_whose_lease_was_taken_over_cannot_write_and_refunds_happen_onc
         db: Database) -> None:
     principal = make_principal(db, credits=1000)
     task_id = submit_task(db, principal)
-    stale = lifecycle.claim_next(db, owner="old", engine=ENGINE, lease_seconds=60)
+    stale = lifecycle.claim_next(db, owner="old", model=ENGINE, lease_seconds=60)
     assert stale is not None
     expire_lease(db, task_id)
     assert lifecycle.reap_expired(db, max_attempts=2) == (1, 0)
-    fresh = lifecycle.claim_next(db, owner="new", engine=ENGINE, lease_seconds=60)
+    fresh = lifecycle.claim_next(db, owner="new", model=ENGINE, lease_seconds=60)
     assert fresh is not None and fresh.attempt == 2
 
     assert not lifecycle.renew(db, stale, lease_seconds=60, progress=50)
@@ -195,19 +195,19 @@ def test_stale_pending_tasks_are_handed_to_one_sweeper_at_a_time(db: Database) -
         session.execute(update(Task).where(Task.id.in_(old))
                         .values(dispatched_at=utcnow() - timedelta(seconds=120)))
     fresh = submit_task(db, principal, "fresh")
-    assert lifecycle.pending_by_engine(db) == {ENGINE: 6}
+    assert lifecycle.pending_by_model(db) == {ENGINE: 6}
 
     with ThreadPoolExecutor(4) as pool:
         batches = list(pool.map(
-            lambda _: lifecycle.take_stale_pending(db, engine=ENGINE, older_than=60, limit=3),
+            lambda _: lifecycle.take_stale_pending(db, model=ENGINE, older_than=60, limit=3),
             range(4)))
     assert all(len(batch) <= 3 for batch in batches), batches  # the limit holds
     taken = [task_id for batch in batches for task_id in batch]
     assert sorted(taken) == sorted(old)  # every stale task once; the fresh one not at all
     assert fresh not in taken
     # Marked as dispatched now: not stale again until another older_than has passed.
-    assert lifecycle.take_stale_pending(db, engine=ENGINE, older_than=60, limit=10) == []
-    assert lifecycle.take_stale_pending(db, engine=ENGINE, older_than=60, limit=0) == []
+    assert lifecycle.take_stale_pending(db, model=ENGINE, older_than=60, limit=10) == []
+    assert lifecycle.take_stale_pending(db, model=ENGINE, older_than=60, limit=0) == []
 
 
 # --- the ledger -----------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def test_the_sweeper_republishes_lost_messages_and_expired_leases_only(
     with db.write() as session:
         session.execute(update(Task).where(Task.id.in_(stale))
                         .values(dispatched_at=utcnow() - timedelta(seconds=60)))
-    claim = lifecycle.claim_next(db, owner="dead", engine=ENGINE, lease_seconds=60,
+    claim = lifecycle.claim_next(db, owner="dead", model=ENGINE, lease_seconds=60,
                                  task_id=running)
     assert claim is not None
     expire_lease(db, running)

@@ -11,12 +11,15 @@ import asyncio
 import json
 import logging
 import signal
+import subprocess
+import sys
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from openimagine.catalog import Catalog, CatalogError, load_catalog
 from openimagine.cli_client import generate_command, status_command
 from openimagine.cli_models import engines_command, models_app
 from openimagine.errors import AccountNotFound, KeyNotFound
@@ -58,6 +61,14 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
         fail(f"invalid settings: {exc}")
+
+
+def load_models(settings: Settings) -> Catalog:
+    """The catalog of models; a bad models file is one line and exit 1."""
+    try:
+        return load_catalog(settings)
+    except CatalogError as exc:
+        fail(str(exc))
 
 
 def open_db(settings: Settings) -> Database:
@@ -110,43 +121,58 @@ def serve(
     from openimagine.api.app import create_app
 
     settings = load_settings(host=host, port=port, workers=workers)
+    catalog = load_models(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db = open_db(settings)
     _bootstrap_local_account(settings, db)
     db.dispose()
-    application = create_app(settings, run_workers=False if no_worker else None)
+    application = create_app(settings, catalog=catalog,
+                             run_workers=False if no_worker else None)
     uvicorn.run(application, host=settings.host, port=settings.port, access_log=False,
                 log_level="info")
 
 
 @app.command()
 def worker(
-    workers: Annotated[int | None, typer.Option(help="Worker loops in this process.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Tasks at once when there is no models file (a models file sets each "
+             "model's concurrency).")] = None,
+    models: Annotated[str | None, typer.Option(
+        help="Serve only these models, comma-separated (default: every model).")] = None,
 ) -> None:
     """Run workers alone against the configured database.
 
-    With OPENIMAGINE_BROKER_URL: a Celery worker on the queue openimagine.<engine>,
-    with N worker processes (one per GPU: keep N at 1 and run one per GPU).
+    With OPENIMAGINE_BROKER_URL: a Celery worker per model on the queue
+    openimagine.<model>; a local model forks one process per slot (keep its
+    concurrency at 1 and run one worker per GPU), a relay runs its slots as threads.
     """
     from openimagine.api.app import build_storage
     from openimagine.worker.pool import WorkerPool
 
     settings = load_settings(workers=workers)
+    catalog = load_models(settings)
+    try:
+        served = catalog.subset([name.strip() for name in (models or "").split(",")
+                                 if name.strip()])
+    except CatalogError as exc:
+        fail(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db = open_db(settings)
-    size = max(1, settings.workers)
     if settings.broker_url:
-        from openimagine.worker.celery_app import run_worker
-
         # Nothing of the parent's pool may leak into the forked worker processes.
         db.dispose()
-        run_worker(settings, concurrency=size)
+        if len(served) > 1:
+            raise typer.Exit(_run_worker_per_model([model.name for model in served], workers))
+        from openimagine.worker.celery_app import run_worker
+
+        run_worker(settings, served[0], catalog)
         return
 
     async def main() -> None:
         stop = asyncio.Event()
-        pool = WorkerPool(settings, db, build_storage(settings), size=size)
+        pool = WorkerPool(settings, db, build_storage(settings), catalog, models=served)
         loop = asyncio.get_running_loop()
+
         def shut_down() -> None:
             stop.set()
             pool.cancel_running()
@@ -156,6 +182,24 @@ def worker(
         await pool.run(stop)
 
     asyncio.run(main())
+
+
+def _run_worker_per_model(names: list[str], workers: int | None) -> int:
+    """One Celery worker process per model (each with its own pool and concurrency);
+    SIGTERM and SIGINT are passed on, and the exit code is the worst of theirs."""
+    command = [sys.executable, "-m", "openimagine", "worker"]
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    children = [subprocess.Popen([*command, "--models", name]) for name in names]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    return max(child.wait() for child in children)
 
 
 @accounts_app.command("create")

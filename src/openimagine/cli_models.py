@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from openimagine.catalog import Catalog, CatalogError, load_catalog
 from openimagine.engines import ENGINES, engine_info
 from openimagine.engines.base import frame_size
 from openimagine.engines.diffusers.families import FAMILIES, default_sizes
@@ -23,11 +25,77 @@ from openimagine.engines.diffusers.tiny import FAMILIES as TINY_FAMILIES
 from openimagine.settings import Settings
 
 models_app = typer.Typer(no_args_is_help=True)
+# How long ``models list`` waits for an upstream to answer.
+REACH_TIMEOUT = 3.0
 
 
 @models_app.callback()
 def models() -> None:
-    """Model folders for the diffusers engines (wan, ltx, cogvideox)."""
+    """The models this deployment serves, and model folders for the diffusers engines."""
+
+
+def _reachable(url: str) -> str | None:
+    """None when ``url`` answers HTTP at all (any status); else why not."""
+    try:
+        httpx.get(url, timeout=REACH_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return None
+
+
+def models_report(settings: Settings, catalog: Catalog, *, probe: bool = True) -> list[dict]:
+    """One entry per model: what it costs and takes, and whether it can run here (its
+    engine's modules are installed; a relay's upstreams answer). Never a key."""
+    report = []
+    for model in catalog.models.values():
+        entry = dict(model.describe(), default=model.name == catalog.default)
+        missing = [module for module in ENGINES[model.engine].requires
+                   if not _module_available(module)]
+        problems = [f"missing {module}" for module in missing]
+        if model.relay and probe:
+            for url in model.base_urls:
+                why = _reachable(url)
+                if why:
+                    problems.append(f"{url} unreachable ({why})")
+        entry["ready"] = not problems
+        entry["problems"] = problems
+        report.append(entry)
+    return report
+
+
+@models_app.command("list")
+def models_list_command(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """The models served (OPENIMAGINE_MODELS_FILE): engine, price, concurrency, readiness."""
+    settings = Settings()  # type: ignore[call-arg]  # values come from the environment
+    try:
+        catalog = load_catalog(settings)
+    except CatalogError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    report = models_report(settings, catalog)
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    source = catalog.source or "no models file: one model, OPENIMAGINE_ENGINE"
+    table = Table(title=f"Models ({source})")
+    for column in ("model", "engine", "price", "videos", "at once", "images", "upstream",
+                   "ready"):
+        table.add_column(column)
+    for row in report:
+        upstream = ""
+        if "base_urls" in row:
+            upstream = f"{row['upstream_model']} @ {', '.join(row['base_urls'])}"
+            if row["fallbacks"]:
+                upstream += f" (then {', '.join(row['fallbacks'])})"
+        images = "no" if not row["image_input"] else (
+            f"first of up to {row['max_images']} as start image" if row.get("images") == "start"
+            else f"up to {row['max_images']}")
+        table.add_row(row["name"] + (" *" if row["default"] else ""), row["engine"],
+                      str(row["price"]), str(row["variations"]), str(row["concurrency"]), images,
+                      upstream, "yes" if row["ready"] else "no: " + "; ".join(row["problems"]))
+    Console(soft_wrap=True).print(table)
 
 
 def _module_available(name: str) -> bool:

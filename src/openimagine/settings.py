@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # Work.
     workers: int = Field(1, ge=0)
     engine: str = "preview"
+    # Several models (local engines and upstream relays), each with its price
+    # and concurrency: a TOML file (see ``catalog.py``). Without it, one model
+    # named after ``engine``.
+    models_file: Path | None = None
     lease_seconds: float = Field(60.0, gt=0)
     heartbeat_seconds: float = Field(10.0, gt=0)
     max_attempts: int = Field(3, ge=1)

@@ -24,8 +24,16 @@ from openimagine.api.auth import BEARER_SCHEME
 from openimagine.api.context import AppContext
 from openimagine.api.errors import install_error_handlers, response_for
 from openimagine.api.middleware import EnvelopeMiddleware, ratelimit_headers
-from openimagine.api.routes import account, files, generate, health, playground, status
-from openimagine.engines import engine_info
+from openimagine.api.routes import (
+    account,
+    files,
+    generate,
+    health,
+    models,
+    playground,
+    status,
+)
+from openimagine.catalog import Catalog, load_catalog
 from openimagine.ratelimit import RateLimiter
 from openimagine.settings import Settings
 from openimagine.storage import Storage, storage_from_settings
@@ -108,17 +116,20 @@ def build_storage(settings: Settings) -> Storage:
     return storage_from_settings(settings)
 
 
-def create_app(settings: Settings, *, run_workers: bool | None = None) -> OpenImagineAPI:
+def create_app(settings: Settings, *, catalog: Catalog | None = None,
+               run_workers: bool | None = None) -> OpenImagineAPI:
     """The ASGI app. With ``run_workers`` (default: ``settings.workers > 0``) the
-    worker pool runs inside the server process (the embedded default). With a
+    worker pool runs inside the server process (the embedded default), serving
+    every model of the catalog (default: ``load_catalog(settings)``). With a
     broker (``settings.broker_url``) tasks go to Celery workers and none runs here."""
+    catalog = catalog or load_catalog(settings)
     db = Database(settings.resolved_database_url)
     ctx = AppContext(
         settings=settings,
         db=db,
         storage=build_storage(settings),
         limiter=RateLimiter(settings),
-        engine=engine_info(settings.engine, settings),
+        catalog=catalog,
         executor=ThreadPoolExecutor(settings.api_threads, thread_name_prefix="openimagine-api"),
         dispatcher=create_dispatcher(settings),
     )
@@ -128,15 +139,15 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> OpenIm
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ctx.wakeup = asyncio.Event()
+        wakeups = WakeupDispatcher(asyncio.get_running_loop())
         if not settings.broker_url:
-            ctx.dispatcher = WakeupDispatcher(ctx.wakeup, asyncio.get_running_loop())
+            ctx.dispatcher = wakeups
         stop = asyncio.Event()
         pool_task = None
         if with_workers:
             from openimagine.worker.pool import WorkerPool
 
-            pool = WorkerPool(settings, db, ctx.storage, wakeup=ctx.wakeup)
+            pool = WorkerPool(settings, db, ctx.storage, catalog, wakeups=wakeups)
             pool_task = asyncio.create_task(pool.run(stop))
         # Everything built so far lives as long as the process: keep it out of
         # the collector's full passes, which otherwise stall requests.
@@ -163,7 +174,7 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> OpenIm
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (status, generate, files, account, health, playground):
+    for module in (status, generate, files, account, models, health, playground):
         # Flat on the app's router, most frequent first (routes are matched in
         # order): FastAPI matches included routers twice over, which measured
         # as much as the rest of a status request.

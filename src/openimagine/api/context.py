@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from openimagine.catalog import Catalog, Model
 from openimagine.engines.base import EngineInfo
 from openimagine.ratelimit import RateLimiter
 from openimagine.settings import Settings
@@ -22,16 +22,22 @@ class AppContext:
     db: Database
     storage: Storage
     limiter: RateLimiter
-    engine: EngineInfo
+    catalog: Catalog
     # Blocking work of requests (database, Redis limiter) runs here.
     executor: ThreadPoolExecutor
-    # Set on every submission so that an in-process worker starts at once
-    # instead of waiting for its next poll.
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # Tells the workers about a new task, after its commit: the wakeup event
-    # (embedded) or a Celery message (with a broker).
+    # of the model's in-process claimer (embedded) or a Celery message (broker).
     dispatcher: Dispatcher = field(default_factory=WakeupDispatcher)
+    # What each model takes (modes, ratios, images), read once at start.
+    infos: dict[str, EngineInfo] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.infos = {model.name: model.info() for model in self.catalog.models.values()}
+
+    def model(self, name: str | None) -> tuple[Model, EngineInfo]:
+        """The model a request names (``None``: the default) and what it takes."""
+        chosen = self.catalog.default if name is None else name
+        return self.catalog.get(chosen), self.infos[chosen]
 
     @property
     def nonblocking_reads(self) -> bool:

@@ -56,6 +56,18 @@ ENGINES: dict[str, EngineEntry] = {
         requires=("torch", "diffusers", "transformers"),
         configured="openimagine.engines.diffusers.families:configured_info",
     ),
+    # Relays: they render nothing here; they hand each task to another video API
+    # (``engines/upstream``) and are built from a model of the models file.
+    "xai": EngineEntry(
+        "xai",
+        factory="openimagine.engines.upstream:relay_engine",
+        info="openimagine.engines.upstream.xai:INFO",
+    ),
+    "openai-videos": EngineEntry(
+        "openai-videos",
+        factory="openimagine.engines.upstream:relay_engine",
+        info="openimagine.engines.upstream.openai_videos:INFO",
+    ),
     "test-sleep": EngineEntry(
         "test-sleep",
         factory="openimagine.engines.testing:SleepEngine",
@@ -72,6 +84,9 @@ ENGINES: dict[str, EngineEntry] = {
         info="openimagine.engines.testing:CRASH_INFO",
     ),
 }
+
+
+RELAY_ENGINES = ("xai", "openai-videos")
 
 
 class UnknownEngine(ValueError):

@@ -1,14 +1,21 @@
 """The engine protocol: what the runner hands an engine and what it gets back.
 
 An engine turns one ``Job`` into ``job.variations`` clips. It never touches the
-database, the network or the file system of outputs: the runner fetches and
-decodes the inputs before, and encodes and stores the clips after.
+database or the file system of outputs: the runner fetches and decodes the
+inputs before, and encodes and stores the clips after.
+
+A relay engine (``engines/upstream``) renders nothing itself: it hands the job
+to another video API and returns the downloaded files as ``VideoFile``s. What
+it must remember across a crash (its upstream job ids) goes through
+``job.save_state``, which the runner writes on the task before the engine
+goes on; a task taken over comes back with it in ``job.resume``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -20,6 +27,22 @@ RATIOS = ("2:3", "3:2", "1:1", "16:9", "9:16")
 
 class Cancelled(Exception):
     """Raised inside an engine when ``job.is_cancelled()`` turned true."""
+
+
+class EngineFailure(Exception):
+    """A job that failed for a reason the engine understands: the task fails with
+    ``public_message`` (one of the contract's task messages), and the exception's
+    text goes to the operator's ``error_detail`` only."""
+
+    public_message = "video build failed"
+
+
+class ContentRefused(EngineFailure):
+    public_message = "Inappropriate content, please try another prompt."
+
+
+class UpstreamUnreachable(EngineFailure):
+    public_message = "Network error, please try again later."
 
 
 def ratio_parts(ratio: str) -> tuple[int, int]:
@@ -50,6 +73,8 @@ class EngineInfo:
     ratios: tuple[str, ...] = RATIOS
     image_input: bool = True
     max_images: int = 7
+    # Relays wait on another API: many run at once, never behind a local engine's lock.
+    relay: bool = False
 
 
 @dataclass
@@ -67,6 +92,15 @@ class Job:
     on_progress: Callable[[float], None] = field(default=lambda fraction: None)
     # Engines check this between steps and raise ``Cancelled`` when it is true.
     is_cancelled: Callable[[], bool] = field(default=lambda: False)
+    # The bytes of each image, as fetched and checked (JPEG, PNG or WebP): what a
+    # relay sends upstream, so the upstream sees exactly what was checked.
+    image_data: Sequence[bytes] = ()
+    # Relays: state saved by an earlier attempt of this task, and how to save it
+    # (durably, before returning; raises ``Cancelled`` if the task is no longer ours).
+    resume: dict | None = None
+    save_state: Callable[[dict], None] = field(default=lambda state: None)
+    # A scratch folder for files the engine returns; the runner removes it.
+    scratch: Path | None = None
 
 
 @dataclass
@@ -80,10 +114,20 @@ class Clip:
     seed: int | None = None
 
 
+@dataclass
+class VideoFile:
+    """One output video as a file (a relay's download); the runner makes it faststart
+    H.264 ``yuv420p`` (re-muxed, or transcoded when it is not) before storing it."""
+
+    path: Path
+    # The model that rendered it, when a relay fell back to another one.
+    model: str | None = None
+
+
 @runtime_checkable
 class Engine(Protocol):
     info: EngineInfo
 
-    def generate(self, job: Job) -> list[Clip]:
+    def generate(self, job: Job) -> Sequence[Clip | VideoFile]:
         """Render ``job.variations`` clips. May run for minutes; runs off the event loop."""
         ...

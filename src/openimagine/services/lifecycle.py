@@ -14,12 +14,13 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from openimagine.engines.base import EngineFailure
 from openimagine.services import ledger
 from openimagine.store.db import Database, rows_changed
 from openimagine.store.models import Task
 from openimagine.timeutil import utcnow
 
-ENGINE_FAILED = "video build failed"
+ENGINE_FAILED = EngineFailure.public_message
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class Claim:
     mode: str
     ratio: str
     images: list[str]
+    model: str
+    # A relay's upstream jobs from an earlier attempt (see ``save_upstream``).
+    upstream: dict | None = None
 
 
 def _fenced(claim: Claim):  # type: ignore[no-untyped-def]
@@ -43,11 +47,11 @@ def _fenced(claim: Claim):  # type: ignore[no-untyped-def]
     )
 
 
-def claim_next(db: Database, *, owner: str, engine: str, lease_seconds: float,
+def claim_next(db: Database, *, owner: str, model: str, lease_seconds: float,
                task_id: str | None = None) -> Claim | None:
-    """Take the oldest pending task of ``engine`` (or ``task_id``) with one atomic statement."""
+    """Take the oldest pending task of ``model`` (or ``task_id``) with one atomic statement."""
     now = utcnow()
-    candidate = select(Task.id).where(Task.status == "pending", Task.engine == engine)
+    candidate = select(Task.id).where(Task.status == "pending", Task.model == model)
     if task_id is not None:
         candidate = candidate.where(Task.id == task_id)
     candidate = candidate.order_by(Task.created_at).limit(1).with_for_update(skip_locked=True)
@@ -64,7 +68,7 @@ def claim_next(db: Database, *, owner: str, engine: str, lease_seconds: float,
         )
         .returning(
             Task.id, Task.attempts, Task.account_id, Task.prompt, Task.mode, Task.ratio,
-            Task.images,
+            Task.images, Task.model, Task.upstream,
         )
     )
     with db.write() as session:
@@ -72,7 +76,7 @@ def claim_next(db: Database, *, owner: str, engine: str, lease_seconds: float,
     if row is None:
         return None
     return Claim(row.id, row.attempts, owner, row.account_id, row.prompt, row.mode, row.ratio,
-                 list(row.images or []))
+                 list(row.images or []), row.model, row.upstream)
 
 
 def renew(db: Database, claim: Claim, *, lease_seconds: float, progress: int | None) -> bool:
@@ -84,13 +88,22 @@ def renew(db: Database, claim: Claim, *, lease_seconds: float, progress: int | N
         return rows_changed(session.execute(update(Task).where(*_fenced(claim)).values(**values))) == 1
 
 
-def complete(db: Database, claim: Claim, *, outputs: list[str], seeds: list[int]) -> bool:
+def save_upstream(db: Database, claim: Claim, state: dict) -> bool:
+    """Record a relay's upstream jobs on the task (before polling them); False if fenced out."""
+    with db.write() as session:
+        return rows_changed(session.execute(
+            update(Task).where(*_fenced(claim)).values(upstream=state))) == 1
+
+
+def complete(db: Database, claim: Claim, *, outputs: list[str], seeds: list[int],
+             rendered_by: str | None = None) -> bool:
     with db.write() as session:
         changed = rows_changed(session.execute(
             update(Task)
             .where(*_fenced(claim))
             .values(status="completed", outputs=outputs, seeds=seeds, progress=100,
-                    finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
+                    rendered_by=rendered_by or claim.model, finished_at=utcnow(),
+                    lease_owner=None, lease_expires_at=None)
         ))
     return changed == 1
 
@@ -136,13 +149,13 @@ def reap_expired(db: Database, *, max_attempts: int,
 
     Returns (re-queued, failed). Safe to run from every worker at once: each
     change is conditional on the row still being expired and unchanged.
-    ``on_requeue(task_id, engine)`` is called after each re-queue commits (the
+    ``on_requeue(task_id, model)`` is called after each re-queue commits (the
     Celery workers publish the task again from there).
     """
     now = utcnow()
     with db.read() as session:
         expired = session.execute(
-            select(Task.id, Task.attempts, Task.account_id, Task.price, Task.engine).where(
+            select(Task.id, Task.attempts, Task.account_id, Task.price, Task.model).where(
                 Task.status == "processing", Task.lease_expires_at < now
             )
         ).all()
@@ -168,21 +181,21 @@ def reap_expired(db: Database, *, max_attempts: int,
                 ))
                 requeued += changed
         if changed and on_requeue is not None:
-            on_requeue(row.id, row.engine)
+            on_requeue(row.id, row.model)
     return requeued, failed
 
 
-def pending_by_engine(db: Database) -> dict[str, int]:
-    """How many tasks wait, per engine."""
+def pending_by_model(db: Database) -> dict[str, int]:
+    """How many tasks wait, per model."""
     with db.read() as session:
         rows = session.execute(
-            select(Task.engine, func.count()).where(Task.status == "pending").group_by(Task.engine)
+            select(Task.model, func.count()).where(Task.status == "pending").group_by(Task.model)
         ).all()
-    return {engine: count for engine, count in rows}
+    return {model: count for model, count in rows}
 
 
-def take_stale_pending(db: Database, *, engine: str, older_than: float, limit: int) -> list[str]:
-    """Up to ``limit`` tasks of ``engine`` pending for ``older_than`` seconds since they were
+def take_stale_pending(db: Database, *, model: str, older_than: float, limit: int) -> list[str]:
+    """Up to ``limit`` tasks of ``model`` pending for ``older_than`` seconds since they were
     last dispatched, oldest first, marked dispatched now.
 
     The rows are locked from the SELECT to the commit (skipping rows another
@@ -198,7 +211,7 @@ def take_stale_pending(db: Database, *, engine: str, older_than: float, limit: i
     with db.write() as session:
         ids = list(session.scalars(
             select(Task.id)
-            .where(Task.status == "pending", Task.engine == engine,
+            .where(Task.status == "pending", Task.model == model,
                    last < now - timedelta(seconds=older_than))
             .order_by(last)
             .limit(limit)

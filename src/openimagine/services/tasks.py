@@ -32,8 +32,8 @@ class NewTask:
     images: list[str]
 
 
-def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, engine: str,
-           price: int) -> str:
+def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, model: str,
+           engine: str, price: int) -> str:
     """Create the task and debit its price in one transaction (402 leaves nothing behind)."""
     with db.write() as session:
         session.add(
@@ -41,6 +41,7 @@ def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, en
                 id=task_id,
                 account_id=principal.account_id,
                 status="pending",
+                model=model,
                 engine=engine,
                 prompt=new.prompt,
                 mode=new.mode,

@@ -79,7 +79,16 @@ class Task(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     status: Mapped[str] = mapped_column(String(12), default="pending")
+    # The model the client asked for (and was charged for): its queue, its
+    # workers. ``engine`` is what that model ran on when the task was made.
+    model: Mapped[str] = mapped_column(String(64))
     engine: Mapped[str] = mapped_column(String(40))
+    # The model that rendered it: ``model``, or a fallback that took over.
+    rendered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A relay's upstream jobs, written before the first poll so that a worker
+    # taking the task over polls them instead of paying for new ones:
+    # ``{"model": name, "jobs": [{"base_url": url, "id": upstream_id}, ...]}``.
+    upstream: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     prompt: Mapped[str] = mapped_column(Text)
     mode: Mapped[str] = mapped_column(String(10))
     ratio: Mapped[str] = mapped_column(String(10))

@@ -1,5 +1,5 @@
-"""Dispatch with Celery (``OPENIMAGINE_BROKER_URL``): one queue per engine,
-``openimagine.<engine>``, and ``openimagine worker`` as its consumer.
+"""Dispatch with Celery (``OPENIMAGINE_BROKER_URL``): one queue per model,
+``openimagine.<model>``, and ``openimagine worker`` as its consumer.
 
 The database row stays the truth; a message only says "task X may be
 pending". The Celery task claims exactly that task with ``claim_next(...,
@@ -16,18 +16,23 @@ to the queue; the attempt counter in the database, not the broker, ends a task
 that kills its worker every time), ``worker_prefetch_multiplier=1`` (a busy
 worker does not hold messages another could run).
 
-Processes: the worker's main process holds the broker connection and forks
-``--concurrency`` children (prefork pool, default 1: one process per GPU). Each
-child loads the engine once in ``worker_process_init``, after the fork, so
-CUDA is never initialised in the parent; ``worker_proc_alive_timeout`` is
-raised so a model has time to load.
+Processes: one Celery worker serves one model, so each model has its own
+concurrency and a slow model never holds a slot another could use
+(``openimagine worker --models a,b`` starts one such worker per model as child
+processes). A local model's worker forks ``concurrency`` children (prefork
+pool, default 1: one process per GPU); each child loads the engine once in
+``worker_process_init``, after the fork, so CUDA is never initialised in the
+parent, and ``worker_proc_alive_timeout`` is raised so a model has time to
+load. A relay model's worker runs ``concurrency`` threads in one process
+(threads pool): its tasks only wait on another API.
 
 Stopping (``SIGTERM``, as ``docker stop`` or Kubernetes send it to the main
 process): the main process asks its children to stop (``STOP_SIGNAL``); a
 child that is rendering stops the engine at its next step, gives the task back to
 the queue (``lifecycle.release``: the attempt is not counted) and rejects its
 message with requeue, so another worker takes it over at once instead of
-after the lease expires. Celery's warm shutdown then ends the worker.
+after the lease expires. Celery's warm shutdown then ends the worker. In a
+relay's threads pool the tasks run in the main process, which stops them itself.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
-from openimagine.engines import create_engine
+from openimagine.catalog import Catalog, Model, create_model_engine
 from openimagine.moderation import load_policy
 from openimagine.services import lifecycle
 from openimagine.settings import Settings
@@ -65,8 +70,8 @@ STOP_SIGNAL = signal.SIGUSR2
 ENGINE_LOAD_SECONDS = 900.0
 
 
-def queue_name(engine: str) -> str:
-    return f"openimagine.{engine}"
+def queue_name(model: str) -> str:
+    return f"openimagine.{model}"
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -120,13 +125,13 @@ def create_celery_app(settings: Settings) -> Celery:
     return app
 
 
-def queue_depth(app: Celery, engine: str) -> int | None:
-    """Ready messages in the engine's queue; 0 if it does not exist; None if unknown."""
+def queue_depth(app: Celery, model: str) -> int | None:
+    """Ready messages in the model's queue; 0 if it does not exist; None if unknown."""
     try:
         with app.connection_or_acquire() as connection:
             channel = connection.channel()
             try:
-                declared = channel.queue_declare(queue=queue_name(engine), passive=True)
+                declared = channel.queue_declare(queue=queue_name(model), passive=True)
                 return int(declared.message_count)
             except connection.channel_errors:
                 return 0  # no such queue yet: nothing was ever published to it
@@ -136,7 +141,7 @@ def queue_depth(app: Celery, engine: str) -> int | None:
                 except Exception:  # a closed channel is what we wanted anyway
                     log.debug("closing the channel failed", exc_info=True)
     except Exception:
-        log.debug("cannot read the depth of %s", queue_name(engine), exc_info=True)
+        log.debug("cannot read the depth of %s", queue_name(model), exc_info=True)
         return None
 
 
@@ -172,9 +177,11 @@ class WorkerProcess:
         self.settings = settings
         self.name = worker_name()
         self.db = Database(settings.resolved_database_url)
-        engine = create_engine(settings)
-        self.runner = Runner(settings, self.db, storage_from_settings(settings), engine,
-                             load_policy(settings))
+        catalog: Catalog = app.openimagine_catalog  # type: ignore[attr-defined]
+        model: Model = app.openimagine_model  # type: ignore[attr-defined]
+        self.model = model
+        self.runner = Runner(model, self.db, storage_from_settings(settings),
+                             create_model_engine(model, catalog), load_policy(settings))
         dispatcher = CeleryDispatcher(app)
         self.sweeper = Sweeper(settings, self.db, dispatcher, dispatcher.queue_depth)
         self._stop = threading.Event()
@@ -183,15 +190,14 @@ class WorkerProcess:
         self._sweeping = threading.Thread(target=self.sweeper.run, args=(self._stop,),
                                           name="openimagine-sweeper", daemon=True)
         self._sweeping.start()
-        log.info("worker %s ready: engine %s, queue %s", self.name, engine.info.name,
-                 queue_name(engine.info.name))
+        log.info("worker %s ready: model %s (%s), queue %s", self.name, model.name, model.engine,
+                 queue_name(model.name))
 
     def run(self, task_id: str) -> str:
-        claim = lifecycle.claim_next(self.db, owner=self.name,
-                                     engine=self.runner.engine.info.name,
+        claim = lifecycle.claim_next(self.db, owner=self.name, model=self.model.name,
                                      lease_seconds=self.settings.lease_seconds, task_id=task_id)
         if claim is None:
-            # Already claimed, finished, or of another engine: the row says so.
+            # Already claimed, finished, or of another model: the row says so.
             log.info("task %s: not pending; message dropped", task_id)
             return "skipped"
         outcome = run_with_heartbeat(self.runner, claim, self.stopping)
@@ -231,9 +237,11 @@ def _on_process_init(**_: Any) -> None:
 def _on_shutting_down(**_: Any) -> None:
     # In the main process, at the start of a warm shutdown: a SIGTERM sent to
     # the main process alone (docker stop, Kubernetes) does not reach the
-    # children, which hold the running tasks.
+    # children, which hold the running tasks. A threads pool runs them here.
     from billiard.process import active_children  # type: ignore[import-untyped]
 
+    if _process is not None:
+        _process.stopping.set()
     for child in active_children():
         try:
             os.kill(child.pid, STOP_SIGNAL)
@@ -246,23 +254,33 @@ def _on_process_shutdown(**_: Any) -> None:
         _process.close()
 
 
-def run_worker(settings: Settings, *, concurrency: int = 1) -> None:
-    """``openimagine worker`` with a broker: consume ``openimagine.<engine>`` until stopped
-    (SIGTERM: the running task goes back to the queue, then warm shutdown)."""
+def run_worker(settings: Settings, model: Model, catalog: Catalog, *,
+               concurrency: int | None = None) -> None:
+    """``openimagine worker`` with a broker, for one model: consume ``openimagine.<model>``
+    until stopped (SIGTERM: running tasks go back to the queue, then warm shutdown)."""
     from celery import signals
 
     global _app
     app = create_celery_app(settings)
+    app.openimagine_catalog = catalog  # type: ignore[attr-defined]
+    app.openimagine_model = model  # type: ignore[attr-defined]
     _app = app
     signals.worker_process_init.connect(_on_process_init, weak=False)
     signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)
     signals.worker_shutting_down.connect(_on_shutting_down, weak=False)
-    node = f"openimagine-{settings.engine}-{os.getpid()}@{socket.gethostname()}"
+    if model.relay:
+        # Threads run the tasks in this process (no fork): get ready, sweeper
+        # included, before the first message rather than on it.
+        signals.worker_ready.connect(lambda **_: _current_process(app), weak=False)
+    node = f"openimagine-{model.name}-{os.getpid()}@{socket.gethostname()}"
+    slots = max(1, concurrency or model.concurrency)
     app.worker_main([
         "worker",
-        "--queues", queue_name(settings.engine),
-        "--concurrency", str(max(1, concurrency)),
-        "--pool", "prefork",
+        "--queues", queue_name(model.name),
+        "--concurrency", str(slots),
+        # A relay waits on another API: threads in one process. A local engine
+        # renders: one forked process per slot (per GPU).
+        "--pool", "threads" if model.relay else "prefork",
         "--hostname", node,
         "--loglevel", "INFO",
         # No start-up handshake with other workers: faster start, nothing we use.

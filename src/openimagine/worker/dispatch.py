@@ -2,9 +2,10 @@
 submission commits.
 
 - ``WakeupDispatcher`` (embedded): sets the asyncio event that the in-process
-  worker pool sleeps on, so it claims at once instead of at its next poll.
+  claimer of the task's model sleeps on, so it claims at once instead of at
+  its next poll.
 - ``CeleryDispatcher`` (``OPENIMAGINE_BROKER_URL``): publishes a message with
-  the task id to the engine's queue, ``openimagine.<engine>``.
+  the task id to the model's queue, ``openimagine.<model>``.
 
 A notice is only a hint: the database row is the truth. ``notify`` never
 raises; a notice that is lost (broker down, publish failed) leaves the task
@@ -27,51 +28,55 @@ log = logging.getLogger("openimagine.dispatch")
 
 
 class Dispatcher(Protocol):
-    def notify(self, task_id: str, engine: str) -> None:
-        """Tell the workers of ``engine`` that ``task_id`` is pending (after the commit)."""
+    def notify(self, task_id: str, model: str) -> None:
+        """Tell the workers of ``model`` that ``task_id`` is pending (after the commit)."""
         ...
 
 
 class WakeupDispatcher:
-    """Embedded: wake the in-process worker pool. Safe to call from any thread."""
+    """Embedded: wake the in-process claimer of the task's model. Safe from any thread."""
 
-    def __init__(self, event: asyncio.Event | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.event = event or asyncio.Event()
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
+        self._events: dict[str, asyncio.Event] = {}
 
-    def notify(self, task_id: str, engine: str) -> None:
+    def event(self, model: str) -> asyncio.Event:
+        """The event ``model``'s claimer sleeps on."""
+        return self._events.setdefault(model, asyncio.Event())
+
+    def notify(self, task_id: str, model: str) -> None:
+        event = self.event(model)
         if self._loop is None:
-            self.event.set()
+            event.set()
             return
         try:
             # asyncio.Event is not thread-safe; the API calls this from its thread pool.
-            self._loop.call_soon_threadsafe(self.event.set)
+            self._loop.call_soon_threadsafe(event.set)
         except RuntimeError:
             pass  # the loop is closed: the server is shutting down
 
 
 class CeleryDispatcher:
-    """Publish ``openimagine.run(task_id)`` to the queue ``openimagine.<engine>``."""
+    """Publish ``openimagine.run(task_id)`` to the queue ``openimagine.<model>``."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def notify(self, task_id: str, engine: str) -> None:
+    def notify(self, task_id: str, model: str) -> None:
         from openimagine.worker.celery_app import TASK_NAME, queue_name
 
         try:
-            self.app.send_task(TASK_NAME, args=[task_id], queue=queue_name(engine),
+            self.app.send_task(TASK_NAME, args=[task_id], queue=queue_name(model),
                                ignore_result=True)
         except Exception:
             log.warning("could not publish task %s; the sweeper will publish it again",
                         task_id, exc_info=True)
 
-    def queue_depth(self, engine: str) -> int | None:
-        """Messages ready in the engine's queue (0 if it does not exist yet); None if unknown."""
+    def queue_depth(self, model: str) -> int | None:
+        """Messages ready in the model's queue (0 if it does not exist yet); None if unknown."""
         from openimagine.worker.celery_app import queue_depth
 
-        return queue_depth(self.app, engine)
+        return queue_depth(self.app, model)
 
 
 def create_dispatcher(settings: Settings) -> Dispatcher:

@@ -1,7 +1,10 @@
-"""The worker pool: N loops that claim tasks from the database, run each in a
-thread, renew its lease while it runs, and re-queue expired leases.
+"""The worker pool: for each model it serves, a claimer that takes the model's
+pending tasks while it has a free slot (``concurrency`` per model), runs each in
+a thread, renews its lease while it runs, and re-queues expired leases.
 
-Runs inside ``openimagine serve`` (embedded) or alone as ``openimagine worker``.
+Models never wait on each other: each has its own claimer, slots and engine,
+so a slow upstream or a busy GPU engine holds up only its own model. Runs
+inside ``openimagine serve`` (embedded) or alone as ``openimagine worker``.
 """
 
 from __future__ import annotations
@@ -14,53 +17,59 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from openimagine.engines import create_engine
+from openimagine.catalog import Catalog, Model, create_model_engine
 from openimagine.engines.base import Engine
 from openimagine.moderation import load_policy
 from openimagine.services import lifecycle
 from openimagine.settings import Settings
 from openimagine.storage import Storage
 from openimagine.store.db import Database
+from openimagine.worker.dispatch import WakeupDispatcher
 from openimagine.worker.heartbeat import PROGRESS_TICK, Heartbeat
 from openimagine.worker.runner import Outcome, Runner
 
 log = logging.getLogger("openimagine.worker")
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, db: Database, storage: Storage, *,
-                 size: int | None = None, wakeup: asyncio.Event | None = None,
-                 engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, db: Database, storage: Storage, catalog: Catalog, *,
+                 models: list[Model] | None = None, wakeups: WakeupDispatcher | None = None,
+                 engines: dict[str, Engine] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.storage = storage
-        self.size = settings.workers if size is None else size
-        self.wakeup = wakeup or asyncio.Event()
+        self.catalog = catalog
+        self.models = list(catalog.models.values()) if models is None else models
+        self.wakeups = wakeups or WakeupDispatcher()
         self.name = worker_name()
-        self._engine = engine
-        self._executor = ThreadPoolExecutor(max_workers=max(1, self.size),
+        self._engines = dict(engines or {})
+        slots = sum(model.concurrency for model in self.models)
+        self._executor = ThreadPoolExecutor(max_workers=max(1, slots),
                                             thread_name_prefix="openimagine-task")
         self._cancels: set[threading.Event] = set()
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        # Load the engine before the first claim: the first task does not pay for it.
-        engine = self._engine
-        if engine is None:
-            engine = await loop.run_in_executor(None, create_engine, self.settings)
-        runner = Runner(self.settings, self.db, self.storage, engine,
-                        load_policy(self.settings))
+        # Load the engines before the first claim: the first task does not pay for it.
+        runners = []
+        policy = load_policy(self.settings)
+        for model in self.models:
+            engine = self._engines.get(model.name)
+            if engine is None:
+                engine = await loop.run_in_executor(None, create_model_engine, model,
+                                                    self.catalog)
+            runners.append(Runner(model, self.db, self.storage, engine, policy))
         self.ready.set()
-        log.info("worker %s: %d loop(s), engine %s", self.name, self.size, engine.info.name)
+        log.info("worker %s: %s", self.name, ", ".join(
+            f"{model.name} ({model.engine}, {model.concurrency} at once)" for model in self.models))
         try:
-            await asyncio.gather(
-                self._reaper(stop),
-                *(self._loop(index, runner, stop) for index in range(self.size)),
-            )
+            await asyncio.gather(self._reaper(stop),
+                                 *(self._serve(runner, stop) for runner in runners))
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -85,32 +94,64 @@ class WorkerPool:
         while not stop.is_set():
             try:
                 requeued, failed = await asyncio.to_thread(
-                    lifecycle.reap_expired, self.db, max_attempts=self.settings.max_attempts)
-                if requeued:
-                    self.wakeup.set()
+                    lifecycle.reap_expired, self.db, max_attempts=self.settings.max_attempts,
+                    on_requeue=self.wakeups.notify)
                 if requeued or failed:
                     log.warning("expired leases: %d re-queued, %d failed", requeued, failed)
             except Exception:
                 log.exception("reaper failed; trying again")
             await self._sleep_until(stop, interval)
 
-    async def _loop(self, index: int, runner: Runner, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            # Cleared before the claim, not after: a submission that commits while
-            # the claim is in flight must still wake this loop, not wait a poll.
-            self.wakeup.clear()
-            try:
-                claim = await asyncio.to_thread(
-                    lifecycle.claim_next, self.db, owner=self.name,
-                    engine=runner.engine.info.name, lease_seconds=self.settings.lease_seconds)
-            except Exception:
-                log.exception("claiming failed; trying again")
-                claim = None
-            if claim is None:
-                await self._sleep_until(stop, self.settings.poll_seconds, self.wakeup)
-                continue
-            outcome = await self._execute(runner, claim)
-            log.info("task %s: %s", claim.task_id, outcome.status)
+    async def _serve(self, runner: Runner, stop: asyncio.Event) -> None:
+        """Claim ``runner.model``'s tasks while a slot is free; run each in the background."""
+        model = runner.model
+        wakeup = self.wakeups.event(model.name)
+        free = asyncio.Semaphore(model.concurrency)
+        running: set[asyncio.Task[Outcome]] = set()
+
+        def finished(task: asyncio.Task[Outcome]) -> None:
+            running.discard(task)
+            free.release()
+
+        try:
+            while await self._acquire(free, stop):
+                # Cleared before the claim, not after: a submission that commits while
+                # the claim is in flight must still wake this claimer, not wait a poll.
+                wakeup.clear()
+                try:
+                    claim = await asyncio.to_thread(
+                        lifecycle.claim_next, self.db, owner=self.name, model=model.name,
+                        lease_seconds=self.settings.lease_seconds)
+                except Exception:
+                    log.exception("claiming a %s task failed; trying again", model.name)
+                    claim = None
+                if claim is None:
+                    free.release()
+                    await self._sleep_until(stop, self.settings.poll_seconds, wakeup)
+                    continue
+                task = asyncio.create_task(self._execute(runner, claim))
+                running.add(task)
+                task.add_done_callback(finished)
+        finally:
+            if running:
+                # Running tasks stop at their engine's next step (``cancel_running``)
+                # and write their own final state; wait for them.
+                await asyncio.gather(*running, return_exceptions=True)
+
+    @staticmethod
+    async def _acquire(free: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+        """True holding a free slot; False (holding none) once stopping."""
+        acquire = asyncio.ensure_future(free.acquire())
+        stopped = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if acquire not in done:
+            acquire.cancel()  # asyncio hands a slot granted meanwhile to the next waiter
+            return False
+        if stop.is_set():
+            free.release()
+            return False
+        return True
 
     async def _execute(self, runner: Runner, claim: lifecycle.Claim) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -123,7 +164,9 @@ class WorkerPool:
             while True:
                 done, _ = await asyncio.wait({future}, timeout=PROGRESS_TICK)
                 if done:
-                    return future.result()
+                    outcome = future.result()
+                    log.info("task %s: %s", claim.task_id, outcome.status)
+                    return outcome
                 if heartbeat.due():
                     await asyncio.to_thread(heartbeat.beat)
         except asyncio.CancelledError:

@@ -1,12 +1,17 @@
 """One task's life, start to end, run in a worker thread:
 moderate → load inputs → engine.generate → encode MP4s → store → finish or refund.
 
+A runner serves one model of the catalog, with that model's settings (price,
+variations, duration, resolution) and engine. A relay's results arrive as
+files, which are made faststart H.264 here like every other output.
+
 The final state is written from this thread, not from the coroutine that
 waits for it, so cancelling that coroutine cannot lose the result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import threading
@@ -17,19 +22,27 @@ from pathlib import Path
 from PIL import Image
 
 from openimagine import inputs
-from openimagine.engines.base import Cancelled, Engine, Job
-from openimagine.media.mp4 import encode_mp4
+from openimagine.catalog import Model
+from openimagine.engines.base import (
+    Cancelled,
+    Clip,
+    ContentRefused,
+    Engine,
+    EngineFailure,
+    Job,
+    VideoFile,
+)
+from openimagine.media.mp4 import NotAVideo, encode_mp4, normalize_mp4
 from openimagine.moderation import ModerationPolicy
 from openimagine.services import lifecycle
 from openimagine.services.lifecycle import ENGINE_FAILED, Claim
 from openimagine.services.tasks import STORED_PREFIX
-from openimagine.settings import Settings
 from openimagine.storage import Storage
 from openimagine.store.db import Database
 
 log = logging.getLogger("openimagine.worker")
 
-INAPPROPRIATE = "Inappropriate content, please try another prompt."
+INAPPROPRIATE = ContentRefused.public_message
 # Share of the progress bar before the engine starts (moderation, inputs).
 INPUTS_SHARE = 0.05
 
@@ -41,22 +54,25 @@ class Outcome:
 
 
 class Runner:
-    def __init__(self, settings: Settings, db: Database, storage: Storage, engine: Engine,
+    def __init__(self, model: Model, db: Database, storage: Storage, engine: Engine,
                  policy: ModerationPolicy) -> None:
-        self.settings = settings
+        self.model = model
+        self.settings = model.settings
         self.db = db
         self.storage = storage
         self.engine = engine
         self.policy = policy
-        # An engine such as a GPU pipeline runs one job at a time per process.
-        self._engine_lock = threading.Lock()
+        # An engine such as a GPU pipeline runs one job at a time per process;
+        # a relay only waits on another API, so its jobs run side by side.
+        self._engine_lock: threading.Lock | contextlib.nullcontext[None] = (
+            contextlib.nullcontext() if engine.info.relay else threading.Lock())
 
-    def _load_image(self, ref: str) -> Image.Image:
+    def _load_image(self, ref: str) -> tuple[bytes, Image.Image]:
         if ref.startswith(STORED_PREFIX):
             data = self.storage.read_bytes(ref[len(STORED_PREFIX):])
         else:
             data = inputs.fetch_image_bytes(ref, self.settings)
-        return inputs.decode_image(data, max_pixels=self.settings.max_image_pixels)
+        return data, inputs.decode_image(data, max_pixels=self.settings.max_image_pixels)
 
     def _fail(self, claim: Claim, message: str, detail: str) -> Outcome:
         log.info("task %s failed: %s (%s)", claim.task_id, message, detail)
@@ -70,7 +86,7 @@ class Runner:
         except Cancelled:
             released = lifecycle.release(self.db, claim)
             return Outcome("released" if released else "lost", "cancelled")
-        except inputs.InputError as exc:
+        except (inputs.InputError, EngineFailure) as exc:
             return self._fail(claim, exc.public_message, str(exc))
         except Exception as exc:
             log.exception("task %s: engine or encoding failed", claim.task_id)
@@ -81,39 +97,58 @@ class Runner:
         verdict = self.policy.check(claim.prompt)
         if not verdict.allowed:
             return self._fail(claim, INAPPROPRIATE, verdict.reason or "moderation")
-        images = [self._load_image(ref) for ref in claim.images]
+        loaded = [self._load_image(ref) for ref in claim.images]
         report(INPUTS_SHARE)
 
         def engine_progress(fraction: float) -> None:
             report(INPUTS_SHARE + (1 - INPUTS_SHARE) * min(1.0, max(0.0, fraction)))
 
-        job = Job(
-            task_id=claim.task_id, prompt=claim.prompt, mode=claim.mode, ratio=claim.ratio,
-            images=images, variations=self.settings.variations,
-            duration=self.settings.duration, fps=self.settings.fps,
-            resolution=self.settings.resolution, on_progress=engine_progress,
-            is_cancelled=cancelled.is_set,
-        )
+        def save_state(state: dict) -> None:
+            # Durable before the engine goes on: a worker that takes the task
+            # over resumes these upstream jobs instead of paying for new ones.
+            if not lifecycle.save_upstream(self.db, claim, state):
+                raise Cancelled()
+
         keys: list[str] = []
         seeds: list[int] = []
+        rendered_by: str | None = None
         staging = self.storage.staging_dir
         if staging is not None:
             staging.mkdir(parents=True, exist_ok=True)
         with self._engine_lock, tempfile.TemporaryDirectory(dir=staging) as scratch:
-            clips = self.engine.generate(job)
-            for index, clip in enumerate(clips):
+            job = Job(
+                task_id=claim.task_id, prompt=claim.prompt, mode=claim.mode, ratio=claim.ratio,
+                images=[image for _, image in loaded], variations=self.settings.variations,
+                duration=self.settings.duration, fps=self.settings.fps,
+                resolution=self.settings.resolution, on_progress=engine_progress,
+                is_cancelled=cancelled.is_set, image_data=[data for data, _ in loaded],
+                resume=claim.upstream, save_state=save_state, scratch=Path(scratch),
+            )
+            results = self.engine.generate(job)
+            for index, result in enumerate(results):
                 key = f"outputs/{claim.task_id}/{index}.mp4"
-                # Frames may be lazy: the engine renders while the encoder writes.
-                # Encoded aside and stored when whole: no reader sees half a file.
-                local = Path(scratch) / f"{index}.mp4"
-                encode_mp4(clip.frames, local, fps=clip.fps, width=clip.width,
-                           height=clip.height)
+                # Made aside and stored when whole: no reader sees half a file.
+                local = Path(scratch) / f"out-{index}.mp4"
+                if isinstance(result, VideoFile):
+                    try:
+                        normalize_mp4(result.path, local)
+                    except NotAVideo as exc:
+                        raise EngineFailure(f"output {index} is not a video: {exc}") from None
+                    rendered_by = result.model or rendered_by
+                else:
+                    self._encode(result, local)
+                    if result.seed is not None:
+                        seeds.append(result.seed)
                 self.storage.put_file(key, local)
                 keys.append(key)
-                if clip.seed is not None:
-                    seeds.append(clip.seed)
         if cancelled.is_set():
             raise Cancelled()
-        if not lifecycle.complete(self.db, claim, outputs=keys, seeds=seeds):
+        if not lifecycle.complete(self.db, claim, outputs=keys, seeds=seeds,
+                                  rendered_by=rendered_by):
             return Outcome("lost", "lease taken over before the result was written")
         return Outcome("completed")
+
+    @staticmethod
+    def _encode(clip: Clip, path: Path) -> None:
+        # Frames may be lazy: the engine renders while the encoder writes.
+        encode_mp4(clip.frames, path, fps=clip.fps, width=clip.width, height=clip.height)

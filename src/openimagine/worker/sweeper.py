@@ -6,7 +6,7 @@ queues honest against the database, every few seconds.
    (``lifecycle.reap_expired``).
 2. Pending tasks whose message may have been lost (the API could not publish,
    the broker lost it) are published again, when
-   - the engine's queue holds fewer ready messages than there are pending
+   - the model's queue holds fewer ready messages than there are pending
      tasks (so a long, healthy queue is never flooded with duplicates), and
    - the task has waited ``redispatch_seconds`` since it was last dispatched
      (one atomic UPDATE marks it, so sweepers on several machines do not both
@@ -48,15 +48,15 @@ class Sweeper:
         requeued, failed = lifecycle.reap_expired(
             self.db, max_attempts=self.settings.max_attempts, on_requeue=self.dispatcher.notify)
         republished = 0
-        for engine, pending in lifecycle.pending_by_engine(self.db).items():
-            ready = self.queue_depth(engine)
+        for model, pending in lifecycle.pending_by_model(self.db).items():
+            ready = self.queue_depth(model)
             # Unknown depth (broker unreachable): assume every message may be missing.
             missing = pending if ready is None else pending - ready
             stale = lifecycle.take_stale_pending(
-                self.db, engine=engine, older_than=self.settings.redispatch_seconds,
+                self.db, model=model, older_than=self.settings.redispatch_seconds,
                 limit=missing)
             for task_id in stale:
-                self.dispatcher.notify(task_id, engine)
+                self.dispatcher.notify(task_id, model)
             republished += len(stale)
         if requeued or failed or republished:
             log.warning("sweeper: %d expired lease(s) re-queued, %d failed, %d pending task(s) "

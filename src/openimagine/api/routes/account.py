@@ -24,7 +24,8 @@ ACCOUNT_SCHEMA = envelope_schema(
             "account": {"type": "string"},
             "plan": {"enum": ["free", "pro", "enterprise"]},
             "balance": {"type": "integer", "description": "credits"},
-            "price": {"type": "integer", "description": "credits per generation"},
+            "price": {"type": "integer",
+                      "description": "credits per generation of the default model"},
             "rate_limit": {
                 "type": "object",
                 "properties": {"requests_per_minute": {"type": "integer"}},
@@ -59,7 +60,8 @@ def _account(ctx: AppContext, principal: Principal) -> dict[str, Any]:
         "account": info["account"],
         "plan": info["plan"],
         "balance": info["balance"],
-        "price": ctx.settings.price,
+        # The default model's; GET /v1/models lists every model's.
+        "price": ctx.catalog.get(ctx.catalog.default).price,
         "rate_limit": {"requests_per_minute": ctx.settings.rate_limits.get(info["plan"])},
         "usage": {
             **info["usage"],

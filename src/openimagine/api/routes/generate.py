@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,6 +14,8 @@ from openimagine import inputs
 from openimagine.api.auth import REQUIRES_KEY, authenticated
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
+from openimagine.catalog import Model
+from openimagine.engines.base import EngineInfo
 from openimagine.errors import InvalidRequest
 from openimagine.services import tasks
 from openimagine.services.accounts import Principal
@@ -30,6 +33,8 @@ class GenerateBody(BaseModel):
     mode: str = Field("normal", examples=["fun", "normal", "spicy"])
     ratio: str = Field("1:1", examples=["2:3", "3:2", "1:1", "16:9", "9:16"])
     images: list[str] | str | None = Field(None, description="up to 7 http(s) URLs or data URIs")
+    model: str | None = Field(None, description="one of GET /v1/models (openimagine extension; "
+                              "default: the deployment's default model)")
 
 
 def _choice(body: dict[str, Any], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -55,8 +60,24 @@ def _storable(text: str) -> bool:
     return True
 
 
-def parse_generate(raw: bytes, ctx: AppContext) -> tuple[str, str, str, list[str]]:
-    """(prompt, mode, ratio, image references) from the body, or ``InvalidRequest``."""
+@dataclass(frozen=True)
+class Generation:
+    model: Model
+    prompt: str
+    mode: str
+    ratio: str
+    refs: list[str]
+
+
+def _model(body: dict[str, Any], ctx: AppContext) -> tuple[Model, EngineInfo]:
+    name = body.get("model")
+    if name is not None and (not isinstance(name, str) or name not in ctx.catalog.models):
+        raise InvalidRequest(f"Unknown model {name!r}: use one of {', '.join(ctx.catalog.names)}")
+    return ctx.model(name)
+
+
+def parse_generate(raw: bytes, ctx: AppContext) -> Generation:
+    """The request's fields from the body, or ``InvalidRequest``."""
     try:
         body = json.loads(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError):
@@ -75,8 +96,9 @@ def parse_generate(raw: bytes, ctx: AppContext) -> tuple[str, str, str, list[str
         raise InvalidRequest(f"The prompt parameter must be at most {MAX_PROMPT} characters")
     if not _storable(prompt):
         raise InvalidRequest("The prompt parameter contains a NUL or an unpaired surrogate")
-    mode = _choice(body, "mode", "normal", ctx.engine.modes)
-    ratio = _choice(body, "ratio", "1:1", ctx.engine.ratios)
+    model, info = _model(body, ctx)
+    mode = _choice(body, "mode", "normal", info.modes)
+    ratio = _choice(body, "ratio", "1:1", info.ratios)
     try:
         refs = inputs.parse_image_refs(body.get("images"))
     except inputs.InvalidImageReference as exc:
@@ -84,18 +106,18 @@ def parse_generate(raw: bytes, ctx: AppContext) -> tuple[str, str, str, list[str
     for index, ref in enumerate(refs):
         if not _storable(ref):
             raise InvalidRequest(f"images[{index}] contains a NUL or an unpaired surrogate")
-    if refs and not ctx.engine.image_input:
+    if refs and not info.image_input:
         raise InvalidRequest(
-            f"The {ctx.engine.name} engine does not take images; send a prompt only"
+            f"The {model.name} model does not take images; send a prompt only"
         )
-    if len(refs) > ctx.engine.max_images:
-        raise InvalidRequest(f"The {ctx.engine.name} engine takes at most "
-                             f"{ctx.engine.max_images} images")
-    return prompt, mode, ratio, refs
+    if len(refs) > info.max_images:
+        raise InvalidRequest(f"The {model.name} model takes at most {info.max_images} images")
+    return Generation(model, prompt, mode, ratio, refs)
 
 
 def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
-    prompt, mode, ratio, refs = parse_generate(raw, ctx)
+    wanted = parse_generate(raw, ctx)
+    model, refs = wanted.model, wanted.refs
     task_id = tasks.new_task_id()
     stored: list[str] = []
     images: list[str] = []
@@ -111,8 +133,8 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
             images.append(ref)
     try:
         tasks.submit(
-            ctx.db, principal, tasks.NewTask(prompt, mode, ratio, images),
-            task_id=task_id, engine=ctx.engine.name, price=ctx.settings.price,
+            ctx.db, principal, tasks.NewTask(wanted.prompt, wanted.mode, wanted.ratio, images),
+            task_id=task_id, model=model.name, engine=model.engine, price=model.price,
         )
     except BaseException:
         for key in stored:
@@ -120,7 +142,7 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
         raise
     # After the commit: a worker that gets the notice finds the row. A notice
     # that fails to go out leaves the task pending for the sweeper to resend.
-    ctx.dispatcher.notify(task_id, ctx.engine.name)
+    ctx.dispatcher.notify(task_id, model.name)
     return task_id
 
 

@@ -23,4 +23,5 @@ def readyz(ctx: AppContext = Depends(get_context)) -> JSONResponse:
         ctx.db.ping()
     except Exception:
         raise ServiceUnavailable("Service unavailable: the database is not reachable") from None
-    return ok({"status": "ready", "engine": ctx.engine.name})
+    default = ctx.catalog.get(ctx.catalog.default)
+    return ok({"status": "ready", "engine": default.engine, "models": ctx.catalog.names})

@@ -1,0 +1,1 @@
+"""Stand-ins users can run too: sample videos and fake upstream video APIs."""

@@ -196,6 +196,21 @@ def server(start_server: Callable[..., Server]) -> Server:
     return start_server()
 
 
+@pytest.fixture
+def open_db() -> Iterator[Callable[[Path], Database]]:
+    """Factory: the SQLite database of a data folder (of a server run as a subprocess)."""
+    opened: list[Database] = []
+
+    def open_(data_dir: Path) -> Database:
+        db = Database(f"sqlite:///{(data_dir / 'openimagine.db').resolve()}")
+        opened.append(db)
+        return db
+
+    yield open_
+    for db in opened:
+        db.dispose()
+
+
 @dataclass
 class Spawned:
     process: subprocess.Popen

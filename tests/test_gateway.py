@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from openimagine.catalog import CatalogError, load_catalog
 from openimagine.media.mp4 import probe_mp4
+from openimagine.store.db import Database
 from openimagine.store.models import LedgerEntry, Task
 from openimagine.testing.fake_upstreams import FakeConfig, FakeUpstream
 
@@ -498,28 +499,23 @@ def test_a_relay_polls_saved_upstream_jobs_instead_of_creating_new_ones(
 
 # -- crashes: no double spending upstream ----------------------------------------
 
-def _row_of(data_dir: Path, task_id: str) -> Task:
-    from openimagine.store.db import Database
-
-    db = Database(f"sqlite:///{data_dir / 'openimagine.db'}")
-    try:
-        with db.read() as session:
-            return session.execute(select(Task).where(Task.id == task_id)).scalar_one()
-    finally:
-        db.dispose()
-
-
 @pytest.mark.parametrize("stop", ["kill", "stop"], ids=["SIGKILL", "SIGTERM"])
 def test_a_server_stopped_mid_relay_resumes_the_same_upstream_jobs_after_restart(
         spawn_server: Callable, upstreams: Callable[..., FakeUpstream], tmp_path: Path,
-        stop: str) -> None:
+        open_db: Callable[[Path], Database], stop: str) -> None:
     fake = upstreams("xai", job_seconds=4.0)
     path = models_file(tmp_path, RELAY.format(engine="xai", url=fake.base_url, timeout=60)
                        .replace("variations = 1", "variations = 2"))
     data_dir = tmp_path / "data"
+
+    def row_of(task_id: str) -> Task:
+        with db.read() as session:
+            return session.execute(select(Task).where(Task.id == task_id)).scalar_one()
+
     settings = {"models_file": path, "lease_seconds": 2, "heartbeat_seconds": 0.5,
                 "poll_seconds": 0.05}
     first = spawn_server(data_dir, **settings)
+    db = open_db(data_dir)
     key = run_cli(first.env, "accounts", "create", "alice", "--credits", str(CREDITS),
                   "--json")
     api_key = json.loads(key.stdout)["api_key"]
@@ -527,7 +523,7 @@ def test_a_server_stopped_mid_relay_resumes_the_same_upstream_jobs_after_restart
     task_id = client.post("/v1/generate", json={"prompt": "a lighthouse"},
                           headers=auth(api_key)).json()["data"]["task_id"]
     deadline = time.monotonic() + 30
-    while (row := _row_of(data_dir, task_id)).upstream is None or len(
+    while (row := row_of(task_id)).upstream is None or len(
             row.upstream["jobs"]) < 2:
         assert time.monotonic() < deadline, "the upstream jobs were never saved"
         time.sleep(0.05)
@@ -547,6 +543,6 @@ def test_a_server_stopped_mid_relay_resumes_the_same_upstream_jobs_after_restart
     finally:
         client.close()
     assert fake.stats()["jobs"] == 2  # exactly one create per variation, ever
-    row = _row_of(data_dir, task_id)
+    row = row_of(task_id)
     assert row.upstream["jobs"] == saved  # polled, not replaced
     assert row.attempts == (2 if stop == "kill" else 1)  # SIGTERM gives the attempt back

@@ -48,20 +48,6 @@ def create_account(data_dir: Path, name: str, credits: int = CREDITS) -> str:
 
 
 @pytest.fixture
-def open_db() -> Iterator[Callable[[Path], Database]]:
-    opened: list[Database] = []
-
-    def open_(data_dir: Path) -> Database:
-        db = Database(f"sqlite:///{(data_dir / 'openimagine.db').resolve()}")
-        opened.append(db)
-        return db
-
-    yield open_
-    for db in opened:
-        db.dispose()
-
-
-@pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen]]:
     """Processes a test starts by hand; killed at the end if still running."""
     started: list[subprocess.Popen] = []

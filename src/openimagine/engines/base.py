@@ -75,6 +75,8 @@ class EngineInfo:
     max_images: int = 7
     # Relays wait on another API: many run at once, never behind a local engine's lock.
     relay: bool = False
+    # Short sides the engine can make (None: any); a requested size snaps to the nearest.
+    resolutions: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -101,6 +103,10 @@ class Job:
     save_state: Callable[[dict], None] = field(default=lambda state: None)
     # A scratch folder for files the engine returns; the runner removes it.
     scratch: Path | None = None
+    # Which of duration/resolution the task asked for itself (the OpenAI face's
+    # seconds and size), rather than taking its model's: a relay that falls back
+    # to another model keeps these and takes that model's own for the rest.
+    pinned: frozenset[str] = frozenset()
 
 
 @dataclass

@@ -36,6 +36,10 @@ class Claim:
     model: str
     # A relay's upstream jobs from an earlier attempt (see ``save_upstream``).
     upstream: dict | None = None
+    # This task's own render options (None: the model's settings).
+    variations: int | None = None
+    duration: float | None = None
+    resolution: int | None = None
 
 
 def _fenced(claim: Claim):  # type: ignore[no-untyped-def]
@@ -68,7 +72,8 @@ def claim_next(db: Database, *, owner: str, model: str, lease_seconds: float,
         )
         .returning(
             Task.id, Task.attempts, Task.account_id, Task.prompt, Task.mode, Task.ratio,
-            Task.images, Task.model, Task.upstream,
+            Task.images, Task.model, Task.upstream, Task.variations, Task.duration,
+            Task.resolution,
         )
     )
     with db.write() as session:
@@ -76,7 +81,8 @@ def claim_next(db: Database, *, owner: str, model: str, lease_seconds: float,
     if row is None:
         return None
     return Claim(row.id, row.attempts, owner, row.account_id, row.prompt, row.mode, row.ratio,
-                 list(row.images or []), row.model, row.upstream)
+                 list(row.images or []), row.model, row.upstream, row.variations, row.duration,
+                 row.resolution)
 
 
 def renew(db: Database, claim: Claim, *, lease_seconds: float, progress: int | None) -> bool:
@@ -96,14 +102,14 @@ def save_upstream(db: Database, claim: Claim, state: dict) -> bool:
 
 
 def complete(db: Database, claim: Claim, *, outputs: list[str], seeds: list[int],
-             rendered_by: str | None = None) -> bool:
+             rendered_by: str | None = None, media: dict | None = None) -> bool:
     with db.write() as session:
         changed = rows_changed(session.execute(
             update(Task)
             .where(*_fenced(claim))
             .values(status="completed", outputs=outputs, seeds=seeds, progress=100,
-                    rendered_by=rendered_by or claim.model, finished_at=utcnow(),
-                    lease_owner=None, lease_expires_at=None)
+                    rendered_by=rendered_by or claim.model, media=media,
+                    finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
         ))
     return changed == 1
 

@@ -18,6 +18,14 @@ from openimagine.timeutil import rfc3339
 STORED_PREFIX = "stored:"
 
 
+STILLS = {"thumbnail": "thumbnail.webp", "spritesheet": "spritesheet.jpg"}
+
+
+def still_key(task_id: str, variant: str) -> str:
+    """Where a task's stills (``media/stills.py``) are stored, beside its videos."""
+    return f"outputs/{task_id}/{STILLS[variant]}"
+
+
 def new_task_id() -> str:
     # 128 random bits; the contract asks for at least 96.
     return "task_" + secrets.token_urlsafe(16)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -89,6 +90,18 @@ class Task(Base):
     # taking the task over polls them instead of paying for new ones:
     # ``{"model": name, "jobs": [{"base_url": url, "id": upstream_id}, ...]}``.
     upstream: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # What this task renders when it differs from its model's settings (the
+    # OpenAI face: one video, the size and seconds asked for); NULL: the model's.
+    variations: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+    resolution: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What was rendered, read from the first output: {"width", "height", "seconds"}.
+    media: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The task a remix started from (``POST /v1/videos/{id}/remix``).
+    remixed_from: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Deleted by its owner (``DELETE /v1/videos/{id}``): files gone, row kept for the
+    # ledger, invisible to every read.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     prompt: Mapped[str] = mapped_column(Text)
     mode: Mapped[str] = mapped_column(String(10))
     ratio: Mapped[str] = mapped_column(String(10))

@@ -33,10 +33,11 @@ from openimagine.engines.base import (
     VideoFile,
 )
 from openimagine.media.mp4 import NotAVideo, encode_mp4, normalize_mp4
+from openimagine.media.stills import make_stills
 from openimagine.moderation import ModerationPolicy
 from openimagine.services import lifecycle
 from openimagine.services.lifecycle import ENGINE_FAILED, Claim
-from openimagine.services.tasks import STORED_PREFIX
+from openimagine.services.tasks import STORED_PREFIX, still_key
 from openimagine.storage import Storage
 from openimagine.store.db import Database
 
@@ -118,11 +119,15 @@ class Runner:
         with self._engine_lock, tempfile.TemporaryDirectory(dir=staging) as scratch:
             job = Job(
                 task_id=claim.task_id, prompt=claim.prompt, mode=claim.mode, ratio=claim.ratio,
-                images=[image for _, image in loaded], variations=self.settings.variations,
-                duration=self.settings.duration, fps=self.settings.fps,
-                resolution=self.settings.resolution, on_progress=engine_progress,
-                is_cancelled=cancelled.is_set, image_data=[data for data, _ in loaded],
-                resume=claim.upstream, save_state=save_state, scratch=Path(scratch),
+                images=[image for _, image in loaded],
+                variations=claim.variations or self.settings.variations,
+                duration=claim.duration or self.settings.duration, fps=self.settings.fps,
+                resolution=claim.resolution or self.settings.resolution,
+                on_progress=engine_progress, is_cancelled=cancelled.is_set,
+                image_data=[data for data, _ in loaded], resume=claim.upstream,
+                save_state=save_state, scratch=Path(scratch),
+                pinned=frozenset(name for name in ("duration", "resolution")
+                                 if getattr(claim, name) is not None),
             )
             results = self.engine.generate(job)
             for index, result in enumerate(results):
@@ -141,12 +146,24 @@ class Runner:
                         seeds.append(result.seed)
                 self.storage.put_file(key, local)
                 keys.append(key)
+            media = self._store_stills(claim.task_id, Path(scratch))
         if cancelled.is_set():
             raise Cancelled()
         if not lifecycle.complete(self.db, claim, outputs=keys, seeds=seeds,
-                                  rendered_by=rendered_by):
+                                  rendered_by=rendered_by, media=media):
             return Outcome("lost", "lease taken over before the result was written")
         return Outcome("completed")
+
+    def _store_stills(self, task_id: str, scratch: Path) -> dict | None:
+        """Thumbnail and spritesheet of the first video, stored beside it, and what it is."""
+        first = scratch / "out-0.mp4"
+        if not first.exists():
+            return None
+        thumbnail, spritesheet = scratch / "thumbnail.webp", scratch / "spritesheet.jpg"
+        stills = make_stills(first, thumbnail, spritesheet)
+        self.storage.put_file(still_key(task_id, "thumbnail"), thumbnail)
+        self.storage.put_file(still_key(task_id, "spritesheet"), spritesheet)
+        return stills.media()
 
     @staticmethod
     def _encode(clip: Clip, path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -110,7 +111,8 @@ class RelayEngine:
                 _check(job)
                 try:
                     link = self._link(model, base_url, deadline)
-                    upstream_id = ADAPTERS[model.engine].create(link, model, job)
+                    upstream_id = ADAPTERS[model.engine].create(link, model,
+                                                                self._job_for(model, job))
                 except Transient as exc:
                     last = exc
                     if exc.cool_down:
@@ -126,6 +128,15 @@ class RelayEngine:
                 return model, base_url, upstream_id
             attempt += 1
             self._wait_or_give_up(job, attempt, last, deadline)
+
+    def _job_for(self, model: Model, job: Job) -> Job:
+        """The job as ``model`` renders it: a fallback takes its own duration and
+        resolution, unless the task asked for them itself (``job.pinned``)."""
+        if model is self.model:
+            return job
+        own = {name: getattr(model.settings, name) for name in ("duration", "resolution")
+               if name not in job.pinned}
+        return replace(job, **own)
 
     @staticmethod
     def _targets(candidates: list[Model]) -> list[tuple[Model, str]]:

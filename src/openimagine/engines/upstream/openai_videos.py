@@ -27,13 +27,12 @@ MODERATION_CODES = ("content_policy_violation", "moderation_blocked", "content_f
 
 
 def create_fields(model: Model, job: Job) -> dict[str, tuple]:
-    """Multipart parts, text fields as ``(None, value)`` so httpx sends multipart always.
-    Duration and resolution are the rendering model's own (a fallback's may differ)."""
-    width, height = frame_size(job.ratio, model.settings.resolution, SIZE_MULTIPLE)
+    """Multipart parts, text fields as ``(None, value)`` so httpx sends multipart always."""
+    width, height = frame_size(job.ratio, job.resolution, SIZE_MULTIPLE)
     fields: dict[str, tuple] = {
         "prompt": (None, prompt_with_mode(model, job)),
         "model": (None, model.upstream_model or ""),
-        "seconds": (None, str(max(1, round(model.settings.duration)))),
+        "seconds": (None, str(max(1, round(job.duration)))),
         "size": (None, f"{width}x{height}"),
     }
     if job.image_data:

@@ -16,20 +16,19 @@ from openimagine.engines.upstream.relay import Poll, data_url, prompt_with_mode
 
 INFO = EngineInfo(
     name="xai", description="relay to xAI Grok Imagine (REST)", modes=MODES, ratios=RATIOS,
-    image_input=True, max_images=7, relay=True,
+    image_input=True, max_images=7, relay=True, resolutions=(480, 720),
 )
 # xAI takes whole seconds, 1 to 15.
 MIN_SECONDS, MAX_SECONDS = 1, 15
 
 
 def create_body(model: Model, job: Job) -> dict:
-    # Duration and resolution are the rendering model's own (a fallback's may differ).
     body: dict = {
         "model": model.upstream_model,
         "prompt": prompt_with_mode(model, job),
-        "duration": min(MAX_SECONDS, max(MIN_SECONDS, round(model.settings.duration))),
+        "duration": min(MAX_SECONDS, max(MIN_SECONDS, round(job.duration))),
         "aspect_ratio": job.ratio,
-        "resolution": f"{model.settings.resolution}p",
+        "resolution": f"{job.resolution}p",
     }
     if job.image_data:
         if model.images == "reference":

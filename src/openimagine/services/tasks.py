@@ -38,6 +38,13 @@ class NewTask:
     ratio: str
     # http(s) URLs as sent, and ``stored:<key>`` for inputs sent as data URIs.
     images: list[str]
+    # What this task renders when not its model's (the OpenAI face: one video,
+    # the size and seconds asked for); None: the model's settings.
+    variations: int | None = None
+    duration: float | None = None
+    resolution: int | None = None
+    # The task a remix starts from.
+    remixed_from: str | None = None
 
 
 def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, model: str,
@@ -55,6 +62,10 @@ def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, mo
                 mode=new.mode,
                 ratio=new.ratio,
                 images=new.images,
+                variations=new.variations,
+                duration=new.duration,
+                resolution=new.resolution,
+                remixed_from=new.remixed_from,
                 price=price,
                 consumed_credits=price,
                 progress=0,

@@ -169,7 +169,8 @@ _PRINCIPAL_AND_TASK = (
            *TASK_VIEW_COLUMNS)
     .select_from(ApiKey)
     .join(Account, ApiKey.account_id == Account.id)
-    .outerjoin(Task, (Task.id == bindparam("task_id")) & (Task.account_id == Account.id))
+    .outerjoin(Task, (Task.id == bindparam("task_id")) & (Task.account_id == Account.id)
+               & Task.deleted_at.is_(None))
     .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
 )
 

@@ -81,7 +81,8 @@ def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, mo
 
 # Built once: status polling is the hottest path. Core rows, not ORM objects.
 _TASK_OF_ACCOUNT = select(Task.__table__).where(
-    Task.id == bindparam("task_id"), Task.account_id == bindparam("account_id")
+    Task.id == bindparam("task_id"), Task.account_id == bindparam("account_id"),
+    Task.deleted_at.is_(None),  # deleted by its owner: gone for every face
 )
 
 

@@ -3,7 +3,8 @@
 Prints, measured side by side with the same uvicorn settings and the same load
 generator (wrk, 32 connections):
   - GET /v1/status of a completed task (two signed video URLs) requests/s and
-    p99 latency vs the bare endpoint (the ratio)
+    p99 latency vs the bare endpoint (the ratio), and the OpenAI face's
+    GET /v1/videos/{id} of the same task beside them
   - POST /v1/generate requests/s on a second server with the worker off, so it
     measures the submission path (auth, rate limit, debit + task row in one
     transaction) and not rendering
@@ -147,10 +148,13 @@ def main() -> None:
         # Warm both up, then measure them alternately so that noise hits both.
         wrk(f"http://127.0.0.1:{bare_port}/v1/status", 2, {})
         wrk(status_url, 2, headers)
-        bare_runs, oi_runs = [], []
+        video_url = f"{oi_url}/v1/videos/{task_id}"
+        wrk(video_url, 2, headers)
+        bare_runs, oi_runs, video_runs = [], [], []
         for _ in range(ROUNDS):
             bare_runs.append(wrk(f"http://127.0.0.1:{bare_port}/v1/status", args.seconds, {}))
             oi_runs.append(wrk(status_url, args.seconds, headers))
+            video_runs.append(wrk(video_url, args.seconds, headers))
         generate = wrk(f"http://127.0.0.1:{submit_port}/v1/generate", args.seconds, headers,
                        POST_LUA)
     finally:
@@ -161,6 +165,7 @@ def main() -> None:
 
     bare_best = max(bare_runs, key=lambda r: r["rps"])
     oi_best = max(oi_runs, key=lambda r: r["rps"])
+    video_best = max(video_runs, key=lambda r: r["rps"])
     engine_seconds = bench_engine()
     print(f"{'measure':42} {'value':>12}")
     print(f"{'bare Starlette GET /v1/status req/s':42} {bare_best['rps']:12.0f}")
@@ -168,12 +173,16 @@ def main() -> None:
     print(f"{'status throughput ratio (target >= 0.40)':42} {oi_best['rps'] / bare_best['rps']:12.2f}")
     rounds = " ".join(f"{o['rps'] / b['rps']:.2f}" for b, o in zip(bare_runs, oi_runs, strict=True))
     print(f"{'  ratio in each round':42} {rounds:>12}")
+    print(f"{'openimagine GET /v1/videos/{id} req/s':42} {video_best['rps']:12.0f}")
+    print(f"{'  ratio to bare / to GET /v1/status':42} "
+          f"{video_best['rps'] / bare_best['rps']:6.2f} {video_best['rps'] / oi_best['rps']:5.2f}")
     print(f"{'bare p99 ms':42} {bare_best['p99_ms']:12.2f}")
     print(f"{'openimagine status p99 ms (target < 50)':42} {oi_best['p99_ms']:12.2f}")
     print(f"{'openimagine POST /v1/generate req/s':42} {generate['rps']:12.0f}")
     print(f"{'generate p99 ms':42} {generate['p99_ms']:12.2f}")
-    print(f"{'non-2xx responses (status, generate)':42} "
-          f"{oi_best['non_2xx']:>6} {generate['non_2xx']:>5}")
+    print(f"{'videos/{id} p99 ms':42} {video_best['p99_ms']:12.2f}")
+    print(f"{'non-2xx responses (status, videos, generate)':42} "
+          f"{oi_best['non_2xx']:>4} {video_best['non_2xx']:>3} {generate['non_2xx']:>3}")
     print(f"{'preview engine s/task, 2 x 6 s @24fps 480px':42} {engine_seconds:12.2f}")
     print(f"(wrk: {THREADS} thread, {CONNECTIONS} connections, {args.seconds} s per run; "
           f"best of {len(bare_runs)} alternating runs)")

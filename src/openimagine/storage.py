@@ -35,9 +35,12 @@ from openimagine.errors import Forbidden, NotFound
 if TYPE_CHECKING:
     from openimagine.settings import Settings
 
-_KEY_RE = re.compile(r"^(inputs|outputs)/task_[A-Za-z0-9_-]{8,40}/[0-9]{1,3}\.[a-z0-9]{2,4}$")
+# A task's files: numbered inputs and videos, and the stills of its first video.
+_KEY_RE = re.compile(r"^(inputs|outputs)/task_[A-Za-z0-9_-]{8,40}/"
+                     r"([0-9]{1,3}|thumbnail|spritesheet)\.[a-z0-9]{2,4}$")
 
-MEDIA_TYPES = {"mp4": "video/mp4", "png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+MEDIA_TYPES = {"mp4": "video/mp4", "png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg",
+               "webp": "image/webp"}
 
 
 def valid_key(key: str) -> bool:

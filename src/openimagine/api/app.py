@@ -24,6 +24,7 @@ from openimagine.api.auth import BEARER_SCHEME
 from openimagine.api.context import AppContext
 from openimagine.api.errors import install_error_handlers, response_for
 from openimagine.api.middleware import EnvelopeMiddleware, ratelimit_headers
+from openimagine.api.openai import routes as openai_routes
 from openimagine.api.routes import (
     account,
     files,
@@ -65,15 +66,26 @@ class OpenImagineAPI(FastAPI):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.direct_routes: dict[tuple[str, str], Endpoint] = {}
+        # GET (and HEAD) of ``prefix<one path segment>``.
+        self.direct_prefixes: dict[str, Endpoint] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             endpoint = self.direct_routes.get((scope["method"], scope["path"]))
+            if endpoint is None and self.direct_prefixes and scope["method"] in ("GET", "HEAD"):
+                endpoint = self._direct_prefix(scope["path"])
             if endpoint is not None:
                 scope["app"] = self  # as Starlette sets it: ``request.app``
                 await self._answer_directly(endpoint, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    def _direct_prefix(self, path: str) -> Endpoint | None:
+        for prefix, endpoint in self.direct_prefixes.items():
+            if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[
+                    len(prefix):]:
+                return endpoint
+        return None
 
     @staticmethod
     async def _answer_directly(endpoint: Endpoint, scope: Scope, receive: Receive,
@@ -82,9 +94,19 @@ class OpenImagineAPI(FastAPI):
         try:
             response = await endpoint(request)
         except Exception as exc:  # noqa: BLE001 - every error becomes the envelope
-            response = response_for(exc)
+            response = response_for(exc, scope["path"])
         response.raw_headers.extend(ratelimit_headers(scope))
         await response(scope, receive, send)
+
+    def serve_directly_under(self, prefix: str, route_path: str) -> None:
+        """Answer ``GET prefix<one segment>`` with the GET endpoint of ``route_path`` (which
+        reads the segment from the path itself), below the stack."""
+        for route in self.router.routes:
+            if isinstance(route, APIRoute) and route.path == route_path and "GET" in (
+                    route.methods or ()):
+                self.direct_prefixes[prefix] = route.endpoint
+                return
+        raise LookupError(f"no GET {route_path} route")
 
     def serve_directly(self, path: str, method: str) -> None:
         """Answer ``method path`` with its registered endpoint, below the stack."""
@@ -174,11 +196,13 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (status, generate, files, account, models, health, playground):
+    for module in (status, generate, openai_routes, files, account, models, health,
+                   playground):
         # Flat on the app's router, most frequent first (routes are matched in
         # order): FastAPI matches included routers twice over, which measured
         # as much as the rest of a status request.
         app.router.routes.extend(module.router.routes)
     install_openapi(app, list(app.router.routes))
     app.serve_directly("/v1/status", "GET")
+    app.serve_directly_under("/v1/videos/", "/v1/videos/{video_id}")
     return app

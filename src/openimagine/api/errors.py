@@ -1,4 +1,5 @@
-"""The one place where exceptions become HTTP responses, all in the envelope."""
+"""The one place where exceptions become HTTP responses: in the envelope, or in
+OpenAI's error object on the OpenAI face (``/v1/videos...``), chosen by path."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from limits.errors import StorageError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from openimagine.api.envelope import EnvelopeResponse
+from openimagine.api.openai.errors import openai_error_response
 from openimagine.errors import (
     InternalError,
     InvalidRequest,
@@ -19,15 +21,23 @@ from openimagine.errors import (
     NotFound,
     OpenImagineError,
     PayloadTooLarge,
-    RateLimited,
     ServiceUnavailable,
 )
 
 log = logging.getLogger("openimagine.api")
 
+OPENAI_FACE = "/v1/videos"
 
-def error_response(error: OpenImagineError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, RateLimited) else None
+
+def is_openai_path(path: str) -> bool:
+    return path == OPENAI_FACE or path.startswith(OPENAI_FACE + "/")
+
+
+def error_response(error: OpenImagineError, path: str = "") -> Response:
+    if is_openai_path(path):
+        return openai_error_response(error)
+    retry_after = getattr(error, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return EnvelopeResponse(
         {"code": error.status, "message": error.public_message, "error": error.code},
         status_code=error.status,
@@ -53,31 +63,33 @@ def _from_validation(exc: RequestValidationError) -> OpenImagineError:
     return InvalidRequest(f"{where}: {first.get('msg', 'invalid value')}")
 
 
-def response_for(exc: Exception) -> JSONResponse:
-    """The envelope for any exception a request raised (the handlers below, and
-    the routes ``OpenImagineAPI`` serves directly, both answer through here)."""
+def response_for(exc: Exception, path: str = "") -> Response:
+    """The error answer for any exception a request to ``path`` raised (the handlers
+    below, and the routes ``OpenImagineAPI`` serves directly, both answer through here)."""
     if isinstance(exc, OpenImagineError):
-        return error_response(exc)
+        return error_response(exc, path)
     if isinstance(exc, StarletteHTTPException):
-        response = error_response(_from_http_exception(exc))
+        response = error_response(_from_http_exception(exc), path)
         if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     if isinstance(exc, RequestValidationError):
-        return error_response(_from_validation(exc))
+        return error_response(_from_validation(exc), path)
     if isinstance(exc, OperationalError):
         log.error("database unavailable: %s", exc.orig)
-        return error_response(ServiceUnavailable("Service unavailable, please try again later."))
+        return error_response(ServiceUnavailable("Service unavailable, please try again later."),
+                              path)
     if isinstance(exc, StorageError):
         log.error("rate-limit storage unavailable: %s", exc.storage_error)
-        return error_response(ServiceUnavailable("Service unavailable, please try again later."))
+        return error_response(ServiceUnavailable("Service unavailable, please try again later."),
+                              path)
     log.exception("unexpected error", exc_info=exc)
-    return error_response(InternalError("Internal server error"))
+    return error_response(InternalError("Internal server error"), path)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def handle(_request: Request, exc: Exception) -> JSONResponse:
-        return response_for(exc)
+    async def handle(request: Request, exc: Exception) -> Response:
+        return response_for(exc, request.url.path)
 
     for kind in (OpenImagineError, StarletteHTTPException, RequestValidationError,
                  OperationalError, StorageError, Exception):

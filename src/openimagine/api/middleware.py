@@ -4,9 +4,11 @@ in the request state."""
 
 from __future__ import annotations
 
+import time
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openimagine.api.errors import error_response
+from openimagine.api.errors import error_response, is_openai_path
 from openimagine.errors import PayloadTooLarge
 
 # Where authentication leaves the rate-limit headers (ASGI header pairs) in
@@ -15,7 +17,17 @@ RATELIMIT_STATE = "ratelimit_headers"
 
 
 def ratelimit_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-    return scope.get("state", {}).get(RATELIMIT_STATE) or []  # type: ignore[no-any-return]
+    """The ``X-RateLimit-*`` headers authentication left, and on the OpenAI face
+    OpenAI's ``x-ratelimit-*-requests`` beside them (the same budget)."""
+    headers: list[tuple[bytes, bytes]] = scope.get("state", {}).get(RATELIMIT_STATE) or []
+    if headers and is_openai_path(scope.get("path", "")):
+        values = dict(headers)
+        reset_in = max(0, int(values[b"x-ratelimit-reset"]) - int(time.time()))
+        headers = [*headers,
+                   (b"x-ratelimit-limit-requests", values[b"x-ratelimit-limit"]),
+                   (b"x-ratelimit-remaining-requests", values[b"x-ratelimit-remaining"]),
+                   (b"x-ratelimit-reset-requests", b"%ds" % reset_in)]
+    return headers
 
 
 class EnvelopeMiddleware:
@@ -32,7 +44,7 @@ class EnvelopeMiddleware:
         )
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                await error_response(too_large)(scope, receive, send)
+                await error_response(too_large, scope["path"])(scope, receive, send)
                 return
 
         received = 0

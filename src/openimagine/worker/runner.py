@@ -113,6 +113,7 @@ class Runner:
         keys: list[str] = []
         seeds: list[int] = []
         rendered_by: str | None = None
+        media: dict | None = None
         staging = self.storage.staging_dir
         if staging is not None:
             staging.mkdir(parents=True, exist_ok=True)
@@ -144,9 +145,10 @@ class Runner:
                     self._encode(result, local)
                     if result.seed is not None:
                         seeds.append(result.seed)
+                if index == 0:
+                    media = self._store_stills(claim.task_id, local, Path(scratch))
                 self.storage.put_file(key, local)
                 keys.append(key)
-            media = self._store_stills(claim.task_id, Path(scratch))
         if cancelled.is_set():
             raise Cancelled()
         if not lifecycle.complete(self.db, claim, outputs=keys, seeds=seeds,
@@ -154,11 +156,8 @@ class Runner:
             return Outcome("lost", "lease taken over before the result was written")
         return Outcome("completed")
 
-    def _store_stills(self, task_id: str, scratch: Path) -> dict | None:
+    def _store_stills(self, task_id: str, first: Path, scratch: Path) -> dict:
         """Thumbnail and spritesheet of the first video, stored beside it, and what it is."""
-        first = scratch / "out-0.mp4"
-        if not first.exists():
-            return None
         thumbnail, spritesheet = scratch / "thumbnail.webp", scratch / "spritesheet.jpg"
         stills = make_stills(first, thumbnail, spritesheet)
         self.storage.put_file(still_key(task_id, "thumbnail"), thumbnail)

@@ -14,6 +14,7 @@ from openimagine import inputs
 from openimagine.api.auth import REQUIRES_KEY, authenticated
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
+from openimagine.api.submit import submit_task
 from openimagine.catalog import Model
 from openimagine.engines.base import EngineInfo
 from openimagine.errors import InvalidRequest
@@ -117,33 +118,8 @@ def parse_generate(raw: bytes, ctx: AppContext) -> Generation:
 
 def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
     wanted = parse_generate(raw, ctx)
-    model, refs = wanted.model, wanted.refs
-    task_id = tasks.new_task_id()
-    stored: list[str] = []
-    images: list[str] = []
-    for index, ref in enumerate(refs):
-        if ref.startswith("data:"):
-            # Keep the bytes, not the base64, so status echoes a URL (contract).
-            data = inputs.decode_data_uri(ref, max_bytes=ctx.settings.fetch_max_bytes)
-            key = f"inputs/{task_id}/{index}.{inputs.sniff_image_type(data) or 'bin'}"
-            ctx.storage.put_bytes(key, data)
-            stored.append(key)
-            images.append(tasks.STORED_PREFIX + key)
-        else:
-            images.append(ref)
-    try:
-        tasks.submit(
-            ctx.db, principal, tasks.NewTask(wanted.prompt, wanted.mode, wanted.ratio, images),
-            task_id=task_id, model=model.name, engine=model.engine, price=model.price,
-        )
-    except BaseException:
-        for key in stored:
-            ctx.storage.delete(key)
-        raise
-    # After the commit: a worker that gets the notice finds the row. A notice
-    # that fails to go out leaves the task pending for the sweeper to resend.
-    ctx.dispatcher.notify(task_id, model.name)
-    return task_id
+    new = tasks.NewTask(wanted.prompt, wanted.mode, wanted.ratio, wanted.refs)
+    return submit_task(ctx, principal, wanted.model, new, price=wanted.model.price)
 
 
 @router.post(

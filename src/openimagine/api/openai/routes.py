@@ -1,0 +1,285 @@
+"""``/v1/videos``: OpenAI's Videos API on openimagine's tasks (see ``videos.py``).
+
+Errors on these paths are OpenAI error objects (``api/errors.py`` chooses by
+path); authentication, the plan's rate limit, credits and storage are the
+Grok face's. ``GET /v1/videos/{id}`` is also answered below FastAPI's stack
+(``OpenImagineAPI.serve_directly_under``), like ``GET /v1/status``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+from starlette.responses import FileResponse, RedirectResponse, Response
+
+from openimagine import inputs
+from openimagine.api.auth import (
+    REQUIRES_KEY,
+    authenticated,
+    require_principal,
+    require_principal_and_task,
+    run_blocking,
+)
+from openimagine.api.context import AppContext, get_context
+from openimagine.api.openai import schemas
+from openimagine.api.openai.videos import (
+    BadField,
+    VideoRequest,
+    image_url_of,
+    parse_prompt,
+    parse_seconds,
+    parse_size,
+    poll_after_ms,
+    video_object,
+    video_price,
+)
+from openimagine.api.submit import submit_task
+from openimagine.errors import InvalidRequest, NotFound, PayloadTooLarge
+from openimagine.services import lifecycle, tasks
+from openimagine.services.accounts import Principal
+from openimagine.storage import LocalStorage
+from openimagine.store.db import Record
+
+router = APIRouter()
+PREFIX = "/v1/videos/"
+MAX_LIST = 100
+DEFAULT_LIST = 20
+VARIANTS = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg"}
+
+
+def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+          ) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code,
+                    media_type="application/json", headers=headers)
+
+
+def _video(ctx: AppContext, task: Record) -> dict[str, Any]:
+    return video_object(task, ctx.catalog.models.get(task.model))
+
+
+def _own_task(ctx: AppContext, principal: Principal, video_id: str) -> Record:
+    wanted = video_id.strip()
+    if not wanted or not (wanted.isascii() and wanted.isprintable()):
+        raise NotFound(f"No video found with id '{wanted[:64]}'")
+    try:
+        return tasks.get_task(ctx.db, principal, wanted)
+    except NotFound:
+        raise NotFound(f"No video found with id '{wanted}'") from None
+
+
+# -- create ------------------------------------------------------------------------
+
+async def _read_fields(request: Request, ctx: AppContext) -> tuple[dict[str, Any], list[bytes]]:
+    """The create body as fields (multipart, form or JSON) and the uploaded image, if any."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        try:
+            form = await request.form(max_files=1, max_fields=32)
+        except Exception as exc:  # a malformed multipart body from python-multipart
+            raise InvalidRequest(f"Malformed form body: {exc}") from None
+        fields: dict[str, Any] = {}
+        uploads: list[bytes] = []
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != "input_reference":
+                    raise BadField(name, f"unexpected file field {name!r}")
+                data = await value.read()
+                if len(data) > ctx.settings.fetch_max_bytes:
+                    raise PayloadTooLarge(f"input_reference is over "
+                                          f"{ctx.settings.fetch_max_bytes} bytes")
+                if inputs.sniff_image_type(data) is None:
+                    raise BadField("input_reference",
+                                   "input_reference must be a JPEG, PNG or WebP image")
+                uploads.append(data)
+            else:
+                fields[name] = value
+        return fields, uploads
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("Malformed JSON body") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object or multipart form")
+    return body, []
+
+
+def _parse_create(ctx: AppContext, fields: dict[str, Any], uploads: list[bytes]) -> VideoRequest:
+    name = fields.get("model")
+    if name is not None and name not in ctx.catalog.models:
+        raise BadField("model", f"Unknown model {name!r}: use one of "
+                                f"{', '.join(ctx.catalog.names)}")
+    model, info = ctx.model(name)
+    prompt = parse_prompt(fields.get("prompt"))
+    ratio, resolution = parse_size(fields.get("size"), model, info)
+    duration = parse_seconds(fields.get("seconds"))
+    url = image_url_of(fields)
+    refs = [url] if url else []
+    if (refs or uploads) and not info.image_input:
+        raise BadField("input_reference", f"The {model.name} model does not take images")
+    if refs and uploads:
+        raise BadField("input_reference", "give input_reference as a file or as an image_url, "
+                                          "not both")
+    return VideoRequest(model, prompt, ratio, resolution, duration, refs)
+
+
+def _create(ctx: AppContext, principal: Principal, wanted: VideoRequest,
+            uploads: list[bytes], remixed_from: str | None = None) -> Record:
+    new = tasks.NewTask(wanted.prompt, "normal", wanted.ratio, wanted.image_refs, variations=1,
+                        duration=wanted.duration, resolution=wanted.resolution,
+                        remixed_from=remixed_from)
+    task_id = submit_task(ctx, principal, wanted.model, new, price=video_price(wanted.model),
+                          uploads=uploads)
+    return tasks.get_task(ctx.db, principal, task_id)
+
+
+@router.post("/v1/videos", responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 413, 429),
+             openapi_extra={**REQUIRES_KEY, "requestBody": schemas.CREATE_BODY})
+async def create_video(request: Request) -> Response:
+    """Start a video job (one video, priced at the model's price over its variations)."""
+    ctx = get_context(request)
+    principal = await authenticated(request, lambda _ctx, principal: principal, writes=False)
+    fields, uploads = await _read_fields(request, ctx)
+    wanted = _parse_create(ctx, fields, uploads)
+    task = await run_blocking(ctx, lambda: _create(ctx, principal, wanted, uploads), writes=True)
+    return _json(_video(ctx, task))
+
+
+# -- read ----------------------------------------------------------------------------
+
+@router.get("/v1/videos/{video_id}",
+            responses=schemas.responses(schemas.VIDEO, 401, 404, 429),
+            openapi_extra=REQUIRES_KEY)
+async def retrieve_video(request: Request) -> Response:
+    """A video job, with ``openai-poll-after-ms`` (about the time it still needs)."""
+    ctx = get_context(request)
+    # Read by hand, not by the router: this runs below FastAPI's stack too.
+    video_id = request.scope["path"][len(PREFIX):]
+
+    def read() -> Record:
+        wanted = video_id.strip()
+        if not wanted or not (wanted.isascii() and wanted.isprintable()):
+            require_principal(ctx, request)  # 401 and 429 come first, as on every call
+            raise NotFound(f"No video found with id '{wanted[:64]}'")
+        _, task = require_principal_and_task(ctx, request, wanted)
+        if task is None:
+            raise NotFound(f"No video found with id '{wanted}'")
+        return task
+
+    task = await run_blocking(ctx, read, writes=False)
+    return _json(_video(ctx, task), headers={"openai-poll-after-ms": str(poll_after_ms(task))})
+
+
+LIST_PARAMETERS = [
+    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": DEFAULT_LIST}},
+    {"name": "order", "in": "query", "required": False,
+     "schema": {"enum": ["asc", "desc"], "default": "desc"}},
+]
+
+
+@router.get("/v1/videos", responses=schemas.responses(schemas.LIST, 400, 401, 404, 429),
+            openapi_extra={**REQUIRES_KEY, "parameters": LIST_PARAMETERS})
+async def list_videos(request: Request) -> Response:
+    """The caller's video jobs, newest first (``order=asc``: oldest), ``after`` a cursor."""
+    params = request.query_params
+    limit_text = params.get("limit", str(DEFAULT_LIST))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIST:
+        raise BadField("limit", f"limit must be from 1 to {MAX_LIST}")
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise BadField("order", "order must be asc or desc")
+    after = params.get("after") or None
+
+    def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+        rows, more = tasks.list_tasks(ctx.db, principal, after=after, limit=int(limit_text),
+                                      ascending=order == "asc")
+        data = [_video(ctx, row) for row in rows]
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": more}
+
+    return _json(await authenticated(request, page, writes=False))
+
+
+@router.get("/v1/videos/{video_id}/content",
+            responses={**schemas.CONTENT, **schemas.responses(None, 400, 401, 404, 429)},
+            openapi_extra={**REQUIRES_KEY, "parameters": [
+                {"name": "variant", "in": "query", "required": False,
+                 "schema": {"enum": list(VARIANTS), "default": "video"}}]})
+async def download_content(request: Request, video_id: str) -> Response:
+    """The MP4 (Range requests work), its WebP thumbnail or its JPEG spritesheet."""
+    variant = request.query_params.get("variant", "video")
+    if variant not in VARIANTS:
+        raise BadField("variant", "variant must be video, thumbnail or spritesheet")
+
+    def find(ctx: AppContext, principal: Principal) -> Record:
+        return _own_task(ctx, principal, video_id)
+
+    ctx = get_context(request)
+    task = await authenticated(request, find, writes=False)
+    if task.status != "completed" or not task.outputs:
+        raise NotFound(f"Video {video_id} has no content: it is "
+                       f"{video_object(task, None)['status']}")
+    key = task.outputs[0] if variant == "video" else tasks.still_key(task.id, variant)
+    if isinstance(ctx.storage, LocalStorage):
+        path = ctx.storage.path(key)
+        if not path.is_file():
+            raise NotFound(f"Video {video_id} has no {variant}")
+        return FileResponse(path, media_type=VARIANTS[variant])
+    # Object storage: the client follows a short-lived presigned URL.
+    return RedirectResponse(ctx.storage.url(key), status_code=307)
+
+
+# -- change --------------------------------------------------------------------------
+
+@router.delete("/v1/videos/{video_id}",
+               responses=schemas.responses(schemas.DELETED, 401, 404, 429),
+               openapi_extra=REQUIRES_KEY)
+async def delete_video(request: Request, video_id: str) -> Response:
+    """Delete a video job and its files (an unfinished one is cancelled and refunded first)."""
+    def delete(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+        task = _own_task(ctx, principal, video_id)
+        lifecycle.cancel(ctx.db, task.id, principal.account_id)
+        gone = tasks.mark_deleted(ctx.db, principal, task.id)
+        for key in tasks.stored_keys(gone):
+            ctx.storage.delete(key)
+        return {"id": task.id, "object": "video.deleted", "deleted": True}
+
+    return _json(await authenticated(request, delete, writes=True))
+
+
+@router.post("/v1/videos/{video_id}/remix",
+             responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 404, 429),
+             openapi_extra={**REQUIRES_KEY, "requestBody": schemas.REMIX_BODY})
+async def remix_video(request: Request, video_id: str) -> Response:
+    """A new video with the source's model, size, seconds and images, and a new prompt."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("Malformed JSON body") from None
+    prompt = parse_prompt(body.get("prompt") if isinstance(body, dict) else None)
+
+    def remix(ctx: AppContext, principal: Principal) -> Record:
+        source = _own_task(ctx, principal, video_id)
+        if source.status != "completed":
+            raise InvalidRequest(f"Only a completed video can be remixed; {source.id} is "
+                                 f"{video_object(source, None)['status']}")
+        model = ctx.catalog.models.get(source.model)
+        if model is None:
+            raise InvalidRequest(f"The model {source.model!r} of {source.id} is no longer served")
+        # The source's stored inputs are copied: the remix keeps them if the source goes.
+        refs = [ref for ref in source.images if not ref.startswith(tasks.STORED_PREFIX)]
+        uploads = [ctx.storage.read_bytes(ref[len(tasks.STORED_PREFIX):])
+                   for ref in source.images if ref.startswith(tasks.STORED_PREFIX)]
+        wanted = VideoRequest(model, prompt, source.ratio, source.resolution, source.duration,
+                              refs)
+        return _create(ctx, principal, wanted, uploads, remixed_from=source.id)
+
+    ctx = get_context(request)
+    return _json(_video(ctx, await authenticated(request, remix, writes=True)))

@@ -1,0 +1,50 @@
+"""Submitting a task, for both faces: inputs kept, task created and debited in one
+transaction, workers told after the commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from openimagine import inputs
+from openimagine.api.context import AppContext
+from openimagine.catalog import Model
+from openimagine.services import tasks
+from openimagine.services.accounts import Principal
+
+
+def submit_task(ctx: AppContext, principal: Principal, model: Model, new: tasks.NewTask, *,
+                price: int, uploads: Sequence[bytes] = ()) -> str:
+    """Create the task of ``new`` (its ``images`` as the client gave them, http(s) URLs
+    or data URIs, then ``uploads``: image files sent as multipart parts) and debit
+    ``price``. Data URIs and uploads are stored first, so status echoes a URL of
+    them and never the base64; they are removed again if the task is not created."""
+    task_id = tasks.new_task_id()
+    stored: list[str] = []
+    images: list[str] = []
+    payloads: list[bytes | str] = [*new.images, *uploads]
+    try:
+        for index, ref in enumerate(payloads):
+            if isinstance(ref, str) and not ref.startswith("data:"):
+                images.append(ref)
+                continue
+            data = ref if isinstance(ref, bytes) else inputs.decode_data_uri(
+                ref, max_bytes=ctx.settings.fetch_max_bytes)
+            key = f"inputs/{task_id}/{index}.{inputs.sniff_image_type(data) or 'bin'}"
+            ctx.storage.put_bytes(key, data)
+            stored.append(key)
+            images.append(tasks.STORED_PREFIX + key)
+        tasks.submit(ctx.db, principal, replace(new, images=images), task_id=task_id,
+                     model=model.name,
+                     engine=model.engine, price=price,
+                     # Backpressure (429 TOO_MANY_TASKS, 503 when the queue is full).
+                     max_in_flight=ctx.settings.max_in_flight[principal.plan],
+                     max_queue=model.max_queue)
+    except BaseException:
+        for key in stored:
+            ctx.storage.delete(key)
+        raise
+    # After the commit: a worker that gets the notice finds the row. A notice
+    # that fails to go out leaves the task pending for the sweeper to resend.
+    ctx.dispatcher.notify(task_id, model.name)
+    return task_id

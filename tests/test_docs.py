@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import typer
@@ -44,3 +45,17 @@ def test_every_error_code_is_in_the_readme() -> None:
     assert "INSUFFICIENT_CREDITS" in codes
     missing = [code for code in codes if f"`{code}`" not in README]
     assert not missing, f"README lacks error codes: {missing}"
+
+
+def test_every_api_route_is_in_the_readme(tmp_path: Path) -> None:
+    from openimagine.api.app import create_app
+
+    app = create_app(Settings(data_dir=tmp_path, secret_key="docs-check-0123456789"),
+                     run_workers=False)
+    paths = {route.path for route in app.routes if route.path.startswith("/v1/")}  # type: ignore[attr-defined]
+    assert "/v1/videos/{video_id}/remix" in paths
+    # README writes a path parameter as {id}, and may put the method first.
+    missing = [path for path in sorted(paths) if not re.search(
+        r"`(?:(?:GET|POST|DELETE) )?" + re.escape(path.replace("{video_id}", "{id}")) + r"[`?\s]",
+        README)]
+    assert not missing, f"README lacks API routes: {missing}"

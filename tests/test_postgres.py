@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -19,8 +20,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, func, inspect, select, text, update
 
-from openimagine.errors import InsufficientCredits
-from openimagine.services import lifecycle
+from openimagine.errors import InsufficientCredits, ServiceUnavailable, TooManyTasks
+from openimagine.services import accounts, lifecycle, tasks
+from openimagine.services.accounts import Principal
 from openimagine.store import migrate
 from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task
@@ -238,6 +240,82 @@ def test_concurrent_submissions_never_overdraw_an_account(db: Database) -> None:
     assert (balance, debits, task_count) == (0, 10, 10)
 
 
+def test_concurrent_submissions_admit_exactly_the_in_flight_cap(db: Database) -> None:
+    principal = make_principal(db, credits=100 * PRICE)
+    outcomes = race_submissions(db, [principal], 40, max_in_flight=5)
+    assert outcomes == {"ok": 5, "429": 35}
+    info = accounts.summary(db, account_id=principal.account_id)
+    assert info["balance"] == 95 * PRICE and info["usage"]["tasks"]["pending"] == 5
+
+
+def test_concurrent_submissions_fill_a_model_queue_exactly(db: Database) -> None:
+    principals = [make_principal(db, credits=10 * PRICE) for _ in range(8)]
+    outcomes = race_submissions(db, principals, 40, max_queue=6)
+    assert outcomes == {"ok": 6, "503": 34}
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Task)) == 6
+        assert session.scalar(select(func.sum(Account.tasks_pending))) == 6
+
+
+def test_usage_counters_stay_exact_under_concurrent_workers_and_submissions(
+        db: Database) -> None:
+    principals = [make_principal(db, credits=100 * PRICE) for _ in range(3)]
+
+    def submitter(n: int) -> None:
+        for k in range(10):
+            submit_task(db, principals[(n + k) % 3], f"load {n}.{k}")
+
+    def worker(n: int) -> None:
+        for _ in range(12):
+            claim = lifecycle.claim_next(db, owner=f"w{n}", model=ENGINE, lease_seconds=60)
+            if claim is None:
+                time.sleep(0.01)
+                continue
+            if claim.attempt % 2 or n % 2:
+                lifecycle.complete(db, claim, outputs=[], seeds=[])
+            else:
+                lifecycle.fail(db, claim, message="video build failed", detail="test")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: submitter(n) if n < 4 else worker(n), range(8)))
+    for principal in principals:
+        with db.read() as session:
+            counted = dict(session.execute(
+                select(Task.status, func.count()).where(Task.account_id == principal.account_id)
+                .group_by(Task.status)).all())
+            spent = -int(session.scalar(
+                select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+                    LedgerEntry.account_id == principal.account_id,
+                    LedgerEntry.kind.in_(("debit", "refund")))) or 0)
+        usage = accounts.summary(db, account_id=principal.account_id)["usage"]
+        assert usage["tasks"] == {status: counted.get(status, 0) for status in
+                                  ("pending", "processing", "completed", "failed")}
+        assert usage["credits_spent"] == spent
+
+
+def race_submissions(db: Database, principals: list[Principal], attempts: int,
+                     **caps: int) -> Counter[str]:
+    """``attempts`` submissions from 16 threads at once, round the ``principals``."""
+    barrier = threading.Barrier(16)
+
+    def attempt(n: int) -> str:
+        if n < 16:
+            barrier.wait()
+        try:
+            tasks.submit(db, principals[n % len(principals)],
+                         tasks.NewTask(f"race {n}", "normal", "1:1", []),
+                         task_id=tasks.new_task_id(), model=ENGINE, engine=ENGINE,
+                         price=PRICE, **caps)
+            return "ok"
+        except TooManyTasks:
+            return "429"
+        except ServiceUnavailable:
+            return "503"
+
+    with ThreadPoolExecutor(16) as pool:
+        return Counter(pool.map(attempt, range(attempts)))
+
+
 # --- the whole service on PostgreSQL ------------------------------------------------------------
 
 
@@ -258,6 +336,30 @@ def test_the_api_and_its_embedded_worker_run_on_postgres(
     with server.db.read() as session:
         row = session.get(Task, task_id)
     assert row.attempts == 1 and row.started_at >= row.created_at
+
+
+def test_account_on_postgres_after_debits_and_refunds_answers_exact_figures(
+        start_server: Callable[..., Server], pg_url: str) -> None:  # noqa: F811
+    """The figures are integers on every database (PostgreSQL's SUM is NUMERIC,
+    which once reached the JSON encoder as a Decimal and answered 500)."""
+    server = start_server(database_url=pg_url)
+    key = server.account(name="pg-usage", plan="pro", credits=1000)
+    ids = [server.generate(key, prompt=prompt).json()["data"]["task_id"]
+           for prompt in ("a calm lake", "jailbait", "a red fox", "jailbait")]
+    assert [server.wait(key, task_id)["status"] for task_id in ids] == [
+        "completed", "failed", "completed", "failed"]
+    pending = server.generate(key, prompt="one more").json()["data"]["task_id"]
+
+    response = server.client.get("/v1/account", headers=auth(key))
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    tasks_now = data["usage"]["tasks"]
+    assert sum(tasks_now.values()) == 5 and tasks_now["failed"] == 2
+    assert tasks_now["completed"] + tasks_now["pending"] + tasks_now["processing"] == 3
+    assert data["usage"]["credits_spent"] == 3 * PRICE
+    assert data["balance"] == 1000 - 3 * PRICE
+    assert data["usage"]["recent_tasks"][0]["task_id"] == pending
+    assert accounts.summary(server.db, name="pg-usage")["usage"]["credits_spent"] == 3 * PRICE
 
 
 def test_status_polls_survive_the_server_dropping_every_connection(

@@ -44,7 +44,7 @@ DEFAULT_TIMEOUT = 600.0
 SETTING_KEYS = (
     "price", "variations", "duration", "fps", "resolution",
     "model_path", "i2v_model_path", "device", "dtype", "cpu_offload", "vae_tiling",
-    "vae_slicing", "compile", "profiles", "test_sleep_seconds",
+    "vae_slicing", "compile", "profiles", "test_sleep_seconds", "max_queue",
 )
 MODEL_KEYS = (
     "engine", "concurrency", "base_url", "base_urls", "api_key_env", "upstream_model",
@@ -85,6 +85,11 @@ class Model:
     def variations(self) -> int:
         return self.settings.variations
 
+    @property
+    def max_queue(self) -> int | None:
+        """Pending tasks this model may hold before submissions get 503 (None: no cap)."""
+        return self.settings.max_queue
+
     def info(self) -> EngineInfo:
         """What the model takes (modes, ratios, images), answered without loading it."""
         return engine_info(self.engine, self.settings)
@@ -95,6 +100,7 @@ class Model:
         described: dict[str, Any] = {
             "name": self.name, "engine": self.engine, "price": self.price,
             "variations": self.variations, "concurrency": self.concurrency,
+            "max_queue": self.max_queue,
             "duration": self.settings.duration, "resolution": self.settings.resolution,
             "modes": list(info.modes), "ratios": list(info.ratios),
             "image_input": info.image_input, "max_images": info.max_images,

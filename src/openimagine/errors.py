@@ -55,12 +55,27 @@ class RateLimited(OpenImagineError):
         self.retry_after = max(1, retry_after)
 
 
+class TooManyTasks(OpenImagineError):
+    """The account has as many unfinished tasks as its plan allows (nothing was debited)."""
+
+    status, code = 429, "TOO_MANY_TASKS"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
 class InternalError(OpenImagineError):
     status, code = 500, "INTERNAL_ERROR"
 
 
 class ServiceUnavailable(OpenImagineError):
     status, code = 503, "SERVICE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        # Sent as ``Retry-After`` when known (a full queue); None for an outage.
+        self.retry_after = None if retry_after is None else max(1, retry_after)
 
 
 class AccountNotFound(LookupError):

@@ -17,10 +17,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLANS = ("free", "pro", "enterprise")
 DEFAULT_RATE_LIMITS = {"free": 100, "pro": 1000, "enterprise": 5000}
+DEFAULT_MAX_IN_FLIGHT = {"free": 2, "pro": 20, "enterprise": 100}
 
 
-def parse_rate_limits(value: object) -> dict[str, int]:
-    """Accept ``free=100,pro=1000`` (environment form) or a mapping."""
+def parse_plan_numbers(value: object, defaults: dict[str, int], what: str) -> dict[str, int]:
+    """Accept ``free=100,pro=1000`` (environment form) or a mapping; plans not named
+    keep their ``defaults``. ``what`` names the number in errors."""
     items: list[tuple[object, object]] = []
     if isinstance(value, dict):
         items = list(value.items())
@@ -30,20 +32,30 @@ def parse_rate_limits(value: object) -> dict[str, int]:
                 continue
             name, sep, number = part.partition("=")
             if not sep:
-                raise ValueError(f"expected PLAN=REQUESTS_PER_MINUTE, got {part.strip()!r}")
+                raise ValueError(f"expected PLAN={what.upper()}, got {part.strip()!r}")
             items.append((name, number))
     else:
-        raise ValueError("expected PLAN=REQUESTS_PER_MINUTE pairs")
-    limits = dict(DEFAULT_RATE_LIMITS)
+        raise ValueError(f"expected PLAN={what.upper()} pairs")
+    numbers = dict(defaults)
     for raw_name, raw_count in items:
         name = str(raw_name).strip()
         if name not in PLANS:
             raise ValueError(f"unknown plan {name!r} (plans: {', '.join(PLANS)})")
         count = int(str(raw_count).strip())
         if count < 1:
-            raise ValueError(f"rate limit for {name} must be at least 1 request per minute")
-        limits[name] = count
-    return limits
+            raise ValueError(f"{what.replace('_', ' ')} for {name} must be at least 1")
+        numbers[name] = count
+    return numbers
+
+
+def parse_rate_limits(value: object) -> dict[str, int]:
+    """Accept ``free=100,pro=1000`` (environment form) or a mapping."""
+    return parse_plan_numbers(value, DEFAULT_RATE_LIMITS, "requests_per_minute")
+
+
+def parse_max_in_flight(value: object) -> dict[str, int]:
+    """Accept ``free=2,pro=20`` (environment form) or a mapping."""
+    return parse_plan_numbers(value, DEFAULT_MAX_IN_FLIGHT, "unfinished_tasks")
 
 
 class Settings(BaseSettings):
@@ -95,6 +107,14 @@ class Settings(BaseSettings):
     # Key prefix in a shared limiter storage (deployments sharing one Redis).
     ratelimit_prefix: str | None = None
     auth_failure_limit: int = Field(30, ge=1)
+    # Backpressure: an account's unfinished (pending + processing) tasks, per
+    # plan; beyond it a submission is refused with 429 TOO_MANY_TASKS.
+    max_in_flight: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_MAX_IN_FLIGHT)
+    )
+    # Pending tasks a model may hold; beyond it 503 SERVICE_UNAVAILABLE. None:
+    # unbounded. A model in the models file may set its own (``max_queue``).
+    max_queue: int | None = Field(None, ge=1)
 
     # Output.
     variations: int = Field(2, ge=1, le=8)
@@ -129,6 +149,11 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_rate_limits(cls, value: object) -> dict[str, int]:
         return parse_rate_limits(value)
+
+    @field_validator("max_in_flight", mode="before")
+    @classmethod
+    def _parse_max_in_flight(cls, value: object) -> dict[str, int]:
+        return parse_max_in_flight(value)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

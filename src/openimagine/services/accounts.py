@@ -19,7 +19,7 @@ from openimagine.errors import AccountNotFound, KeyNotFound
 from openimagine.services import ledger
 from openimagine.settings import PLANS
 from openimagine.store.db import Database, Record
-from openimagine.store.models import TASK_VIEW_COLUMNS, Account, ApiKey, LedgerEntry, Task
+from openimagine.store.models import TASK_VIEW_COLUMNS, Account, ApiKey, Task
 from openimagine.timeutil import utcnow
 
 KEY_PREFIX = "oi_"
@@ -187,38 +187,36 @@ def authenticate_with_task(db: Database, key: str, task_id: str) -> tuple[Princi
     )
 
 
+# The account's usage is kept on its row (migration 0005): one row to read,
+# whatever its history. Built once: ``GET /v1/account`` reads it by id.
+_USAGE = select(Account.name, Account.plan, Account.balance, Account.tasks_pending,
+                Account.tasks_processing, Account.tasks_completed, Account.tasks_failed,
+                Account.credits_spent)
+_USAGE_BY_ID = _USAGE.where(Account.id == bindparam("account_id"))
+_USAGE_BY_NAME = _USAGE.where(Account.name == bindparam("name"))
+
+
 def summary(db: Database, *, name: str | None = None, account_id: int | None = None) -> dict:
     """Plan, balance and usage of one account, for ``accounts show`` and ``GET /v1/account``."""
-    with db.read() as session:
-        if name is not None:
-            account = _account(session, name)
-        else:
-            found = session.get(Account, account_id)
-            if found is None:
-                raise AccountNotFound(f"no account with id {account_id}")
-            account = found
-        by_status = dict(
-            session.execute(
-                select(Task.status, func.count())
-                .where(Task.account_id == account.id)
-                .group_by(Task.status)
-            ).all()
-        )
-        spent = -(
-            session.scalar(
-                select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
-                    LedgerEntry.account_id == account.id,
-                    LedgerEntry.kind.in_(("debit", "refund")),
-                )
-            )
-            or 0
-        )
-        return {
-            "account": account.name,
-            "plan": account.plan,
-            "balance": account.balance,
-            "usage": {
-                "tasks": {s: by_status.get(s, 0) for s in ("pending", "processing", "completed", "failed")},
-                "credits_spent": spent,
-            },
-        }
+    if name is not None:
+        row = db.fetch_first(_USAGE_BY_NAME, {"name": name})
+        if row is None:
+            raise AccountNotFound(f"no account named {name!r}")
+    else:
+        row = db.fetch_first(_USAGE_BY_ID, {"account_id": account_id})
+        if row is None:
+            raise AccountNotFound(f"no account with id {account_id}")
+    # int(): whatever a driver hands back for a number (PostgreSQL's NUMERIC
+    # arrives as Decimal, which JSON encoders refuse) goes out as an integer.
+    return {
+        "account": row.name,
+        "plan": row.plan,
+        "balance": int(row.balance),
+        "usage": {
+            "tasks": {"pending": int(row.tasks_pending),
+                      "processing": int(row.tasks_processing),
+                      "completed": int(row.tasks_completed),
+                      "failed": int(row.tasks_failed)},
+            "credits_spent": int(row.credits_spent),
+        },
+    }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy.orm import Session
 
-from openimagine.errors import NotFound
+from openimagine.errors import NotFound, ServiceUnavailable
 from openimagine.services import ledger
 from openimagine.services.accounts import Principal
 from openimagine.storage import Storage
@@ -48,9 +51,16 @@ class NewTask:
 
 
 def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, model: str,
-           engine: str, price: int) -> str:
-    """Create the task and debit its price in one transaction (402 leaves nothing behind)."""
+           engine: str, price: int, max_in_flight: int | None = None,
+           max_queue: int | None = None) -> str:
+    """Create the task and debit its price in one transaction; a refusal leaves
+    nothing behind: 402 (credits), 429 ``TooManyTasks`` (the account already has
+    ``max_in_flight`` unfinished tasks) or 503 (``model`` already has
+    ``max_queue`` pending tasks). None: no such cap. Both caps hold under
+    concurrent submissions on any number of replicas."""
     with db.write() as session:
+        if max_queue is not None:
+            _check_queue(session, model, max_queue)
         session.add(
             Task(
                 id=task_id,
@@ -75,8 +85,34 @@ def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, mo
             )
         )
         session.flush()
-        ledger.debit_for_task(session, principal.account_id, task_id, price)
+        ledger.debit_for_task(session, principal.account_id, task_id, price,
+                              max_in_flight=max_in_flight)
     return task_id
+
+
+# PostgreSQL advisory lock space of the per-model queue caps ("oi_q").
+QUEUE_LOCK = 0x6F695F71
+# Seconds a client refused by a full queue is told to wait.
+QUEUE_FULL_RETRY_AFTER = 10
+
+
+def _check_queue(session: Session, model: str, max_queue: int) -> None:
+    """``ServiceUnavailable`` when ``model`` has ``max_queue`` tasks pending.
+
+    Counted, not kept: the count stops at the cap, on the ``tasks_queue``
+    index, so it costs the same at any history. Submissions to a capped model
+    take turns from here to their commit (SQLite: its write lock; PostgreSQL:
+    an advisory lock per model), so two of them never both take the last place.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(QUEUE_LOCK, func.hashtext(model))))
+    waiting = session.scalar(select(func.count()).select_from(
+        select(Task.id).where(Task.model == model, Task.status == "pending")
+        .limit(max_queue).subquery()))
+    if waiting is not None and waiting >= max_queue:
+        raise ServiceUnavailable(
+            f"Service unavailable: the {model} model has {max_queue} tasks waiting, "
+            "its most; please try again later", retry_after=QUEUE_FULL_RETRY_AFTER)
 
 
 # Built once: status polling is the hottest path. Core rows, not ORM objects.
@@ -96,16 +132,21 @@ def get_task(db: Database, principal: Principal, task_id: str) -> Record:
     return row
 
 
-def recent_tasks(db: Database, principal: Principal, *, limit: int = 10) -> list[dict]:
-    """The account's latest tasks, newest first (``GET /v1/account``)."""
-    query = (
+@functools.cache
+def _recent(limit: int) -> Select[Any]:
+    # Newest first on ``tasks_by_account`` (account, created_at, id): reads
+    # ``limit`` rows. One statement per limit, compiled once (``fetch_all``).
+    return (
         select(Task.id, Task.status, Task.created_at)
-        .where(Task.account_id == principal.account_id)
+        .where(Task.account_id == bindparam("account_id"), Task.deleted_at.is_(None))
         .order_by(Task.created_at.desc(), Task.id.desc())
         .limit(limit)
     )
-    with db.connect() as connection:
-        rows = connection.execute(query).all()
+
+
+def recent_tasks(db: Database, principal: Principal, *, limit: int = 10) -> list[dict]:
+    """The account's latest tasks, newest first (``GET /v1/account``)."""
+    rows = db.fetch_all(_recent(limit), {"account_id": principal.account_id})
     return [{"task_id": r.id, "status": r.status, "created_at": rfc3339(r.created_at)}
             for r in rows]
 

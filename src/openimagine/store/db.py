@@ -76,6 +76,9 @@ class _DriverQuery:
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
         self.order = tuple(compiled.positiontup or ())
+        # Values the statement carries itself (a LIMIT): merged under the caller's.
+        self.fixed = {name: compiled.binds[name].effective_value for name in self.order
+                      if not compiled.binds[name].required}
         columns = compiled._result_columns  # noqa: SLF001 - names and types, in order
         self.row_type: Any = namedtuple(  # type: ignore[misc] # field names known at run time
             "Row", [column.keyname for column in columns])
@@ -86,9 +89,18 @@ class _DriverQuery:
                             if process is not None]
 
     def first(self, driver: Any, params: dict[str, Any]) -> Any:
-        row = driver.execute(self.sql, tuple(params[name] for name in self.order)).fetchone()
-        if row is None:
-            return None
+        row = driver.execute(self.sql, self.values(params)).fetchone()
+        return None if row is None else self.record(row)
+
+    def all(self, driver: Any, params: dict[str, Any]) -> list[Any]:
+        return [self.record(row) for row in driver.execute(self.sql, self.values(params))]
+
+    def values(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        if self.fixed:
+            params = {**self.fixed, **params}
+        return tuple(params[name] for name in self.order)
+
+    def record(self, row: Any) -> Any:
         values = list(row)
         for index, process in self.conversions:
             if values[index] is not None:
@@ -155,17 +167,23 @@ class Database:
         transaction on a server), from a pool without pre-ping (below).
         """
         if self._hot_engine is not None:
-            try:
-                return self._first_on_server(self._hot_engine, statement, params)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-                # The server dropped it (a restart, a proxy's idle timeout):
-                # SQLAlchemy has recycled the pool; once more on a new connection.
-                return self._first_on_server(self._hot_engine, statement, params)
+            return self._on_server(statement, params, many=False)
+        return self._driver_query(statement).first(self._driver(), params)
+
+    def fetch_all(self, statement: Select[Unpack[tuple[Any, ...]]],
+                  params: dict[str, Any]) -> list[Record]:
+        """Every row of a one-statement read, as cheaply as ``fetch_first``."""
+        if self._hot_engine is not None:
+            return self._on_server(statement, params, many=True)  # type: ignore[no-any-return]
+        return self._driver_query(statement).all(self._driver(), params)
+
+    def _driver_query(self, statement: Select[Any]) -> _DriverQuery:
         query = self._compiled.get(statement)
         if query is None:
             query = self._compiled[statement] = _DriverQuery(statement, self.engine.dialect)
+        return query
+
+    def _driver(self) -> Any:
         # Per thread, and renewed after ``dispose`` closed the kept ones.
         generation, driver = getattr(self._local, "driver", (-1, None))
         if generation != self._generation:
@@ -173,13 +191,21 @@ class Database:
             self._kept.append(fairy)
             driver = fairy.driver_connection
             self._local.driver = (self._generation, driver)
-        return query.first(driver, params)
+        return driver
 
-    @staticmethod
-    def _first_on_server(engine: Engine, statement: Select[Unpack[tuple[Any, ...]]],
-                         params: dict[str, Any]) -> Record | None:
-        with engine.connect() as connection:
-            return connection.execute(statement, params).first()
+    def _on_server(self, statement: Select[Any], params: dict[str, Any], *, many: bool) -> Any:
+        assert self._hot_engine is not None
+        for retry in (False, True):
+            try:
+                with self._hot_engine.connect() as connection:
+                    result = connection.execute(statement, params)
+                    return result.all() if many else result.first()
+            except DBAPIError as exc:
+                if retry or not exc.connection_invalidated:
+                    raise
+                # The server dropped it (a restart, a proxy's idle timeout):
+                # SQLAlchemy has recycled the pool; once more on a new connection.
+        raise AssertionError("unreachable")
 
     @contextmanager
     def write(self) -> Iterator[Session]:

@@ -37,6 +37,18 @@ class Account(Base):
     # check constraint is the last line of defence against an overdraft.
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Usage, exact and read in one row (``GET /v1/account``, the in-flight cap,
+    # fair claims) instead of a scan of the account's history. The task counts
+    # are kept by triggers on ``tasks`` (migration 0005) in the transaction of
+    # every insert and status change, whichever code makes it. A migration that
+    # makes SQLite rebuild ``tasks`` (batch "move and copy") drops them: create
+    # them again there. ``credits_spent`` (debits less refunds) is kept by the
+    # ledger beside the balance.
+    tasks_pending: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tasks_processing: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tasks_completed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tasks_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    credits_spent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (CheckConstraint("balance >= 0", name="balance_not_negative"),)
 
@@ -132,7 +144,9 @@ class Task(Base):
 
     __table_args__ = (
         Index("tasks_by_status", "status", "created_at"),
-        Index("tasks_by_account", "account_id", "created_at"),
+        Index("tasks_by_account", "account_id", "created_at", "id"),
+        # Fair claims: the accounts with pending tasks of a model, each one's oldest.
+        Index("tasks_queue", "model", "status", "account_id", "created_at"),
         CheckConstraint(
             "status IN ('pending', 'processing', 'completed', 'failed')", name="known_status"
         ),

@@ -30,6 +30,8 @@ ACCOUNT_SCHEMA = envelope_schema(
                 "type": "object",
                 "properties": {"requests_per_minute": {"type": "integer"}},
             },
+            "max_in_flight": {"type": "integer",
+                              "description": "unfinished tasks the plan allows at once"},
             "usage": {
                 "type": "object",
                 "properties": {
@@ -63,6 +65,7 @@ def _account(ctx: AppContext, principal: Principal) -> dict[str, Any]:
         # The default model's; GET /v1/models lists every model's.
         "price": ctx.catalog.get(ctx.catalog.default).price,
         "rate_limit": {"requests_per_minute": ctx.settings.rate_limits.get(info["plan"])},
+        "max_in_flight": ctx.settings.max_in_flight.get(info["plan"]),
         "usage": {
             **info["usage"],
             "recent_tasks": tasks.recent_tasks(ctx.db, principal, limit=RECENT_TASKS),

@@ -114,6 +114,58 @@ def test_a_claim_only_takes_tasks_of_its_own_engine(db: Database) -> None:
     assert taken is not None and taken.task_id == task_id
 
 
+# --- fair claims -------------------------------------------------------------------------
+
+
+def test_a_late_account_is_served_before_an_earlier_accounts_backlog(db: Database) -> None:
+    big, small = make_principal(db, credits=PRICE * 50), make_principal(db)
+    backlog = [submit_task(db, big, f"burst {n}") for n in range(20)]
+    first = claim(db, "w1")
+    assert first is not None and first.task_id == backlog[0]  # alone: oldest first
+    late = submit_task(db, small, "one small task")
+    # big has a task running, small none: small's task goes next.
+    second = claim(db, "w2")
+    assert second is not None and second.task_id == late
+    # Both running one now: the oldest waiting task, big's.
+    third = claim(db, "w3")
+    assert third is not None and third.task_id == backlog[1]
+
+
+def test_among_accounts_with_as_many_running_the_oldest_task_goes_first(db: Database) -> None:
+    principals = [make_principal(db) for _ in range(3)]
+    ids = [submit_task(db, principal, f"t{n}") for n, principal in enumerate(principals * 2)]
+    order = [claim(db, f"w{n}") for n in range(6)]
+    # Round by round: each account's oldest, oldest account first.
+    assert [c.task_id for c in order if c is not None] == ids
+
+
+def test_plan_priority_serves_enterprise_then_pro_then_free_when_asked(
+        db: Database) -> None:
+    free = make_principal(db)
+    with db.write() as session:
+        session.execute(update(Account).where(Account.id == free.account_id)
+                        .values(plan="free"))
+    enterprise = make_principal(db)
+    with db.write() as session:
+        session.execute(update(Account).where(Account.id == enterprise.account_id)
+                        .values(plan="enterprise"))
+    pro = make_principal(db)
+    ids = {who: submit_task(db, principal) for who, principal in
+           (("free", free), ("enterprise", enterprise), ("pro", pro))}
+    by_plan = [claim(db, f"w{n}", plan_priority=True) for n in range(3)]
+    assert [c.task_id for c in by_plan if c] == [ids["enterprise"], ids["pro"], ids["free"]]
+
+
+def test_claiming_a_named_task_still_takes_exactly_that_task(db: Database) -> None:
+    big, small = make_principal(db), make_principal(db)
+    older = submit_task(db, big)
+    named = submit_task(db, small)
+    taken = claim(db, "w", task_id=older)
+    assert taken is not None and taken.task_id == older
+    assert claim(db, "w", task_id=older) is None  # no longer pending
+    assert claim(db, "w", task_id=named, engine="other-engine") is None
+
+
 def test_many_threads_claiming_at_once_never_get_the_same_task(tmp_path: Path,
                                                                 db: Database) -> None:
     who = make_principal(db, credits=PRICE * 40)

@@ -152,6 +152,41 @@ def test_concurrent_workers_claim_every_task_exactly_once(db: Database) -> None:
     assert set(attempts) == {1}
 
 
+def test_claims_are_fair_between_accounts_on_postgres(db: Database) -> None:
+    big, small = make_principal(db, credits=50 * PRICE), make_principal(db)
+    backlog = [submit_task(db, big, f"burst {n}") for n in range(20)]
+    first = lifecycle.claim_next(db, owner="w1", model=ENGINE, lease_seconds=60)
+    assert first is not None and first.task_id == backlog[0]
+    late = submit_task(db, small, "one small task")
+    second = lifecycle.claim_next(db, owner="w2", model=ENGINE, lease_seconds=60)
+    assert second is not None and second.task_id == late
+
+
+def test_a_fair_claim_takes_another_task_when_the_fair_ones_are_locked(db: Database) -> None:
+    """Another worker mid-claim holds the chosen account's only task: this claim
+    takes the next free task instead of waiting or coming back empty."""
+    busy, other = make_principal(db), make_principal(db)
+    held = submit_task(db, busy, "held")
+    free = submit_task(db, other, "free")
+    submit_task(db, other, "also free")
+    running = lifecycle.claim_next(db, owner="w0", model=ENGINE, lease_seconds=60)
+    assert running is not None and running.task_id == held  # busy now runs one
+    waiting = submit_task(db, busy, "busy's second")
+    with db.engine.connect() as holder, ThreadPoolExecutor(1) as pool:
+        # other has no task running, so the fair choice is other's oldest: hold it.
+        holder.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"), {"id": free})
+        claim = pool.submit(lifecycle.claim_next, db, owner="w1", model=ENGINE,
+                            lease_seconds=60).result(timeout=5)
+        holder.rollback()
+    assert claim is not None and claim.task_id != free
+    assert claim.task_id in {waiting} | set(task_ids_of(db, other.account_id))
+
+
+def task_ids_of(db: Database, account_id: int) -> list[str]:
+    with db.read() as session:
+        return list(session.scalars(select(Task.id).where(Task.account_id == account_id)))
+
+
 def test_a_worker_whose_lease_was_taken_over_cannot_write_and_refunds_happen_once(
         db: Database) -> None:
     principal = make_principal(db, credits=1000)

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     # Pending tasks a model may hold; beyond it 503 SERVICE_UNAVAILABLE. None:
     # unbounded. A model in the models file may set its own (``max_queue``).
     max_queue: int | None = Field(None, ge=1)
+    # Workers take enterprise tasks before pro before free (fairly within a
+    # plan); off: every account is equal.
+    plan_priority: bool = False
 
     # Output.
     variations: int = Field(2, ge=1, le=8)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.orm import Session
 
 from openimagine.engines.base import EngineFailure
@@ -51,14 +51,64 @@ def _fenced(claim: Claim):  # type: ignore[no-untyped-def]
     )
 
 
+# The accounts with pending tasks of a model, found by skipping through the
+# ``tasks_queue`` index (model, status, account_id, created_at) one account at
+# a time, and among them the one to serve next: fewest tasks running, then the
+# oldest waiting task. It reads a few index entries per waiting account, never
+# the backlog or the history. ``{priority}`` puts plans first when asked.
+_NEXT_ACCOUNT = """
+WITH RECURSIVE waiting(account_id) AS (
+    SELECT (SELECT t.account_id FROM tasks t WHERE t.model = :model AND t.status = 'pending'
+            ORDER BY t.account_id LIMIT 1)
+  UNION ALL
+    SELECT (SELECT t.account_id FROM tasks t
+            WHERE t.model = :model AND t.status = 'pending' AND t.account_id > w.account_id
+            ORDER BY t.account_id LIMIT 1)
+    FROM waiting w WHERE w.account_id IS NOT NULL
+)
+SELECT w.account_id FROM waiting w JOIN accounts a ON a.id = w.account_id
+ORDER BY {priority}a.tasks_processing,
+         (SELECT t.created_at FROM tasks t WHERE t.model = :model AND t.status = 'pending'
+            AND t.account_id = w.account_id ORDER BY t.created_at LIMIT 1),
+         w.account_id
+LIMIT 1
+"""
+PLAN_PRIORITY = "CASE a.plan WHEN 'enterprise' THEN 0 WHEN 'pro' THEN 1 ELSE 2 END, "
+_NEXT_ACCOUNT_FAIR = text(_NEXT_ACCOUNT.format(priority=""))
+_NEXT_ACCOUNT_BY_PLAN = text(_NEXT_ACCOUNT.format(priority=PLAN_PRIORITY))
+
+
 def claim_next(db: Database, *, owner: str, model: str, lease_seconds: float,
-               task_id: str | None = None) -> Claim | None:
-    """Take the oldest pending task of ``model`` (or ``task_id``) with one atomic statement."""
+               task_id: str | None = None, plan_priority: bool = False) -> Claim | None:
+    """Take a pending task of ``model`` (or exactly ``task_id``) with one atomic statement.
+
+    Fair among accounts: the oldest pending task of the account with the fewest
+    tasks running (of any model), ties to the oldest waiting task, so a small
+    account's task starts at the next free slot however long another's backlog.
+    With ``plan_priority``, enterprise accounts come before pro before free, and
+    fairness holds within a plan. The account is chosen in the claim's own
+    transaction; its task is taken with ``SKIP LOCKED`` on PostgreSQL, and if
+    concurrent claimers hold every one of its tasks, the oldest task of any
+    account is taken instead, so a claim never waits and never comes back empty
+    while a task is free.
+    """
+    with db.write() as session:
+        if task_id is not None:
+            return _claim(session, owner, model, lease_seconds, Task.id == task_id)
+        chosen = session.scalar(_NEXT_ACCOUNT_BY_PLAN if plan_priority else _NEXT_ACCOUNT_FAIR,
+                                {"model": model})
+        if chosen is None:
+            return None
+        return (_claim(session, owner, model, lease_seconds, Task.account_id == chosen)
+                or _claim(session, owner, model, lease_seconds))
+
+
+def _claim(session: Session, owner: str, model: str, lease_seconds: float,
+           *which: ColumnElement[bool]) -> Claim | None:
+    """Claim the oldest pending task of ``model`` that matches ``which``, skipping locked rows."""
     now = utcnow()
-    candidate = select(Task.id).where(Task.status == "pending", Task.model == model)
-    if task_id is not None:
-        candidate = candidate.where(Task.id == task_id)
-    candidate = candidate.order_by(Task.created_at).limit(1).with_for_update(skip_locked=True)
+    candidate = (select(Task.id).where(Task.status == "pending", Task.model == model, *which)
+                 .order_by(Task.created_at).limit(1).with_for_update(skip_locked=True))
     statement = (
         update(Task)
         .where(Task.id == candidate.scalar_subquery(), Task.status == "pending")
@@ -76,8 +126,7 @@ def claim_next(db: Database, *, owner: str, model: str, lease_seconds: float,
             Task.resolution,
         )
     )
-    with db.write() as session:
-        row = session.execute(statement).first()
+    row = session.execute(statement).first()
     if row is None:
         return None
     return Claim(row.id, row.attempts, owner, row.account_id, row.prompt, row.mode, row.ratio,

@@ -121,7 +121,8 @@ class WorkerPool:
                 try:
                     claim = await asyncio.to_thread(
                         lifecycle.claim_next, self.db, owner=self.name, model=model.name,
-                        lease_seconds=self.settings.lease_seconds)
+                        lease_seconds=self.settings.lease_seconds,
+                        plan_priority=self.settings.plan_priority)
                 except Exception:
                     log.exception("claiming a %s task failed; trying again", model.name)
                     claim = None

@@ -43,6 +43,16 @@ class MethodNotAllowed(OpenImagineError):
     status, code = 405, "METHOD_NOT_ALLOWED"
 
 
+class Conflict(OpenImagineError):
+    # A request that cannot run now: its Idempotency-Key is held by a request still
+    # running, or it would cancel a finished task. Clients may retry the first kind.
+    status, code = 409, "CONFLICT"
+
+
+class IdempotencyKeyReused(OpenImagineError):
+    status, code = 422, "IDEMPOTENCY_KEY_REUSED"
+
+
 class PayloadTooLarge(OpenImagineError):
     status, code = 413, "PAYLOAD_TOO_LARGE"
 

@@ -30,6 +30,7 @@ from openimagine.api.routes import (
     files,
     generate,
     health,
+    jobs,
     models,
     playground,
     status,
@@ -196,7 +197,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (status, generate, openai_routes, files, account, models, health,
+    for module in (status, generate, openai_routes, jobs, files, account, models, health,
                    playground):
         # Flat on the app's router, most frequent first (routes are matched in
         # order): FastAPI matches included routers twice over, which measured

@@ -275,3 +275,18 @@ def take_stale_pending(db: Database, *, model: str, older_than: float, limit: in
         if ids:
             session.execute(update(Task).where(Task.id.in_(ids)).values(dispatched_at=now))
     return ids
+
+
+CANCELLED = "Task cancelled"
+
+
+def cancel(db: Database, task_id: str, account_id: int) -> bool:
+    """Fail the account's unfinished task with ``Task cancelled`` and refund it, in one
+    transaction; False when it had finished already (nothing changes). A running
+    task's worker finds its lease gone at its next heartbeat and stops its engine
+    (a relay stops polling); its late result is fenced out."""
+    with db.write() as session:
+        price = session.scalar(select(Task.price).where(Task.id == task_id)) or 0
+        return _fail_and_refund(session, task_id, account_id, price, CANCELLED,
+                                "cancelled by its owner", Task.account_id == account_id,
+                                Task.status.in_(("pending", "processing")))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import Select, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from openimagine.errors import NotFound, ServiceUnavailable
@@ -15,8 +16,8 @@ from openimagine.services import ledger
 from openimagine.services.accounts import Principal
 from openimagine.storage import Storage
 from openimagine.store.db import Database, Record
-from openimagine.store.models import Task
-from openimagine.timeutil import rfc3339
+from openimagine.store.models import TASK_VIEW_COLUMNS, Task
+from openimagine.timeutil import rfc3339, utcnow
 
 STORED_PREFIX = "stored:"
 
@@ -52,7 +53,8 @@ class NewTask:
 
 def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, model: str,
            engine: str, price: int, max_in_flight: int | None = None,
-           max_queue: int | None = None) -> str:
+           max_queue: int | None = None,
+           also: Callable[[Session, str], None] | None = None) -> str:
     """Create the task and debit its price in one transaction; a refusal leaves
     nothing behind: 402 (credits), 429 ``TooManyTasks`` (the account already has
     ``max_in_flight`` unfinished tasks) or 503 (``model`` already has
@@ -87,6 +89,9 @@ def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, mo
         session.flush()
         ledger.debit_for_task(session, principal.account_id, task_id, price,
                               max_in_flight=max_in_flight)
+        if also is not None:
+            # What must commit with the task or not at all (an Idempotency-Key's answer).
+            also(session, task_id)
     return task_id
 
 
@@ -171,3 +176,50 @@ def task_view(task: Task | Record, storage: Storage) -> dict:
         "response": [storage.url(key) for key in task.outputs] if completed else [],
         "progress": 100 if completed else task.progress,
     }
+
+
+def list_tasks(db: Database, principal: Principal, *, after: str | None, limit: int,
+               ascending: bool, status: str | None = None) -> tuple[list[Record], bool]:
+    """A page of the account's tasks by creation time (ties by id), after the task
+    ``after``, of one ``status`` or all; and whether more follow. Keyset paging on
+    ``tasks_by_account``: the page costs the same however long the history."""
+    order = (Task.created_at.asc(), Task.id.asc()) if ascending else (
+        Task.created_at.desc(), Task.id.desc())
+    query = select(*TASK_VIEW_COLUMNS).where(Task.account_id == principal.account_id,
+                                             Task.deleted_at.is_(None))
+    if status is not None:
+        query = query.where(Task.status == status)
+    with db.connect() as connection:
+        if after is not None:
+            cursor = connection.execute(select(Task.created_at, Task.id).where(
+                Task.id == after, Task.account_id == principal.account_id)).first()
+            if cursor is None:
+                raise NotFound(f"No task found with id '{after}'")
+            later = (tuple_(Task.created_at, Task.id) > tuple_(cursor.created_at, cursor.id))
+            earlier = (tuple_(Task.created_at, Task.id) < tuple_(cursor.created_at, cursor.id))
+            query = query.where(later if ascending else earlier)
+        rows = connection.execute(query.order_by(*order).limit(limit + 1)).all()
+    return list(rows[:limit]), len(rows) > limit
+
+
+def mark_deleted(db: Database, principal: Principal, task_id: str) -> Record:
+    """Hide the account's task from every read (its ledger stays); the row as it was,
+    to remove its files. ``NotFound`` when it is not the account's or already gone."""
+    with db.write() as session:
+        row = session.execute(select(*TASK_VIEW_COLUMNS).where(
+            Task.id == task_id, Task.account_id == principal.account_id,
+            Task.deleted_at.is_(None))).first()
+        if row is None:
+            raise NotFound(f"No video found with id '{task_id}'")
+        session.execute(update(Task).where(Task.id == task_id).values(deleted_at=utcnow()))
+    return row
+
+
+def stored_keys(task: Record | Task) -> list[str]:
+    """Every stored file of a task: its videos, their stills, its stored inputs."""
+    keys = list(task.outputs or [])
+    if keys:
+        keys += [still_key(task.id, variant) for variant in STILLS]
+    keys += [ref[len(STORED_PREFIX):] for ref in task.images or []
+             if ref.startswith(STORED_PREFIX)]
+    return keys

@@ -114,6 +114,12 @@ class Task(Base):
     # Deleted by its owner (``DELETE /v1/videos/{id}``): files gone, row kept for the
     # ledger, invisible to every read.
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Which face made it: "openai" (``/v1/videos``) or NULL (``/v1/generate``); its
+    # webhook events are ``video.*`` or ``task.*`` accordingly.
+    face: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    # The task's own webhook receiver (``callback_url`` / ``webhook``), signed with
+    # the account's default secret (``services/webhooks.py``).
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     prompt: Mapped[str] = mapped_column(Text)
     mode: Mapped[str] = mapped_column(String(10))
     ratio: Mapped[str] = mapped_column(String(10))
@@ -153,9 +159,124 @@ class Task(Base):
     )
 
 
-# What a status answer shows (``services.tasks.task_view`` reads only these):
-# the status poll selects just them, the hottest query of all.
+# What a status answer shows on either face (``services.tasks.task_view`` and the
+# OpenAI face's Video object read only these): the status poll selects just
+# them, the hottest query of all.
 TASK_VIEW_COLUMNS = (
     Task.id, Task.status, Task.created_at, Task.consumed_credits, Task.error_message,
     Task.mode, Task.prompt, Task.ratio, Task.images, Task.outputs, Task.progress,
+    Task.model, Task.duration, Task.resolution, Task.media, Task.remixed_from,
+    Task.started_at, Task.finished_at,
 )
+
+
+class IdempotencyKey(Base):
+    """A submit's ``Idempotency-Key`` (``services/idempotency.py``): the first request
+    holds it while it runs (``task_id`` NULL); the transaction that creates its task
+    records the task, which later requests with the key get again for 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    # Which submit it was (a key used on /v1/generate is not replayed on /v1/videos).
+    route: Mapped[str] = mapped_column(String(40))
+    # SHA-256 of the request (route, content type, body): a different body is 422.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "key", name="one_use_of_a_key_per_account"),
+        Index("idempotency_keys_by_age", "created_at"),
+    )
+
+
+class WebhookEndpoint(Base):
+    """An account's webhook receiver (``POST /v1/webhooks``). Removed by its owner or
+    disabled by a 410 from the receiver: the row stays (its delivery log), nothing
+    more is sent to it."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    url: Mapped[str] = mapped_column(Text)
+    # The event types sent to it.
+    events: Mapped[list[str]] = mapped_column(JSON)
+    # ``whsec_<base64 key>``: kept as is, since every delivery is signed with it.
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("webhook_endpoints_by_account", "account_id"),)
+
+
+class WebhookSecret(Base):
+    """An account's default webhook secret: it signs the deliveries to tasks' own
+    callback URLs. After a rotation the previous one signs too for a day, so
+    receivers can switch without losing events."""
+
+    __tablename__ = "webhook_secrets"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one receiver, written in the transaction that
+    finished the task, sent by whichever process claims it when it is due
+    (``worker/deliverer.py``)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # ``webhook-id`` and the event's ``id``: the same on every try.
+    event_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
+    # NULL: the task's own callback URL, signed with the account's default secret.
+    endpoint_id: Mapped[str | None] = mapped_column(ForeignKey("webhook_endpoints.id"),
+                                                    nullable=True)
+    url: Mapped[str] = mapped_column(Text)
+    # pending, delivered, failed (out of tries, or 410) or cancelled (endpoint gone).
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When it is due; while a process sends it, when its lease runs out.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        Index("webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("webhook_deliveries_log", "account_id", "endpoint_id", "id"),
+        CheckConstraint("status IN ('pending', 'delivered', 'failed', 'cancelled')",
+                        name="known_delivery_status"),
+    )
+
+
+class WebhookAttempt(Base):
+    """The delivery log: one row per try."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # None: no HTTP answer (refused, timeout, refused address).
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # The next try, or None when there is none.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True)
+
+    __table_args__ = (Index("webhook_attempts_by_delivery", "delivery_id", "attempt"),)

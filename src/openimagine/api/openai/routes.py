@@ -38,8 +38,8 @@ from openimagine.api.openai.videos import (
     video_price,
 )
 from openimagine.api.submit import submit_task
-from openimagine.errors import InvalidRequest, NotFound, PayloadTooLarge
-from openimagine.services import lifecycle, tasks
+from openimagine.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from openimagine.services import idempotency, lifecycle, tasks
 from openimagine.services.accounts import Principal
 from openimagine.storage import LocalStorage
 from openimagine.store.db import Record
@@ -128,13 +128,16 @@ def _parse_create(ctx: AppContext, fields: dict[str, Any], uploads: list[bytes])
 
 
 def _create(ctx: AppContext, principal: Principal, wanted: VideoRequest,
-            uploads: list[bytes], remixed_from: str | None = None) -> Record:
+            uploads: list[bytes], remixed_from: str | None = None,
+            idempotent: idempotency.IdempotentRequest | None = None) -> tuple[Record, bool]:
+    """The new task (or, for a replayed Idempotency-Key, the one made before) and
+    whether it was replayed."""
     new = tasks.NewTask(wanted.prompt, "normal", wanted.ratio, wanted.image_refs, variations=1,
                         duration=wanted.duration, resolution=wanted.resolution,
                         remixed_from=remixed_from)
-    task_id = submit_task(ctx, principal, wanted.model, new, price=video_price(wanted.model),
-                          uploads=uploads)
-    return tasks.get_task(ctx.db, principal, task_id)
+    submitted = submit_task(ctx, principal, wanted.model, new, price=video_price(wanted.model),
+                            uploads=uploads, idempotent=idempotent)
+    return tasks.get_task(ctx.db, principal, submitted.task_id), submitted.replayed
 
 
 @router.post("/v1/videos", responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 413, 429),
@@ -142,11 +145,19 @@ def _create(ctx: AppContext, principal: Principal, wanted: VideoRequest,
 async def create_video(request: Request) -> Response:
     """Start a video job (one video, priced at the model's price over its variations)."""
     ctx = get_context(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None:
+        idempotency.check_key(key)
     principal = await authenticated(request, lambda _ctx, principal: principal, writes=False)
     fields, uploads = await _read_fields(request, ctx)
     wanted = _parse_create(ctx, fields, uploads)
-    task = await run_blocking(ctx, lambda: _create(ctx, principal, wanted, uploads), writes=True)
-    return _json(_video(ctx, task))
+    idempotent = None if key is None else idempotency.IdempotentRequest(
+        key, "videos", idempotency.fingerprint("videos", fields, uploads))
+    task, replayed = await run_blocking(
+        ctx, lambda: _create(ctx, principal, wanted, uploads, idempotent=idempotent),
+        writes=True)
+    return _json(_video(ctx, task),
+                 headers={idempotency.REPLAYED_HEADER: "true"} if replayed else None)
 
 
 # -- read ----------------------------------------------------------------------------
@@ -253,6 +264,22 @@ async def delete_video(request: Request, video_id: str) -> Response:
     return _json(await authenticated(request, delete, writes=True))
 
 
+@router.post("/v1/videos/{video_id}/cancel",
+             responses=schemas.responses(schemas.VIDEO, 401, 404, 409, 429),
+             openapi_extra=REQUIRES_KEY)
+async def cancel_video(request: Request, video_id: str) -> Response:
+    """Cancel a queued or running video: it ends failed (code ``cancelled``), refunded."""
+    def cancel(ctx: AppContext, principal: Principal) -> Record:
+        task = _own_task(ctx, principal, video_id)
+        if not lifecycle.cancel(ctx.db, task.id, principal.account_id) and (
+                task.error_message != lifecycle.CANCELLED):
+            raise Conflict(f"Video {task.id} is already {video_object(task, None)['status']}")
+        return _own_task(ctx, principal, video_id)
+
+    ctx = get_context(request)
+    return _json(_video(ctx, await authenticated(request, cancel, writes=True)))
+
+
 @router.post("/v1/videos/{video_id}/remix",
              responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 404, 429),
              openapi_extra={**REQUIRES_KEY, "requestBody": schemas.REMIX_BODY})
@@ -279,7 +306,7 @@ async def remix_video(request: Request, video_id: str) -> Response:
                    for ref in source.images if ref.startswith(tasks.STORED_PREFIX)]
         wanted = VideoRequest(model, prompt, source.ratio, source.resolution, source.duration,
                               refs)
-        return _create(ctx, principal, wanted, uploads, remixed_from=source.id)
+        return _create(ctx, principal, wanted, uploads, remixed_from=source.id)[0]
 
     ctx = get_context(request)
     return _json(_video(ctx, await authenticated(request, remix, writes=True)))

@@ -99,7 +99,8 @@ CONTENT: dict[int | str, dict[str, Any]] = {200: {
                 "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
 }}
 _REASONS = {400: "invalid request", 401: "missing or invalid API key",
-            402: "insufficient credits", 404: "no such video", 413: "body too large",
+            402: "insufficient credits", 404: "no such video", 409: "already finished",
+            413: "body too large",
             429: "rate limit or too many tasks", 500: "server error",
             503: "service unavailable"}
 

@@ -14,11 +14,11 @@ from openimagine import inputs
 from openimagine.api.auth import REQUIRES_KEY, authenticated
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
-from openimagine.api.submit import submit_task
+from openimagine.api.submit import Submitted, submit_task
 from openimagine.catalog import Model
 from openimagine.engines.base import EngineInfo
 from openimagine.errors import InvalidRequest
-from openimagine.services import tasks
+from openimagine.services import idempotency, tasks
 from openimagine.services.accounts import Principal
 
 MAX_PROMPT = 5000
@@ -116,10 +116,18 @@ def parse_generate(raw: bytes, ctx: AppContext) -> Generation:
     return Generation(model, prompt, mode, ratio, refs)
 
 
-def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
+def _submit(ctx: AppContext, principal: Principal, raw: bytes,
+            key: str | None) -> Submitted:
     wanted = parse_generate(raw, ctx)
     new = tasks.NewTask(wanted.prompt, wanted.mode, wanted.ratio, wanted.refs)
-    return submit_task(ctx, principal, wanted.model, new, price=wanted.model.price)
+    idempotent = None
+    if key is not None:
+        fields = {"model": wanted.model.name, "prompt": wanted.prompt, "mode": wanted.mode,
+                  "ratio": wanted.ratio, "images": wanted.refs}
+        idempotent = idempotency.IdempotentRequest(
+            key, "generate", idempotency.fingerprint("generate", fields))
+    return submit_task(ctx, principal, wanted.model, new, price=wanted.model.price,
+                       idempotent=idempotent)
 
 
 @router.post(
@@ -136,7 +144,13 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes) -> str:
 async def generate(request: Request) -> JSONResponse:
     """Submit a generation; its price is debited with the task in one transaction."""
     raw = await request.body()
-    task_id = await authenticated(
-        request, lambda ctx, principal: _submit(ctx, principal, raw), writes=True
+    key = request.headers.get("idempotency-key")
+    if key is not None:
+        idempotency.check_key(key)
+    submitted = await authenticated(
+        request, lambda ctx, principal: _submit(ctx, principal, raw, key), writes=True
     )
-    return ok({"task_id": task_id})
+    response = ok({"task_id": submitted.task_id})
+    if submitted.replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return response

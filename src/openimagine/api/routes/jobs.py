@@ -1,0 +1,95 @@
+"""Job control on the Grok face: ``POST /v1/cancel`` and ``GET /v1/tasks``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from openimagine.api.auth import REQUIRES_KEY, authenticated
+from openimagine.api.context import AppContext
+from openimagine.api.envelope import envelope_schema, ok
+from openimagine.api.routes.status import STATUS_SCHEMA
+from openimagine.errors import Conflict, InvalidRequest, NotFound
+from openimagine.services import lifecycle, tasks
+from openimagine.services.accounts import Principal
+
+router = APIRouter()
+
+MAX_LIST, DEFAULT_LIST = 100, 20
+STATUSES = ("pending", "processing", "completed", "failed")
+
+
+def cancel_task(ctx: AppContext, principal: Principal, task_id: str) -> dict[str, Any]:
+    """Cancel the account's unfinished task (refunded once); the status data after.
+    A task cancelled before answers the same again; any other finished one is 409."""
+    if not task_id or not (task_id.isascii() and task_id.isprintable()):
+        raise NotFound("Task not found")
+    if not lifecycle.cancel(ctx.db, task_id, principal.account_id):
+        task = tasks.get_task(ctx.db, principal, task_id)  # NotFound if not the account's
+        if task.error_message != lifecycle.CANCELLED:
+            raise Conflict(f"Task {task_id} is already {task.status}; only a pending or "
+                           "processing task can be cancelled")
+    return tasks.task_view(tasks.get_task(ctx.db, principal, task_id), ctx.storage)
+
+
+@router.post("/v1/cancel", responses=STATUS_SCHEMA, openapi_extra={
+    **REQUIRES_KEY, "requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "required": ["task_id"],
+                   "properties": {"task_id": {"type": "string"}}}}}}})
+async def cancel(request: Request) -> JSONResponse:
+    """Cancel a pending or running task: it ends failed with "Task cancelled", refunded."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    task_id = body.get("task_id") if isinstance(body, dict) else None
+
+    def run(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+        if body is None:
+            raise InvalidRequest("Malformed JSON body")
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise InvalidRequest("The task_id parameter is required")
+        return cancel_task(ctx, principal, task_id.strip())
+
+    return ok(await authenticated(request, run, writes=True))
+
+
+TASKS_SCHEMA = envelope_schema({
+    "type": "object",
+    "properties": {
+        "tasks": {"type": "array", "items": STATUS_SCHEMA[200]["content"]["application/json"][
+            "schema"]["properties"]["data"]},
+        "has_more": {"type": "boolean"},
+        "next": {"type": ["string", "null"], "description": "pass as after= for the next page"},
+    },
+})
+
+
+@router.get("/v1/tasks", responses=TASKS_SCHEMA, openapi_extra={**REQUIRES_KEY, "parameters": [
+    {"name": "status", "in": "query", "required": False, "schema": {"enum": list(STATUSES)}},
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": DEFAULT_LIST}},
+    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+]})
+async def list_tasks(request: Request) -> JSONResponse:
+    """The caller's tasks, newest first, a page at a time (``next`` → ``after``)."""
+    params = request.query_params
+    status = params.get("status") or None
+    limit = params.get("limit", str(DEFAULT_LIST))
+    after = params.get("after") or None
+
+    def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+        if status is not None and status not in STATUSES:
+            raise InvalidRequest(f"Unknown status {status!r}: use one of {', '.join(STATUSES)}")
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST:
+            raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIST}")
+        rows, more = tasks.list_tasks(ctx.db, principal, after=after, limit=int(limit),
+                                      ascending=False, status=status)
+        return {"tasks": [tasks.task_view(row, ctx.storage) for row in rows],
+                "has_more": more, "next": rows[-1].id if more else None}
+
+    return ok(await authenticated(request, page, writes=False))

@@ -83,7 +83,9 @@ def test_remaining_counts_down_with_each_request(idle: Server) -> None:
 
 @pytest.fixture
 def tight(start_server: Callable[..., Server]) -> Server:
-    return start_server(run_workers=False, rate_limits="free=5,pro=1000,enterprise=5000")
+    # The in-flight cap above the rate limit: these tests are about the latter.
+    return start_server(run_workers=False, rate_limits="free=5,pro=1000,enterprise=5000",
+                        max_in_flight="free=100")
 
 
 def test_the_request_over_the_plan_limit_is_429_with_retry_after(tight: Server) -> None:

@@ -138,7 +138,7 @@ def test_created_at_is_rfc3339_utc_whole_seconds(start_server: Callable[..., Ser
 
 
 def test_task_ids_are_prefixed_unguessable_and_unique(start_server: Callable[..., Server]) -> None:
-    server = start_server(run_workers=False)
+    server = start_server(run_workers=False, max_in_flight="pro=50")  # 50 waiting at once
     key = server.account(credits=40 * 50)
     ids = [submit(server, key) for _ in range(50)]
     assert len(set(ids)) == 50

@@ -224,6 +224,8 @@ class Scripted:
     base_url: str
     script: list[tuple[int, dict[str, str], dict[str, Any]]] = field(default_factory=list)
     hits: list[tuple[str, str, float]] = field(default_factory=list)
+    # The Idempotency-Key header of each hit (None when absent).
+    keys: list[str | None] = field(default_factory=list)
 
 
 def _ok(data: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -246,6 +248,7 @@ def scripted() -> Iterator[Scripted]:
             if length:
                 self.rfile.read(length)
             state.hits.append((self.command, self.path, time.monotonic()))
+            state.keys.append(self.headers.get("Idempotency-Key"))
             status, headers, body = state.script.pop(0) if state.script else _ok(STATUS_DATA)
             payload = json.dumps(body).encode()
             self.send_response(status)
@@ -308,20 +311,28 @@ def test_retries_give_up_after_max_retries(scripted: Scripted) -> None:
     assert unavailable.value.status == 503 and len(scripted.hits) == 3
 
 
-def test_generate_is_retried_on_503_but_never_on_500(scripted: Scripted) -> None:
+def test_generate_retries_with_one_idempotency_key_so_it_never_bills_twice(
+        scripted: Scripted) -> None:
     with Client(api_key="oi_test", base_url=scripted.base_url, max_retries=2) as client:
         scripted.script = [_error(503, "SERVICE_UNAVAILABLE", "Service unavailable"),
                            _ok({"task_id": "task_after_503"})]
         assert client.generate(PROMPT).task_id == "task_after_503"
         assert [hit[0] for hit in scripted.hits] == ["POST", "POST"]
+        first_key = scripted.keys[0]
+        assert first_key and scripted.keys == [first_key, first_key]
 
-        # A 500 may come after the task was created: retrying could bill twice.
+        # A 500 (or a 409: the first attempt still runs) may come after the task
+        # was created: the retry carries the same key, so the server answers the
+        # same task instead of making a second one.
         scripted.hits.clear()
+        scripted.keys.clear()
         scripted.script = [_error(500, "INTERNAL_ERROR", "Internal server error"),
-                           _ok({"task_id": "task_twice"})]
-        with pytest.raises(ServerError) as failed:
-            client.generate(PROMPT)
-        assert failed.value.status == 500 and len(scripted.hits) == 1
+                           _error(409, "CONFLICT", "still being handled"),
+                           _ok({"task_id": "task_once"})]
+        assert client.generate(PROMPT).task_id == "task_once"
+        assert len(scripted.hits) == 3 and len(set(scripted.keys)) == 1
+        assert scripted.keys[0] != first_key  # a new submit, a new key
+        assert client.generate(PROMPT, idempotency_key="mine-1") and scripted.keys[-1] == "mine-1"
 
         # The same 500 on a read is retried.
         scripted.hits.clear()

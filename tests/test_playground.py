@@ -218,3 +218,31 @@ def test_a_local_image_is_read_as_a_data_uri_and_animated(server: Server, tmp_pa
     # Sent as a data URI, echoed as a signed URL of the stored input.
     assert data["request"]["images"][0].startswith(server.base_url + "/files/")
     assert page.js_errors == []
+
+
+def test_a_running_task_updates_live_and_can_be_cancelled(
+        start_server: Callable[..., Server], open_page: Callable[..., Any]) -> None:
+    server = start_server(engine="test-sleep", test_sleep_seconds=30, heartbeat_seconds=0.2,
+                          lease_seconds=5)
+    key = server.account(plan="pro", credits=1000)
+    page = open_page(server.base_url + "/")
+    paste_key(page, key)
+    page.get_by_label("Prompt").fill(PROMPT)
+    page.get_by_label("Prompt").press("Enter")
+    task = page.locator(".task").first
+    # Progress arrives from the live stream: the bar moves while the task runs.
+    page.wait_for_function("() => document.querySelector('.task .badge')"
+                           ".textContent === 'processing'", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('.task-progress').value > 5",
+                           timeout=TIMEOUT_MS)
+    cancel = task.get_by_role("button", name="Cancel this task")
+    assert cancel.is_visible()
+    cancel.click()
+    page.wait_for_function("() => document.querySelector('.task .badge')"
+                           ".textContent === 'failed'", timeout=TIMEOUT_MS)
+    assert "Task cancelled" in task.locator(".task-error").inner_text()
+    assert "Credits refunded" in task.locator(".task-error").inner_text()
+    assert not cancel.is_visible()  # a finished task has nothing to cancel
+    page.wait_for_function("() => document.querySelector('#account-balance')"
+                           ".textContent.replace(/[^0-9]/g, '').startsWith('1000')")
+    assert page.js_errors == []

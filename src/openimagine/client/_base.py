@@ -6,12 +6,10 @@ Retry policy (``max_retries`` extra attempts, jittered exponential backoff):
 - ``GET /v1/status``, ``GET /v1/account`` and downloads are reads: they are
   retried on any connection error or timeout, and on 408, 429, 500, 502, 503
   and 504.
-- ``POST /v1/generate`` is NOT idempotent: a retry after the server got the
-  request could create (and bill) a second task. It is retried only when the
-  request provably was not processed: the connection was never established
-  (``httpx.ConnectError`` / ``ConnectTimeout``), or the server answered 429
-  or 503, which it does before doing any work. A read timeout, a dropped
-  connection or a 500 after sending is raised to the caller.
+- ``POST /v1/generate`` goes with an ``Idempotency-Key`` (a fresh UUID, or the
+  caller's) that its retries reuse, so the server answers a retry with the
+  first attempt's task and never bills twice: it is retried like a read, and
+  on 409 (the first attempt is still being handled).
 - On 429 and 503 the wait is the server's ``Retry-After`` (seconds or an HTTP
   date), else the time until ``X-RateLimit-Reset``; a wait over
   ``MAX_RETRY_AFTER`` seconds is not slept through: the error is raised.
@@ -21,9 +19,11 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import json
 import os
 import random
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -212,12 +212,13 @@ def retry_delay_after_error(error: Exception, *, attempt: int, max_retries: int,
 
 
 def retry_delay_after_response(response: httpx.Response, *, attempt: int, max_retries: int,
-                               idempotent: bool) -> float | None:
+                               idempotent: bool, keyed: bool = False) -> float | None:
     """Seconds to wait before retrying after this response, or None to stop."""
     if attempt >= max_retries:
         return None
     status = effective_status(response)
-    retryable = RETRYABLE_READ_STATUSES if idempotent else REJECTED_BEFORE_WORK
+    retryable = RETRYABLE_KEYED_STATUSES if keyed else (
+        RETRYABLE_READ_STATUSES if idempotent else REJECTED_BEFORE_WORK)
     if status not in retryable:
         return None
     if status in REJECTED_BEFORE_WORK:
@@ -248,3 +249,43 @@ def ensure_downloadable(task: Task) -> None:
     if not task.completed:
         raise OpenImagineError(f"task {task.task_id} is {task.status}: nothing to download yet",
                                code="NOT_COMPLETED")
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# A keyed submit may be retried after any failure: the key makes a second
+# attempt answer the first one's task. 409: the first attempt is still running.
+RETRYABLE_KEYED_STATUSES = RETRYABLE_READ_STATUSES | {409}
+STREAM_PATH = "/v1/status/stream"
+# The server sends a comment every 15 s; a stream silent for longer is dead.
+STREAM_READ_TIMEOUT = 45.0
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
+
+
+class SSEParser:
+    """Server-sent events, a line at a time: ``feed`` returns the data of each
+    ``status`` event (parsed JSON) once its blank line arrives."""
+
+    def __init__(self) -> None:
+        self._event = "message"
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        if line == "":
+            event, data = self._event, self._data
+            self._event, self._data = "message", []
+            if event == "status" and data:
+                parsed: dict[str, Any] = json.loads("\n".join(data))
+                return parsed
+            return None
+        if line.startswith(":"):
+            return None  # a keep-alive comment
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None

@@ -51,14 +51,18 @@ class Client:
     # --- the API ------------------------------------------------------------
 
     def generate(self, prompt: str, *, mode: str | None = None, ratio: str | None = None,
-                 images: Images = None) -> Task:
+                 images: Images = None,
+                 idempotency_key: str | None = None) -> Task:
         """Submit a generation; returns the new ``pending`` task (only ``task_id`` is known).
 
         ``images``: http(s) URLs, data URIs, or paths of local JPEG/PNG/WebP
         files (sent as data URIs).
         """
         body = _base.generate_body(prompt, mode=mode, ratio=ratio, images=images)
-        data = self._request("POST", "/v1/generate", json=body, idempotent=False)
+        # One key for this submit and its retries: a retry can never bill twice.
+        key = idempotency_key or _base.new_idempotency_key()
+        data = self._request("POST", "/v1/generate", json=body, idempotent=True,
+                                  headers={_base.IDEMPOTENCY_HEADER: key})
         return Task.from_data({"status": "pending", **data})
 
     def status(self, task_id: str) -> Task:
@@ -71,13 +75,20 @@ class Client:
 
     def wait(self, task: Task | str, *, timeout: float = 600, poll_interval: float = 2.0,
              on_progress: Callable[[Task], Any] | None = None) -> Task:
-        """Poll until the task is done; ``on_progress(task)`` after every poll.
+        """Wait until the task is done; ``on_progress(task)`` on every change.
 
-        Raises ``TaskFailedError`` if it failed and ``TaskTimeoutError`` (a
+        Follows the server's live status stream; where it has none, or the
+        stream breaks, polls every ``poll_interval`` seconds instead. Raises
+        ``TaskFailedError`` if it failed and ``TaskTimeoutError`` (a
         ``TimeoutError``) after ``timeout`` seconds; the task itself goes on.
         """
         task_id = task if isinstance(task, str) else task.task_id
         deadline = time.monotonic() + timeout
+        current = self._follow_stream(task_id, deadline, timeout, on_progress)
+        if current is not None and current.done:
+            if current.failed:
+                raise TaskFailedError(current)
+            return current
         current = self.status(task_id)
         while True:
             if on_progress is not None:
@@ -124,14 +135,44 @@ class Client:
 
     # --- transport ----------------------------------------------------------
 
+    def _follow_stream(self, task_id: str, deadline: float, timeout: float,
+                       on_progress: Callable[[Task], Any] | None) -> Task | None:
+        """The task's last state from ``GET /v1/status/stream``; None when the server
+        offers no stream (or refused it: polling then says why)."""
+        url = self.base_url + _base.STREAM_PATH
+        current: Task | None = None
+        parser = _base.SSEParser()
+        try:
+            with self._http.stream("GET", url, params={"task_id": task_id},
+                                   headers=self._headers, timeout=httpx.Timeout(
+                                       _base.STREAM_READ_TIMEOUT, connect=10.0)) as response:
+                if response.status_code != 200 or not response.headers.get(
+                        "content-type", "").startswith("text/event-stream"):
+                    return None
+                for line in response.iter_lines():
+                    data = parser.feed(line)
+                    if data is not None:
+                        current = Task.from_data(data, task_id=task_id)
+                        if on_progress is not None:
+                            on_progress(current)
+                        if current.done:
+                            return current
+                    if time.monotonic() > deadline:
+                        raise TaskTimeoutError(current or Task.from_data(
+                            {"status": "pending"}, task_id=task_id), timeout)
+        except httpx.TransportError:
+            pass  # the stream broke: polling takes over
+        return current
+
     def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                 json: Any = None, idempotent: bool) -> dict[str, Any]:
+                 json: Any = None, idempotent: bool,
+                 headers: dict[str, str] | None = None) -> dict[str, Any]:
         url = self.base_url + path
         attempt = 0
         while True:
             try:
                 response = self._http.request(method, url, params=params, json=json,
-                                              headers=self._headers)
+                                              headers={**self._headers, **(headers or {})})
             except httpx.TransportError as exc:
                 delay = _base.retry_delay_after_error(
                     exc, attempt=attempt, max_retries=self.max_retries, idempotent=idempotent)
@@ -140,7 +181,7 @@ class Client:
             else:
                 delay = _base.retry_delay_after_response(
                     response, attempt=attempt, max_retries=self.max_retries,
-                    idempotent=idempotent)
+                    idempotent=idempotent, keyed=bool(headers))
                 if delay is None:
                     return _base.raise_for_response(response)
             time.sleep(delay)

@@ -99,7 +99,10 @@ def begin(db: Database, account_id: int, key: str, route: str,
             update(IdempotencyKey)
             .where(IdempotencyKey.id == found.id, IdempotencyKey.task_id.is_(None),
                    IdempotencyKey.created_at < now - ABANDONED_AFTER)
-            .values(created_at=now))
+            .values(created_at=now)
+            # Decided by the database alone: SQLite hands back naive datetimes,
+            # which Python cannot compare with ``now`` to sync the session.
+            .execution_options(synchronize_session=False))
         if rows_changed(taken_over) == 1:
             return Claimed(found.id)
     raise Conflict("A request with this Idempotency-Key is still being handled; "

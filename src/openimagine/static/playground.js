@@ -180,7 +180,10 @@
 
   function addTask(info, { front }) {
     const el = els.template.content.firstElementChild.cloneNode(true);
-    const entry = { ...info, data: null, el, videos: false };
+    const entry = { ...info, data: null, el, videos: false, streaming: false };
+    const cancelButton = el.querySelector(".task-cancel");
+    cancelButton.setAttribute("aria-label", "Cancel this task");
+    cancelButton.addEventListener("click", () => cancelTask(entry));
     tasks.set(info.id, entry);
     if (front) els.tasks.prepend(el);
     else els.tasks.append(el);
@@ -222,6 +225,7 @@
     const percent = Math.max(0, Math.min(100, Number(data.progress) || 0));
     progress.value = percent;
     progress.setAttribute("aria-label", `Progress: ${percent}%`);
+    el.querySelector(".task-cancel").hidden = entry.missing || !entry.data || isDone(entry);
     const error = el.querySelector(".task-error");
     if (entry.missing) {
       error.textContent = "This task is not found with the current key.";
@@ -299,8 +303,77 @@
     pollTimer = setTimeout(poll, delay);
   }
 
+  async function cancelTask(entry) {
+    const button = entry.el.querySelector(".task-cancel");
+    button.disabled = true;
+    try {
+      entry.data = await api("POST", "/v1/cancel", { task_id: entry.id });
+      renderTask(entry);
+      refreshAccount();
+    } catch (err) {
+      showError(err.message);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // ---- live status: one stream per unfinished task; polling where a stream fails ----
+
+  function parseEvents(buffer, onStatus) {
+    // Server-sent events: blocks separated by a blank line; returns what is left over.
+    const blocks = buffer.split(/\r?\n\r?\n/);
+    const rest = blocks.pop();
+    for (const block of blocks) {
+      let event = "message";
+      const data = [];
+      for (const line of block.split(/\r?\n/)) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (event === "status" && data.length) onStatus(JSON.parse(data.join("\n")));
+    }
+    return rest;
+  }
+
+  async function follow(entry) {
+    // EventSource cannot send the Authorization header: fetch reads the stream instead.
+    entry.streaming = true;
+    try {
+      const response = await fetch(`/v1/status/stream?task_id=${encodeURIComponent(entry.id)}`, {
+        headers: { Authorization: `Bearer ${apiKey}`, Accept: "text/event-stream" },
+        cache: "no-store",
+      });
+      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer = parseEvents(buffer + value, (data) => {
+          entry.data = data;
+          if (errorFromPolling) hideError();
+          renderTask(entry);
+          if (isDone(entry)) refreshAccount();
+        });
+      }
+    } catch (_) {
+      /* no stream here (or it broke): the poll loop looks after this task */
+    } finally {
+      entry.streaming = false;
+      if (!isDone(entry) && !entry.missing) schedulePoll(pollDelay(1));
+    }
+  }
+
+  function startStreams() {
+    for (const entry of tasks.values()) {
+      if (entry.data && !isDone(entry) && !entry.missing && !entry.streaming && apiKey) {
+        follow(entry);
+      }
+    }
+  }
+
   async function poll() {
-    const active = [...tasks.values()].filter((t) => !isDone(t) && !t.missing);
+    const active = [...tasks.values()].filter((t) => !isDone(t) && !t.missing && !t.streaming);
     if (!apiKey || active.length === 0) return;
     let finished = false;
     let wait = pollDelay(active.length);
@@ -318,7 +391,10 @@
       renderTask(entry);
     }));
     if (finished) refreshAccount();
-    if ([...tasks.values()].some((t) => !isDone(t) && !t.missing)) schedulePoll(wait);
+    startStreams();
+    if ([...tasks.values()].some((t) => !isDone(t) && !t.missing && !t.streaming)) {
+      schedulePoll(wait);
+    }
   }
 
   // ---- images ----

@@ -422,6 +422,34 @@ def test_status_polls_survive_the_server_dropping_every_connection(
     assert [poll() for _ in range(5)] == [200] * 5
 
 
+def test_status_polls_answer_while_every_api_thread_waits_on_a_lock(
+        start_server: Callable[..., Server], pg_url: str) -> None:  # noqa: F811
+    """On PostgreSQL status reads are awaited on the event loop, so they do not
+    queue behind blocking work in the API's threads (here: a submission waiting
+    on a row lock with the one thread there is)."""
+    server = start_server(database_url=pg_url, run_workers=False, api_threads=1)
+    key = server.account(name="locked", credits=1000)
+    task_id = server.generate(key).json()["data"]["task_id"]
+    holder = create_engine(pg_url)
+    try:
+        with holder.connect() as connection, ThreadPoolExecutor(1) as pool:
+            connection.execute(text("SELECT id FROM accounts WHERE name = 'locked' FOR UPDATE"))
+            blocked = pool.submit(server.generate, key)
+            time.sleep(0.5)
+            assert not blocked.done()  # the API's only thread waits on the lock
+            started = time.monotonic()
+            for _ in range(5):
+                response = server.client.get("/v1/status", params={"task_id": task_id},
+                                             headers=auth(key))
+                assert response.status_code == 200
+            assert time.monotonic() - started < 2
+            assert not blocked.done()
+            connection.rollback()
+            assert blocked.result(timeout=10).status_code == 200
+    finally:
+        holder.dispose()
+
+
 # --- the Celery workers' sweeper ----------------------------------------------------------------
 
 

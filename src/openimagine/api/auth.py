@@ -16,7 +16,12 @@ from fastapi import Request
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.middleware import RATELIMIT_STATE
 from openimagine.errors import RateLimited, Unauthorized
-from openimagine.services.accounts import Principal, authenticate, authenticate_with_task
+from openimagine.services.accounts import (
+    Principal,
+    authenticate,
+    authenticate_with_task,
+    authenticate_with_task_async,
+)
 from openimagine.store.db import Record
 
 T = TypeVar("T")
@@ -80,6 +85,20 @@ def require_principal_and_task(ctx: AppContext, request: Request,
     token = _bearer(request)
     principal, task = (
         authenticate_with_task(ctx.db, token, task_id) if token is not None else (None, None)
+    )
+    return _admit(ctx, request, address, token, principal), task
+
+
+async def require_principal_and_task_async(ctx: AppContext, request: Request,
+                                           task_id: str) -> tuple[Principal, Record | None]:
+    """``require_principal_and_task`` on the event loop, without a thread: only
+    where ``ctx.async_reads`` (PostgreSQL through psycopg, the in-memory limiter,
+    whose checks are dict lookups)."""
+    address = _check_address(ctx, request)
+    token = _bearer(request)
+    principal, task = (
+        await authenticate_with_task_async(ctx.db, token, task_id) if token is not None
+        else (None, None)
     )
     return _admit(ctx, request, address, token, principal), task
 

@@ -43,6 +43,12 @@ class AppContext:
     def nonblocking_reads(self) -> bool:
         return self.db.is_sqlite and self.limiter.in_process
 
+    @property
+    def async_reads(self) -> bool:
+        """Hot reads may await the database on the event loop (PostgreSQL through
+        psycopg's async driver) and the limiter cannot block (in memory)."""
+        return self.db.async_reads and self.limiter.in_process
+
 
 def get_context(request: Request) -> AppContext:
     return request.app.state.ctx  # type: ignore[no-any-return]

@@ -179,7 +179,20 @@ def authenticate_with_task(db: Database, key: str, task_id: str) -> tuple[Princi
     """``authenticate`` and the caller's task ``task_id`` (None if not theirs) at once."""
     if not key.startswith(KEY_PREFIX):
         return None, None
-    row = db.fetch_first(_PRINCIPAL_AND_TASK, {"key_hash": hash_key(key), "task_id": task_id})
+    return _principal_and_task(
+        db.fetch_first(_PRINCIPAL_AND_TASK, {"key_hash": hash_key(key), "task_id": task_id}))
+
+
+async def authenticate_with_task_async(db: Database, key: str,
+                                       task_id: str) -> tuple[Principal | None, Record | None]:
+    """``authenticate_with_task`` from the event loop (``db.async_reads``)."""
+    if not key.startswith(KEY_PREFIX):
+        return None, None
+    return _principal_and_task(await db.fetch_first_async(
+        _PRINCIPAL_AND_TASK, {"key_hash": hash_key(key), "task_id": task_id}))
+
+
+def _principal_and_task(row: Record | None) -> tuple[Principal | None, Record | None]:
     if row is None:
         return None, None
     return Principal(account_id=row.principal_id, plan=row.principal_plan), (

@@ -6,7 +6,7 @@ import functools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
 
 from sqlalchemy import Select, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -138,7 +138,7 @@ def get_task(db: Database, principal: Principal, task_id: str) -> Record:
 
 
 @functools.cache
-def _recent(limit: int) -> Select[Any]:
+def _recent(limit: int) -> Select[str, str, datetime]:
     # Newest first on ``tasks_by_account`` (account, created_at, id): reads
     # ``limit`` rows. One statement per limit, compiled once (``fetch_all``).
     return (

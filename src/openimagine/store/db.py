@@ -9,6 +9,7 @@ mode. On PostgreSQL both are ordinary transactions.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import namedtuple
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+
+from openimagine.store.async_reads import AsyncReader
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -144,6 +147,9 @@ class Database:
         if not self.is_sqlite:
             self._hot_engine = create_engine(url, **{**kwargs, "pool_pre_ping": False},
                                              isolation_level="AUTOCOMMIT")
+        # The event loop's own connections (``fetch_first_async``), per loop.
+        self.async_reads = self.url.get_driver_name() == "psycopg"
+        self._readers: dict[asyncio.AbstractEventLoop, AsyncReader] = {}
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -169,6 +175,16 @@ class Database:
         if self._hot_engine is not None:
             return self._on_server(statement, params, many=False)
         return self._driver_query(statement).first(self._driver(), params)
+
+    async def fetch_first_async(self, statement: Select[Unpack[tuple[Any, ...]]],
+                                params: dict[str, Any]) -> Record | None:
+        """``fetch_first`` from the event loop without a thread (PostgreSQL with
+        psycopg: ``async_reads``): see ``store/async_reads.py``."""
+        loop = asyncio.get_running_loop()
+        reader = self._readers.get(loop)
+        if reader is None:
+            reader = self._readers[loop] = AsyncReader(self.url, self.engine.dialect)
+        return await reader.first(statement, params)
 
     def fetch_all(self, statement: Select[Unpack[tuple[Any, ...]]],
                   params: dict[str, Any]) -> list[Record]:
@@ -232,3 +248,6 @@ class Database:
         self.engine.dispose()
         if self._hot_engine is not None:
             self._hot_engine.dispose()
+        readers, self._readers = self._readers, {}
+        for reader in readers.values():
+            reader.close()

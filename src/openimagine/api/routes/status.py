@@ -12,6 +12,7 @@ from openimagine.api.auth import (
     REQUIRES_KEY,
     require_principal,
     require_principal_and_task,
+    require_principal_and_task_async,
     run_blocking,
 )
 from openimagine.api.context import AppContext, get_context
@@ -38,13 +39,35 @@ STATUS_SCHEMA = envelope_schema(
 )
 
 
+def _wanted(task_id: object) -> str:
+    """The task id asked for; "" when missing. Task ids are printable ASCII;
+    anything else (a NUL, an unpaired surrogate) must not reach the driver."""
+    return task_id.strip() if isinstance(task_id, str) else ""
+
+
+def _valid(wanted: str) -> bool:
+    return bool(wanted) and wanted.isascii() and wanted.isprintable()
+
+
+async def _status(ctx: AppContext, request: Request, task_id: object,
+                  body_error: str | None = None) -> dict[str, Any]:
+    """The status answer: on the event loop where the reads can be awaited
+    (PostgreSQL, ``ctx.async_reads``) or cannot block (SQLite), else in a thread."""
+    wanted = _wanted(task_id)
+    if ctx.async_reads and not body_error and _valid(wanted):
+        _, task = await require_principal_and_task_async(ctx, request, wanted)
+        if task is None:  # missing, or another account's: the same answer
+            raise NotFound("Task not found")
+        return tasks.task_view(task, ctx.storage)
+    return await run_blocking(ctx, lambda: _status_of(ctx, request, task_id, body_error),
+                              writes=False)
+
+
 def _status_of(ctx: AppContext, request: Request, task_id: object,
                body_error: str | None = None) -> dict[str, Any]:
     """Authenticate (401/429 come first, as on every /v1 call), then the task's view."""
-    wanted = task_id.strip() if isinstance(task_id, str) else ""
-    # Task ids are printable ASCII; anything else (a NUL, an unpaired
-    # surrogate) is unknown and must not reach the database driver.
-    if body_error or not wanted or not (wanted.isascii() and wanted.isprintable()):
+    wanted = _wanted(task_id)
+    if body_error or not _valid(wanted):
         require_principal(ctx, request)
         if body_error:
             raise InvalidRequest(body_error)
@@ -70,8 +93,7 @@ TASK_ID_PARAMETER = {
 async def status_get(request: Request) -> JSONResponse:
     """A task's status; completed tasks list freshly signed video URLs."""
     ctx = get_context(request)
-    task_id = request.query_params.get("task_id")
-    return ok(await run_blocking(ctx, lambda: _status_of(ctx, request, task_id), writes=False))
+    return ok(await _status(ctx, request, request.query_params.get("task_id")))
 
 
 @router.post("/v1/status", responses=STATUS_SCHEMA, openapi_extra=REQUIRES_KEY)
@@ -87,5 +109,4 @@ async def status_post(request: Request) -> JSONResponse:
     if task_id is None:
         task_id = request.query_params.get("task_id")
     error = "Malformed JSON body" if body is None else None
-    return ok(await run_blocking(ctx, lambda: _status_of(ctx, request, task_id, error),
-                                 writes=False))
+    return ok(await _status(ctx, request, task_id, error))

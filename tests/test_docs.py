@@ -56,6 +56,6 @@ def test_every_api_route_is_in_the_readme(tmp_path: Path) -> None:
     assert "/v1/videos/{video_id}/remix" in paths
     # README writes a path parameter as {id}, and may put the method first.
     missing = [path for path in sorted(paths) if not re.search(
-        r"`(?:(?:GET|POST|DELETE) )?" + re.escape(path.replace("{video_id}", "{id}")) + r"[`?\s]",
-        README)]
+        r"`(?:(?:GET|POST|DELETE) )?" + re.escape(re.sub(r"\{\w+\}", "{id}", path))
+        + r"[`?\s]", README)]
     assert not missing, f"README lacks API routes: {missing}"

@@ -22,6 +22,7 @@ from rich.table import Table
 from openimagine.catalog import Catalog, CatalogError, load_catalog
 from openimagine.cli_client import generate_command, status_command
 from openimagine.cli_models import engines_command, models_app
+from openimagine.cli_webhooks import webhooks_app
 from openimagine.errors import AccountNotFound, KeyNotFound
 from openimagine.services import accounts
 from openimagine.settings import PLANS, Settings
@@ -39,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.add_typer(webhooks_app, name="webhooks")
 app.command("engines")(engines_command)
 app.command("generate")(generate_command)
 app.command("status")(status_command)

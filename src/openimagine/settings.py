@@ -58,6 +58,27 @@ def parse_max_in_flight(value: object) -> dict[str, int]:
     return parse_plan_numbers(value, DEFAULT_MAX_IN_FLIGHT, "unfinished_tasks")
 
 
+DEFAULT_WEBHOOK_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0,
+                            72000.0, 86400.0)
+
+
+def parse_retry_schedule(value: object) -> tuple[float, ...]:
+    """Accept ``0,5,300`` (environment form) or a sequence of seconds: at least one,
+    none negative."""
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, (list, tuple)):
+        raise ValueError("expected comma-separated seconds, e.g. 0,5,300")
+    try:
+        delays = tuple(float(str(part).strip()) for part in parts if str(part).strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated seconds, got {value!r}") from None
+    if not delays:
+        raise ValueError("the retry schedule needs at least one entry (the first try)")
+    if any(delay < 0 for delay in delays):
+        raise ValueError("retry delays must not be negative")
+    return delays
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENIMAGINE_", env_file=".env", extra="ignore")
 
@@ -145,6 +166,13 @@ class Settings(BaseSettings):
     compile: bool = False
     profiles: Path | None = None
 
+    # Webhooks: seconds before each try, the first counted from the task's end and
+    # each later one from the try before (Standard Webhooks' schedule: 10 tries over
+    # about 3 days); a receiver's Retry-After may lengthen a wait.
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_WEBHOOK_SCHEDULE
+    # Seconds one try may take (connect, send, the answer's headers).
+    webhook_timeout: float = Field(15.0, gt=0, le=120)
+
     # The test-sleep engine's pause (see engines/testing.py).
     test_sleep_seconds: float = Field(5.0, ge=0)
 
@@ -152,6 +180,11 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_rate_limits(cls, value: object) -> dict[str, int]:
         return parse_rate_limits(value)
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _parse_webhook_schedule(cls, value: object) -> tuple[float, ...]:
+        return parse_retry_schedule(value)
 
     @field_validator("max_in_flight", mode="before")
     @classmethod

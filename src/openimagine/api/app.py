@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from openimagine import __version__
-from openimagine.api.auth import BEARER_SCHEME
+from openimagine.api.auth import BEARER_SCHEME, run_blocking
 from openimagine.api.context import AppContext
 from openimagine.api.errors import install_error_handlers, response_for
 from openimagine.api.middleware import EnvelopeMiddleware, ratelimit_headers
@@ -34,7 +34,9 @@ from openimagine.api.routes import (
     models,
     playground,
     status,
+    webhooks,
 )
+from openimagine.api.stream import StatusHub, read_tasks
 from openimagine.catalog import Catalog, load_catalog
 from openimagine.ratelimit import RateLimiter
 from openimagine.settings import Settings
@@ -155,6 +157,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
         catalog=catalog,
         executor=ThreadPoolExecutor(settings.api_threads, thread_name_prefix="openimagine-api"),
         dispatcher=create_dispatcher(settings),
+        hub=StatusHub(db),
     )
     with_workers = settings.workers > 0 if run_workers is None else run_workers
     if settings.broker_url:
@@ -166,12 +169,23 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
         if not settings.broker_url:
             ctx.dispatcher = wakeups
         stop = asyncio.Event()
+        hub = ctx.hub
+        assert hub is not None
+        hub_task = asyncio.create_task(hub.run(stop, lambda ids: run_blocking(
+            ctx, lambda: read_tasks(db, ids), writes=False)))
         pool_task = None
         if with_workers:
             from openimagine.worker.pool import WorkerPool
 
-            pool = WorkerPool(settings, db, ctx.storage, catalog, wakeups=wakeups)
+            pool = WorkerPool(settings, db, ctx.storage, catalog, wakeups=wakeups,
+                              on_change=hub.poke)
             pool_task = asyncio.create_task(pool.run(stop))
+        stop_delivering = None
+        if not with_workers:  # the pool sends webhooks where it runs; else the API does
+            from openimagine.worker.deliverer import start_deliverer
+            from openimagine.worker.pool import worker_name
+
+            stop_delivering = start_deliverer(settings, db, ctx.storage, name=worker_name())
         # Everything built so far lives as long as the process: keep it out of
         # the collector's full passes, which otherwise stall requests.
         gc.freeze()
@@ -185,6 +199,9 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
                     await asyncio.wait_for(pool_task, SHUTDOWN_GRACE_SECONDS)
                 except Exception:
                     log.exception("worker pool did not stop cleanly")
+            hub_task.cancel()
+            if stop_delivering is not None:
+                await asyncio.to_thread(stop_delivering)
             ctx.executor.shutdown(wait=False)
             db.dispose()
 
@@ -197,8 +214,8 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (status, generate, openai_routes, jobs, files, account, models, health,
-                   playground):
+    for module in (status, generate, openai_routes, jobs, webhooks, files, account, models,
+                   health, playground):
         # Flat on the app's router, most frequent first (routes are matched in
         # order): FastAPI matches included routers twice over, which measured
         # as much as the rest of a status request.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from openimagine.api.stream import StatusHub
 from openimagine.catalog import Catalog, Model
 from openimagine.engines.base import EngineInfo
 from openimagine.ratelimit import RateLimiter
@@ -28,6 +29,8 @@ class AppContext:
     # Tells the workers about a new task, after its commit: the wakeup event
     # of the model's in-process claimer (embedded) or a Celery message (broker).
     dispatcher: Dispatcher = field(default_factory=WakeupDispatcher)
+    # Live status streams of this process (``api/stream.py``).
+    hub: StatusHub | None = None
     # What each model takes (modes, ratios, images), read once at start.
     infos: dict[str, EngineInfo] = field(default_factory=dict)
 

@@ -174,11 +174,11 @@ class _GuardedTransport(httpx.BaseTransport):
     private pool, so an httpx upgrade cannot silently bypass the guard.
     """
 
-    def __init__(self, policy: AddressPolicy) -> None:
+    def __init__(self, policy: AddressPolicy, *, max_connections: int = 4) -> None:
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(),
             network_backend=_GuardedBackend(policy),
-            max_connections=4,
+            max_connections=max_connections,
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -225,6 +225,14 @@ class _ResponseStream(httpx.SyncByteStream):
         close = getattr(self._stream, "close", None)
         if close is not None:
             close()
+
+
+def guarded_transport(policy: AddressPolicy, *, max_connections: int = 4) -> httpx.BaseTransport:
+    """A transport that connects only to addresses ``policy`` permits, for any outgoing
+    request to a client-given URL (image fetches, webhook deliveries). Every
+    connection failure, refused address included, raises ``FetchFailed``. Use it
+    with ``trust_env=False`` and without following redirects blindly."""
+    return _GuardedTransport(policy, max_connections=max_connections)
 
 
 _REQUEST_HEADERS = {

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.orm import Session
 
 from openimagine.engines.base import EngineFailure
-from openimagine.services import ledger
+from openimagine.services import ledger, webhooks
 from openimagine.store.db import Database, rows_changed
 from openimagine.store.models import Task
 from openimagine.timeutil import utcnow
@@ -160,6 +160,8 @@ def complete(db: Database, claim: Claim, *, outputs: list[str], seeds: list[int]
                     rendered_by=rendered_by or claim.model, media=media,
                     finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
         ))
+        if changed == 1:  # its webhooks, in the same transaction (the outbox)
+            webhooks.enqueue(session, claim.task_id, "completed")
     return changed == 1
 
 
@@ -176,6 +178,7 @@ def _fail_and_refund(session: Session, task_id: str, account_id: int, price: int
         return False
     if price:
         ledger.refund_task(session, account_id, task_id, price)
+    webhooks.enqueue(session, task_id, "failed")
     return True
 
 

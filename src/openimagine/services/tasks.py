@@ -49,6 +49,10 @@ class NewTask:
     resolution: int | None = None
     # The task a remix starts from.
     remixed_from: str | None = None
+    # The face that made it (``webhooks.OPENAI_FACE`` or None: /v1/generate) and the
+    # task's own webhook receiver.
+    face: str | None = None
+    callback_url: str | None = None
 
 
 def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, model: str,
@@ -78,6 +82,8 @@ def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, mo
                 duration=new.duration,
                 resolution=new.resolution,
                 remixed_from=new.remixed_from,
+                face=new.face,
+                callback_url=new.callback_url,
                 price=price,
                 consumed_credits=price,
                 progress=0,

@@ -50,6 +50,7 @@ from openimagine.services import lifecycle
 from openimagine.settings import Settings
 from openimagine.storage import storage_from_settings
 from openimagine.store.db import Database
+from openimagine.worker.deliverer import start_deliverer
 from openimagine.worker.dispatch import CeleryDispatcher
 from openimagine.worker.heartbeat import PROGRESS_TICK, Heartbeat
 from openimagine.worker.pool import worker_name
@@ -190,6 +191,9 @@ class WorkerProcess:
         self._sweeping = threading.Thread(target=self.sweeper.run, args=(self._stop,),
                                           name="openimagine-sweeper", daemon=True)
         self._sweeping.start()
+        # Webhooks go out from every worker process too (any process may send them).
+        self._stop_delivering = start_deliverer(settings, self.db, self.runner.storage,
+                                                name=self.name)
         log.info("worker %s ready: model %s (%s), queue %s", self.name, model.name, model.engine,
                  queue_name(model.name))
 
@@ -207,6 +211,7 @@ class WorkerProcess:
     def close(self) -> None:
         self._stop.set()
         self._sweeping.join(timeout=10)
+        self._stop_delivering()
         self.db.dispose()
 
 

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from openimagine.catalog import Catalog, Model, create_model_engine
@@ -24,6 +25,7 @@ from openimagine.services import lifecycle
 from openimagine.settings import Settings
 from openimagine.storage import Storage
 from openimagine.store.db import Database
+from openimagine.worker.deliverer import start_deliverer
 from openimagine.worker.dispatch import WakeupDispatcher
 from openimagine.worker.heartbeat import PROGRESS_TICK, Heartbeat
 from openimagine.worker.runner import Outcome, Runner
@@ -38,7 +40,8 @@ def worker_name() -> str:
 class WorkerPool:
     def __init__(self, settings: Settings, db: Database, storage: Storage, catalog: Catalog, *,
                  models: list[Model] | None = None, wakeups: WakeupDispatcher | None = None,
-                 engines: dict[str, Engine] | None = None) -> None:
+                 engines: dict[str, Engine] | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.storage = storage
@@ -47,6 +50,8 @@ class WorkerPool:
         self.wakeups = wakeups or WakeupDispatcher()
         self.name = worker_name()
         self._engines = dict(engines or {})
+        # Told after each progress write and each outcome (live status streams).
+        self.on_change = on_change or (lambda: None)
         slots = sum(model.concurrency for model in self.models)
         self._executor = ThreadPoolExecutor(max_workers=max(1, slots),
                                             thread_name_prefix="openimagine-task")
@@ -67,11 +72,14 @@ class WorkerPool:
         self.ready.set()
         log.info("worker %s: %s", self.name, ", ".join(
             f"{model.name} ({model.engine}, {model.concurrency} at once)" for model in self.models))
+        # Webhooks go out from every process that runs workers or the API.
+        stop_delivering = start_deliverer(self.settings, self.db, self.storage, name=self.name)
         try:
             await asyncio.gather(self._reaper(stop),
                                  *(self._serve(runner, stop) for runner in runners))
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(stop_delivering)
 
     def cancel_running(self) -> None:
         """Ask running engines to stop at their next step; their tasks go back to the queue."""
@@ -130,6 +138,7 @@ class WorkerPool:
                     free.release()
                     await self._sleep_until(stop, self.settings.poll_seconds, wakeup)
                     continue
+                self.on_change()  # pending -> processing
                 task = asyncio.create_task(self._execute(runner, claim))
                 running.add(task)
                 task.add_done_callback(finished)
@@ -167,9 +176,11 @@ class WorkerPool:
                 if done:
                     outcome = future.result()
                     log.info("task %s: %s", claim.task_id, outcome.status)
+                    self.on_change()
                     return outcome
                 if heartbeat.due():
                     await asyncio.to_thread(heartbeat.beat)
+                    self.on_change()
         except asyncio.CancelledError:
             # The thread goes on and writes the final state itself (released
             # when the engine honours the flag); only this coroutine stops.

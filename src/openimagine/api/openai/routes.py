@@ -37,9 +37,10 @@ from openimagine.api.openai.videos import (
     video_object,
     video_price,
 )
+from openimagine.api.stream import stream_response
 from openimagine.api.submit import submit_task
 from openimagine.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from openimagine.services import idempotency, lifecycle, tasks
+from openimagine.services import idempotency, lifecycle, tasks, webhooks
 from openimagine.services.accounts import Principal
 from openimagine.storage import LocalStorage
 from openimagine.store.db import Record
@@ -124,7 +125,12 @@ def _parse_create(ctx: AppContext, fields: dict[str, Any], uploads: list[bytes])
     if refs and uploads:
         raise BadField("input_reference", "give input_reference as a file or as an image_url, "
                                           "not both")
-    return VideoRequest(model, prompt, ratio, resolution, duration, refs)
+    webhook = fields.get("webhook")
+    if webhook is not None:
+        problem = webhooks.url_problem(webhook, allow_private=ctx.settings.allow_private_urls)
+        if problem:
+            raise BadField("webhook", f"webhook {problem}")
+    return VideoRequest(model, prompt, ratio, resolution, duration, refs, webhook)
 
 
 def _create(ctx: AppContext, principal: Principal, wanted: VideoRequest,
@@ -134,7 +140,8 @@ def _create(ctx: AppContext, principal: Principal, wanted: VideoRequest,
     whether it was replayed."""
     new = tasks.NewTask(wanted.prompt, "normal", wanted.ratio, wanted.image_refs, variations=1,
                         duration=wanted.duration, resolution=wanted.resolution,
-                        remixed_from=remixed_from)
+                        remixed_from=remixed_from, face=webhooks.OPENAI_FACE,
+                        callback_url=wanted.webhook)
     submitted = submit_task(ctx, principal, wanted.model, new, price=video_price(wanted.model),
                             uploads=uploads, idempotent=idempotent)
     return tasks.get_task(ctx.db, principal, submitted.task_id), submitted.replayed
@@ -183,6 +190,20 @@ async def retrieve_video(request: Request) -> Response:
 
     task = await run_blocking(ctx, read, writes=False)
     return _json(_video(ctx, task), headers={"openai-poll-after-ms": str(poll_after_ms(task))})
+
+
+@router.get("/v1/videos/{video_id}/events", responses={200: {
+    "description": "text/event-stream: a `status` event (the Video object) now and on every "
+                   "change, a comment every 15 s, closed after the final event",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **schemas.responses(None, 401, 404, 429)}, openapi_extra=REQUIRES_KEY)
+async def video_events(request: Request, video_id: str) -> Response:
+    """A video job as it changes (server-sent events), until it is final."""
+    ctx = get_context(request)
+    task = await authenticated(request, lambda ctx, principal: _own_task(ctx, principal,
+                                                                         video_id), writes=False)
+    assert ctx.hub is not None
+    return stream_response(request, ctx.hub, task, lambda row: _video(ctx, row))
 
 
 LIST_PARAMETERS = [

@@ -62,6 +62,8 @@ class VideoRequest:
     resolution: int | None
     duration: float | None
     image_refs: list[str]
+    # The job's own webhook receiver (an openimagine extension of OpenAI's request).
+    webhook: str | None = None
 
 
 def nearest_ratio(width: int, height: int, ratios: tuple[str, ...]) -> str:

@@ -18,7 +18,7 @@ from openimagine.api.submit import Submitted, submit_task
 from openimagine.catalog import Model
 from openimagine.engines.base import EngineInfo
 from openimagine.errors import InvalidRequest
-from openimagine.services import idempotency, tasks
+from openimagine.services import idempotency, tasks, webhooks
 from openimagine.services.accounts import Principal
 
 MAX_PROMPT = 5000
@@ -36,6 +36,9 @@ class GenerateBody(BaseModel):
     images: list[str] | str | None = Field(None, description="up to 7 http(s) URLs or data URIs")
     model: str | None = Field(None, description="one of GET /v1/models (openimagine extension; "
                               "default: the deployment's default model)")
+    callback_url: str | None = Field(None, description="an http(s) URL told when the task ends "
+                                     "(task.completed / task.failed, Standard Webhooks signed "
+                                     "with the account's default secret)")
 
 
 def _choice(body: dict[str, Any], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -68,6 +71,7 @@ class Generation:
     mode: str
     ratio: str
     refs: list[str]
+    callback_url: str | None = None
 
 
 def _model(body: dict[str, Any], ctx: AppContext) -> tuple[Model, EngineInfo]:
@@ -113,13 +117,18 @@ def parse_generate(raw: bytes, ctx: AppContext) -> Generation:
         )
     if len(refs) > info.max_images:
         raise InvalidRequest(f"The {model.name} model takes at most {info.max_images} images")
-    return Generation(model, prompt, mode, ratio, refs)
+    callback_url = body.get("callback_url")
+    if callback_url is not None:
+        callback_url = webhooks.check_url(callback_url, "callback_url",
+                                          allow_private=ctx.settings.allow_private_urls)
+    return Generation(model, prompt, mode, ratio, refs, callback_url)
 
 
 def _submit(ctx: AppContext, principal: Principal, raw: bytes,
             key: str | None) -> Submitted:
     wanted = parse_generate(raw, ctx)
-    new = tasks.NewTask(wanted.prompt, wanted.mode, wanted.ratio, wanted.refs)
+    new = tasks.NewTask(wanted.prompt, wanted.mode, wanted.ratio, wanted.refs,
+                        callback_url=wanted.callback_url)
     idempotent = None
     if key is not None:
         fields = {"model": wanted.model.name, "prompt": wanted.prompt, "mode": wanted.mode,

@@ -1,0 +1,155 @@
+"""``openimagine webhooks ...``: an operator's view of an account's webhooks, a thin
+shell over ``services/webhooks.py`` (the same as ``/v1/webhooks`` for its owner)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Column, Table
+
+from openimagine.errors import AccountNotFound, OpenImagineError
+from openimagine.services import webhooks
+from openimagine.settings import Settings
+from openimagine.store.db import Database
+
+webhooks_app = typer.Typer(no_args_is_help=True)
+console = Console(soft_wrap=True)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@webhooks_app.callback()
+def webhooks_group() -> None:
+    """Webhook endpoints, default secrets and delivery logs of accounts."""
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _open(account: str) -> tuple[Settings, Database, int]:
+    # The shared setup of every command (``cli`` imports this module, so not at the top).
+    from openimagine.cli import load_settings, open_db
+
+    settings = load_settings()
+    db = open_db(settings)
+    try:
+        return settings, db, webhooks.account_id(db, account)
+    except AccountNotFound as exc:
+        _fail(str(exc))
+
+
+def _print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+@webhooks_app.command("add")
+def add(
+    account: str,
+    url: str,
+    event: Annotated[list[str] | None, typer.Option(
+        "--event", help=f"Send only this event type (repeat for more): "
+                        f"{', '.join(webhooks.EVENT_TYPES)}. Default: all.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Register URL as a webhook endpoint of ACCOUNT; prints its secret (once)."""
+    settings, db, owner = _open(account)
+    try:
+        checked = webhooks.check_url(url, "url", allow_private=settings.allow_private_urls)
+        events = webhooks.check_events(event or None)
+        endpoint, secret = webhooks.add_endpoint(db, owner, checked, events)
+    except OpenImagineError as exc:
+        _fail(exc.public_message)
+    if json_output:
+        _print_json({**endpoint.view(), "secret": secret})
+        return
+    console.print(f"Added {endpoint.id} → {endpoint.url} ({', '.join(endpoint.events)}). "
+                  "Its signing secret (shown once):", highlight=False)
+    console.print(secret, highlight=False)
+
+
+@webhooks_app.command("list")
+def list_(account: str, json_output: JsonOption = False) -> None:
+    """The webhook endpoints of ACCOUNT."""
+    _, db, owner = _open(account)
+    endpoints = [endpoint.view() for endpoint in webhooks.list_endpoints(db, owner)]
+    if json_output:
+        _print_json(endpoints)
+        return
+    table = Table(Column("id", no_wrap=True), Column("url", overflow="fold"),
+                  Column("events", overflow="fold"), Column("created", no_wrap=True), "state")
+    for endpoint in endpoints:
+        table.add_row(endpoint["id"], endpoint["url"], ", ".join(endpoint["events"]),
+                      endpoint["created_at"], "disabled (410)" if endpoint["disabled"]
+                      else "active")
+    console.print(table)
+
+
+@webhooks_app.command("remove")
+def remove(account: str, webhook_id: str) -> None:
+    """Remove the endpoint WEBHOOK_ID of ACCOUNT (its waiting deliveries are dropped)."""
+    _, db, owner = _open(account)
+    try:
+        webhooks.remove_endpoint(db, owner, webhook_id)
+    except OpenImagineError as exc:
+        _fail(exc.public_message)
+    console.print(f"Removed {webhook_id}.", highlight=False)
+
+
+@webhooks_app.command("secret")
+def secret(
+    account: str,
+    rotate: Annotated[bool, typer.Option(
+        "--rotate", help="Make a new one; the old one still signs for a day.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """The default secret of ACCOUNT: it signs deliveries to tasks' callback URLs."""
+    _, db, owner = _open(account)
+    key = webhooks.default_secret(db, owner, rotate=rotate)
+    if json_output:
+        _print_json({"account": account, "key": key, "rotated": rotate})
+    else:
+        console.print(key, highlight=False)
+
+
+def _attempt_line(attempt: dict[str, Any]) -> str:
+    answer = (f"HTTP {attempt['status_code']}" if attempt["status_code"] is not None
+              else f"no answer ({attempt['error']})")
+    after = f", next try {attempt['next_attempt_at']}" if attempt["next_attempt_at"] else ""
+    return (f"    try {attempt['attempt']}  {attempt['at']}  {answer}  "
+            f"{attempt['latency_ms']} ms{after}")
+
+
+@webhooks_app.command("deliveries")
+def deliveries(
+    account: str,
+    webhook: Annotated[str | None, typer.Option(
+        "--webhook", help="Only to this endpoint ('default': to tasks' callback URLs).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 20,
+    json_output: JsonOption = False,
+) -> None:
+    """The webhook deliveries of ACCOUNT, newest first, with every try: time, HTTP
+    status, latency and the next try."""
+    _, db, owner = _open(account)
+    try:
+        rows, _ = webhooks.deliveries(db, owner, webhook, limit=limit)
+    except OpenImagineError as exc:
+        _fail(exc.public_message)
+    if json_output:
+        _print_json(rows)
+        return
+    # One line per delivery and one per try: URLs and ids stay whole at any width.
+    for row in rows:
+        console.print(escape(f"{row['id']}  {row['type']}  {row['event_id']}  "
+                             f"{row['task_id']}  {row['url']}  ")
+                      + f"[bold]{row['status']}[/]", highlight=False)
+        for attempt in row["attempts"]:
+            console.print(_attempt_line(attempt), highlight=False, markup=False)
+        if row["status"] == "pending" and not row["attempts"]:
+            console.print(f"    first try due {row['next_attempt_at']}", highlight=False)
+    if not rows:
+        console.print("No deliveries yet.")

@@ -5,8 +5,9 @@ each), sharing PostgreSQL, RabbitMQ, a Redis rate limiter and a storage folder.
 What an operator relies on when scaling out: a task accepted by any replica
 runs exactly once; a worker machine that dies mid-task loses nothing (the
 other worker takes the task over); a plan's limit is one limit however many
-replicas answer; and concurrent submissions on several replicas never
-overdraw an account.
+replicas answer; concurrent submissions on several replicas never
+overdraw an account; and a task's webhooks reach their receivers, retried
+with one webhook-id, even when every process was killed meanwhile.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from sqlalchemy import select
 from openimagine.settings import Settings
 from openimagine.store import migrate
 from openimagine.store.db import Database
-from openimagine.store.models import Account, LedgerEntry, Task
+from openimagine.store.models import Account, LedgerEntry, Task, WebhookDelivery
 from openimagine.testing.fake_upstreams import FakeConfig, FakeUpstream
+from openimagine.testing.webhook_receiver import WebhookReceiver
 from openimagine.worker.celery_app import create_celery_app
 from openimagine.worker.dispatch import CeleryDispatcher
 
@@ -63,6 +65,9 @@ SETTINGS: dict[str, Any] = {
     "lease_seconds": 5, "heartbeat_seconds": 0.5, "redispatch_seconds": 2,
     "rate_limits": "free=100,pro=100000,enterprise=100000",
     "secret_key": "cluster-secret-0123456789",
+    # The webhook receivers are on loopback; their tries half a second apart.
+    "allow_private_urls": True,
+    "webhook_retry_schedule": "0,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5",
 }
 
 
@@ -477,3 +482,82 @@ def test_a_relay_model_runs_on_its_own_celery_worker_next_to_the_local_model(
     # SIGTERM to the parent alone (as a service manager sends it) stops both children.
     both.process.send_signal(signal.SIGTERM)
     assert both.process.wait(timeout=60) == 0, both.text()[-3000:]
+
+
+# --- webhooks (the crash test kills every process: it runs last) ---------------------------
+
+
+def deliveries_of(cluster: Cluster, task_id: str) -> list[WebhookDelivery]:
+    with cluster.db.read() as session:
+        return list(session.scalars(select(WebhookDelivery)
+                                    .where(WebhookDelivery.task_id == task_id)))
+
+
+def test_webhooks_from_the_cluster_are_retried_with_one_webhook_id_and_verify(
+        cluster: Cluster) -> None:
+    """A task accepted by one replica, run by a Celery worker, announced by whichever
+    process claims the delivery: a receiver that fails twice gets the third try,
+    the same webhook-id each time, and no try is ever sent twice."""
+    key = make_account(cluster.db, name="hooked", credits=10 * PRICE)
+    first, second = (api.base_url for api in cluster.apis[:2])
+    with WebhookReceiver(answers=[500, 500]) as endpoint_receiver, \
+            WebhookReceiver(answers=[503, 500]) as callback_receiver, \
+            httpx.Client(timeout=30) as client:
+        endpoint = client.post(f"{second}/v1/webhooks", json={"url": endpoint_receiver.url},
+                               headers=auth(key)).json()["data"]
+        response = client.post(f"{first}/v1/generate", headers=auth(key), json={
+            "prompt": "a lantern on a jetty", "callback_url": callback_receiver.url})
+        task_id = response.json()["data"]["task_id"]
+        cluster.wait_finished([task_id])
+        default = client.get(f"{second}/v1/webhooks/default/secret",
+                             headers=auth(key)).json()["data"]["key"]
+
+        for receiver, secret in ((endpoint_receiver, endpoint["secret"]),
+                                 (callback_receiver, default)):
+            tries = receiver.wait_for(3, timeout=60)
+            assert tries[2].answered == 200
+            assert len({t.webhook_id for t in tries}) == 1
+            events = [t.verify(secret) for t in tries]
+            assert {e["type"] for e in events} == {"task.completed"}
+            assert events[0]["data"]["task_id"] == task_id
+        time.sleep(2)  # delivered once each: no process sends a fourth try
+        assert len(endpoint_receiver.received) == len(callback_receiver.received) == 3
+        log = client.get(f"{first}/v1/webhooks/{endpoint['id']}/deliveries",
+                         headers=auth(key)).json()["data"]["deliveries"]
+        assert [a["status_code"] for a in log[0]["attempts"]] == [500, 500, 200]
+        assert {row.status for row in deliveries_of(cluster, task_id)} == {"delivered"}
+
+
+def test_a_webhook_whose_receiver_was_down_arrives_after_every_process_was_killed(
+        cluster: Cluster) -> None:
+    """The receiver is down when the task ends; then every API and worker process is
+    SIGKILLed (nothing cleans up); the receiver comes up and one API replica
+    restarts: the event arrives, once, with its webhook-id. Leaves one API only."""
+    key = make_account(cluster.db, name="hooked-crash", credits=10 * PRICE)
+    receiver = WebhookReceiver(port=free_port())  # not started: down
+    response = httpx.post(f"{cluster.apis[0].base_url}/v1/generate", headers=auth(key),
+                          json={"prompt": "a storm at sea", "callback_url": receiver.url},
+                          timeout=30)
+    task_id = response.json()["data"]["task_id"]
+    cluster.wait_finished([task_id])
+    deadline = time.monotonic() + 60
+    while not (rows := deliveries_of(cluster, task_id)) or rows[0].attempts < 1 or (
+            rows[0].lease_owner is not None):
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
+    for process in cluster.apis + cluster.workers:
+        if process.process.poll() is None:
+            process.kill()
+    (row,) = deliveries_of(cluster, task_id)
+    assert row.status == "pending"
+
+    with receiver:
+        api = cluster.start_api(3)
+        (delivery,) = receiver.wait_for(1, timeout=90)
+        event = delivery.verify(httpx.get(f"{api.base_url}/v1/webhooks/default/secret",
+                                          headers=auth(key), timeout=30).json()["data"]["key"])
+        assert (event["type"], event["data"]["task_id"]) == ("task.completed", task_id)
+        assert delivery.webhook_id == row.event_id
+        time.sleep(1.5)
+        assert len(receiver.received) == 1
+        assert deliveries_of(cluster, task_id)[0].status == "delivered"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -201,3 +202,21 @@ def test_max_queue_in_the_models_file_is_checked(tmp_path: Path) -> None:
     assert catalog.get("a").max_queue == 50
     assert catalog.get("a").describe()["max_queue"] == 50
     assert load_catalog(make_settings(tmp_path, max_queue=7)).get("preview").max_queue == 7
+
+
+def test_the_openai_face_answers_the_caps_in_its_own_error_shape(
+        start_server: Callable[..., Server]) -> None:
+    server = start_server(run_workers=False)
+    key = server.account(plan="free")
+
+    def create() -> httpx.Response:
+        return server.client.post("/v1/videos", json={"prompt": "a fox in the snow"},
+                                  headers=auth(key))
+
+    assert [create().status_code for _ in range(2)] == [200, 200]
+    refused = create()
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert "free plan allows 2 unfinished tasks" in error["message"]
+    assert error["type"] == "rate_limit_error"
+    assert int(refused.headers["Retry-After"]) >= 1

@@ -131,6 +131,23 @@ def test_a_late_account_is_served_before_an_earlier_accounts_backlog(db: Databas
     assert third is not None and third.task_id == backlog[1]
 
 
+def test_with_one_slot_accounts_take_turns_instead_of_the_backlog_going_first(
+        db: Database) -> None:
+    """One worker: when it claims, nothing runs, so the account served least
+    recently goes next; a late account does not wait for the backlog."""
+    big, small = make_principal(db, credits=PRICE * 50), make_principal(db)
+    backlog = [submit_task(db, big, f"burst {n}") for n in range(10)]
+    running = claim(db, "w")
+    assert running is not None and running.task_id == backlog[0]
+    late = submit_task(db, small, "one small task")
+    assert lifecycle.complete(db, running, outputs=[], seeds=[])
+    after = claim(db, "w")
+    assert after is not None and after.task_id == late
+    assert lifecycle.complete(db, after, outputs=[], seeds=[])
+    again = claim(db, "w")
+    assert again is not None and again.task_id == backlog[1]
+
+
 def test_among_accounts_with_as_many_running_the_oldest_task_goes_first(db: Database) -> None:
     principals = [make_principal(db) for _ in range(3)]
     ids = [submit_task(db, principal, f"t{n}") for n, principal in enumerate(principals * 2)]

@@ -53,6 +53,9 @@ def submit_task(ctx: AppContext, principal: Principal, model: Model, new: tasks.
         key_answer = claimed
         tasks.submit(ctx.db, principal, replace(new, images=images), task_id=task_id,
                      model=model.name, engine=model.engine, price=price,
+                     # Backpressure (429 TOO_MANY_TASKS, 503 when the queue is full).
+                     max_in_flight=ctx.settings.max_in_flight[principal.plan],
+                     max_queue=model.max_queue,
                      also=None if key_answer is None else (
                          lambda session, created: idempotency.record(session, key_answer,
                                                                      created)))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from openimagine.engines.base import EngineFailure
 from openimagine.services import ledger, webhooks
 from openimagine.store.db import Database, rows_changed
-from openimagine.store.models import Task
+from openimagine.store.models import Account, Task
 from openimagine.timeutil import utcnow
 
 ENGINE_FAILED = EngineFailure.public_message
@@ -54,8 +54,9 @@ def _fenced(claim: Claim):  # type: ignore[no-untyped-def]
 # The accounts with pending tasks of a model, found by skipping through the
 # ``tasks_queue`` index (model, status, account_id, created_at) one account at
 # a time, and among them the one to serve next: fewest tasks running, then the
-# oldest waiting task. It reads a few index entries per waiting account, never
-# the backlog or the history. ``{priority}`` puts plans first when asked.
+# one served least recently (never served first), then the oldest waiting
+# task. It reads a few index entries per waiting account, never the backlog or
+# the history. ``{priority}`` puts plans first when asked.
 _NEXT_ACCOUNT = """
 WITH RECURSIVE waiting(account_id) AS (
     SELECT (SELECT t.account_id FROM tasks t WHERE t.model = :model AND t.status = 'pending'
@@ -67,7 +68,7 @@ WITH RECURSIVE waiting(account_id) AS (
     FROM waiting w WHERE w.account_id IS NOT NULL
 )
 SELECT w.account_id FROM waiting w JOIN accounts a ON a.id = w.account_id
-ORDER BY {priority}a.tasks_processing,
+ORDER BY {priority}a.tasks_processing, a.served_at IS NOT NULL, a.served_at,
          (SELECT t.created_at FROM tasks t WHERE t.model = :model AND t.status = 'pending'
             AND t.account_id = w.account_id ORDER BY t.created_at LIMIT 1),
          w.account_id
@@ -83,8 +84,11 @@ def claim_next(db: Database, *, owner: str, model: str, lease_seconds: float,
     """Take a pending task of ``model`` (or exactly ``task_id``) with one atomic statement.
 
     Fair among accounts: the oldest pending task of the account with the fewest
-    tasks running (of any model), ties to the oldest waiting task, so a small
-    account's task starts at the next free slot however long another's backlog.
+    tasks running (of any model); among those, the account served least recently
+    (a worker with one slot has nothing running when it claims: without this
+    it would serve the oldest backlog first), then the oldest waiting task. So a
+    small account's task starts at the next free slot however long another's
+    backlog.
     With ``plan_priority``, enterprise accounts come before pro before free, and
     fairness holds within a plan. The account is chosen in the claim's own
     transaction; its task is taken with ``SKIP LOCKED`` on PostgreSQL, and if
@@ -129,6 +133,7 @@ def _claim(session: Session, owner: str, model: str, lease_seconds: float,
     row = session.execute(statement).first()
     if row is None:
         return None
+    session.execute(update(Account).where(Account.id == row.account_id).values(served_at=now))
     return Claim(row.id, row.attempts, owner, row.account_id, row.prompt, row.mode, row.ratio,
                  list(row.images or []), row.model, row.upstream, row.variations, row.duration,
                  row.resolution)

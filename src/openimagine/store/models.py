@@ -49,6 +49,9 @@ class Account(Base):
     tasks_completed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     tasks_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     credits_spent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When a worker last claimed one of its tasks: fair claims serve the account
+    # served least recently among those with as few tasks running.
+    served_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (CheckConstraint("balance >= 0", name="balance_not_negative"),)
 

@@ -186,6 +186,24 @@ def test_an_openai_face_video_is_announced_in_openais_event_shape(hooks_server: 
         assert client.videos.retrieve(video.id).status == "completed"
         assert abs(body["created_at"] - time.time()) < 60
 
+        remix = client.videos.remix(video.id, prompt="a paper boat",
+                                    extra_body={"webhook": receiver.url})
+        (_, again) = receiver.wait_for(2)
+        event = client.webhooks.unwrap(again.body, again.headers, secret=secret)
+        assert event.data.id == remix.id and again.webhook_id != delivery.webhook_id  # type: ignore[union-attr]
+
+
+def test_an_idempotency_key_reused_with_another_callback_url_is_422(server: Server) -> None:
+    key = server.account()
+    headers = {**auth(key), "Idempotency-Key": "order-1"}
+    body = {"prompt": "a kite", "callback_url": "https://hooks.example.com/a"}
+    first = server.client.post("/v1/generate", json=body, headers=headers)
+    replay = server.client.post("/v1/generate", json=body, headers=headers)
+    assert first.json()["data"] == replay.json()["data"]
+    other = server.client.post("/v1/generate", headers=headers,
+                               json={**body, "callback_url": "https://hooks.example.com/b"})
+    assert other.status_code == 422, other.text
+
 
 def test_410_disables_the_endpoint_and_nothing_more_is_sent(hooks_server: Server) -> None:
     key = hooks_server.account()
@@ -236,6 +254,49 @@ def test_a_receiver_that_never_answers_in_time_counts_as_a_failed_try(
         assert all("timeout" in a["error"].lower() or "timed out" in a["error"].lower()
                    for a in attempts), attempts
         assert all(a["latency_ms"] < 1900 for a in attempts)
+
+
+def test_removing_an_endpoint_stops_its_waiting_deliveries(hooks_server: Server) -> None:
+    key = hooks_server.account()
+    with WebhookReceiver(then=500) as failing:
+        endpoint = add_endpoint(hooks_server, key, failing.url)
+        task_id = submit(hooks_server, key)
+        hooks_server.wait(key, task_id)
+        failing.wait_for(1)
+        removed = hooks_server.client.delete(f"/v1/webhooks/{endpoint['id']}", headers=auth(key))
+        assert removed.status_code == 200
+        time.sleep(0.3)  # a try under way when it was removed may still land
+        count = len(failing.received)
+        time.sleep(1)
+        assert len(failing.received) == count < 10
+        with hooks_server.db.read() as session:
+            status = session.scalar(select(WebhookDelivery.status)
+                                    .where(WebhookDelivery.task_id == task_id))
+        assert status == "cancelled"
+
+
+def test_the_delivery_log_pages_newest_first(hooks_server: Server) -> None:
+    key = hooks_server.account()
+    with WebhookReceiver() as receiver:
+        task_ids = [submit(hooks_server, key, callback_url=receiver.url) for _ in range(3)]
+        for task_id in task_ids:
+            hooks_server.wait(key, task_id)
+        receiver.wait_for(3)
+        wait_for_log(hooks_server, key, "default",
+                     lambda log: [d["status"] for d in log] == ["delivered"] * 3)
+        page = hooks_server.client.get("/v1/webhooks/default/deliveries?limit=2",
+                                       headers=auth(key)).json()["data"]
+        assert page["has_more"] and len(page["deliveries"]) == 2
+        rest = hooks_server.client.get(f"/v1/webhooks/default/deliveries?after={page['next']}",
+                                       headers=auth(key)).json()["data"]
+        assert not rest["has_more"] and rest["next"] is None
+        ids = [d["id"] for d in page["deliveries"] + rest["deliveries"]]
+        assert ids == sorted(ids, reverse=True) and len(set(ids)) == 3
+        assert {d["task_id"] for d in page["deliveries"] + rest["deliveries"]} == set(task_ids)
+        for query in ("limit=0", "limit=101", "after=x"):
+            bad = hooks_server.client.get(f"/v1/webhooks/default/deliveries?{query}",
+                                          headers=auth(key))
+            assert bad.status_code == 400, query
 
 
 # --- what may be a receiver -----------------------------------------------------------------

@@ -127,10 +127,14 @@ def _parse_create(ctx: AppContext, fields: dict[str, Any], uploads: list[bytes])
                                           "not both")
     webhook = fields.get("webhook")
     if webhook is not None:
-        problem = webhooks.url_problem(webhook, allow_private=ctx.settings.allow_private_urls)
-        if problem:
-            raise BadField("webhook", f"webhook {problem}")
+        _check_webhook(ctx, webhook)
     return VideoRequest(model, prompt, ratio, resolution, duration, refs, webhook)
+
+
+def _check_webhook(ctx: AppContext, webhook: object) -> None:
+    problem = webhooks.url_problem(webhook, allow_private=ctx.settings.allow_private_urls)
+    if problem:
+        raise BadField("webhook", f"webhook {problem}")
 
 
 def _create(ctx: AppContext, principal: Principal, wanted: VideoRequest,
@@ -312,8 +316,11 @@ async def remix_video(request: Request, video_id: str) -> Response:
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("Malformed JSON body") from None
     prompt = parse_prompt(body.get("prompt") if isinstance(body, dict) else None)
+    webhook = body.get("webhook") if isinstance(body, dict) else None
 
     def remix(ctx: AppContext, principal: Principal) -> Record:
+        if webhook is not None:
+            _check_webhook(ctx, webhook)
         source = _own_task(ctx, principal, video_id)
         if source.status != "completed":
             raise InvalidRequest(f"Only a completed video can be remixed; {source.id} is "
@@ -326,7 +333,7 @@ async def remix_video(request: Request, video_id: str) -> Response:
         uploads = [ctx.storage.read_bytes(ref[len(tasks.STORED_PREFIX):])
                    for ref in source.images if ref.startswith(tasks.STORED_PREFIX)]
         wanted = VideoRequest(model, prompt, source.ratio, source.resolution, source.duration,
-                              refs)
+                              refs, webhook)
         return _create(ctx, principal, wanted, uploads, remixed_from=source.id)[0]
 
     ctx = get_context(request)

@@ -133,6 +133,8 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes,
     if key is not None:
         fields = {"model": wanted.model.name, "prompt": wanted.prompt, "mode": wanted.mode,
                   "ratio": wanted.ratio, "images": wanted.refs}
+        if wanted.callback_url is not None:  # only when sent: older keys' hashes stay valid
+            fields["callback_url"] = wanted.callback_url
         idempotent = idempotency.IdempotentRequest(
             key, "generate", idempotency.fingerprint("generate", fields))
     return submit_task(ctx, principal, wanted.model, new, price=wanted.model.price,

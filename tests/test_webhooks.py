@@ -477,6 +477,19 @@ def test_two_processes_never_claim_the_same_try_and_a_dead_ones_claim_comes_back
         assert session.get(WebhookDelivery, again.id).status == "pending"  # type: ignore[union-attr]
 
 
+def test_a_first_entry_above_zero_delays_the_first_try(db: Database) -> None:
+    principal = make_principal(db)
+    webhooks.add_endpoint(db, principal.account_id, "https://a.example/h",
+                          list(webhooks.EVENT_TYPES))
+    task_id = submit_task(db, principal)
+    assert lifecycle.complete(db, finish(db, task_id), outputs=[], seeds=[])
+    assert not webhooks.has_due(db, 0.5)
+    assert webhooks.claim_due(db, owner="w", lease_seconds=60, first_delay=0.5) is None
+    time.sleep(0.6)
+    assert webhooks.has_due(db, 0.5)
+    assert webhooks.claim_due(db, owner="w", lease_seconds=60, first_delay=0.5) is not None
+
+
 # --- a crash between the task's end and the delivery ------------------------------------------------
 
 

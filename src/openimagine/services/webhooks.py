@@ -294,13 +294,13 @@ def _due(now: datetime, first_delay: float) -> Any:
                WebhookDelivery.next_attempt_at <= now - timedelta(seconds=first_delay))
 
 
-def has_due(db: Database) -> bool:
-    """Whether some delivery may be due: a read, so idle processes never take
-    SQLite's write lock to find nothing."""
+def has_due(db: Database, first_delay: float = 0.0) -> bool:
+    """Whether some delivery is due: a read, so idle processes never take SQLite's
+    write lock to find nothing."""
     with db.connect() as connection:
         return connection.execute(select(WebhookDelivery.id).where(
             WebhookDelivery.status == "pending",
-            WebhookDelivery.next_attempt_at <= utcnow()).limit(1)).first() is not None
+            _due(utcnow(), first_delay)).limit(1)).first() is not None
 
 
 def claim_due(db: Database, *, owner: str, lease_seconds: float,

@@ -107,10 +107,11 @@ class Deliverer:
             trust_env=False, follow_redirects=False)
 
     def claim(self) -> webhooks.Due | None:
-        if not webhooks.has_due(self.db):
+        first_delay = self.settings.webhook_retry_schedule[0]
+        if not webhooks.has_due(self.db, first_delay):
             return None
         return webhooks.claim_due(self.db, owner=self.name, lease_seconds=self.lease_seconds,
-                                  first_delay=self.settings.webhook_retry_schedule[0])
+                                  first_delay=first_delay)
 
     def deliver(self, due: webhooks.Due) -> str:
         """One try of ``due``; its status afterwards."""

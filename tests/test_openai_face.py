@@ -4,7 +4,6 @@ server: what SGLang/vLLM-style clients, the SDK and AIPerf rely on."""
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 

@@ -292,6 +292,40 @@ def test_post_status_with_malformed_json_is_400(idle: Server) -> None:
     assert_error(post_raw(idle, key, b'{"task_id": ', "/v1/status"), 400, "INVALID_REQUEST")
 
 
+JSON_ROUTES = ["/v1/generate", "/v1/status", "/v1/cancel", "/v1/webhooks", "/v1/videos",
+               "/v1/videos/video_x/remix"]
+
+
+def nested(depth: int) -> str:
+    return '{"prompt": "a cat", "task_id": "task_x", "extra": ' + "[" * depth + "]" * depth + "}"
+
+
+@pytest.mark.parametrize("path", JSON_ROUTES)
+@pytest.mark.parametrize("depth", [150, 1000, 100_000])
+def test_deeply_nested_json_is_400_not_500(idle: Server, path: str, depth: int) -> None:
+    """A body nested far deeper than any field (about 1000 levels made the parser
+    recurse out: a 500) is malformed, on every route that reads JSON, both faces."""
+    key = idle.account()
+    response = post_raw(idle, key, nested(depth), path)
+    assert response.status_code == 400, response.text
+    assert "Malformed JSON body" in response.text
+
+
+def test_shallow_nesting_in_an_unknown_field_is_ignored(idle: Server) -> None:
+    key = idle.account()
+    assert idle.client.post("/v1/generate", json={"prompt": "a cat", "meta": [[{"a": [1]}]]},
+                            headers=auth(key)).status_code == 200
+
+
+@pytest.mark.parametrize("path", JSON_ROUTES)
+def test_a_body_is_read_only_after_the_key_is_checked(idle: Server, path: str) -> None:
+    """Without a key a malformed or nested body is 401: nothing is parsed for an
+    anonymous caller, and the failed authentication is counted."""
+    for body in (nested(1000), '{"task_id": '):
+        response = post_raw(idle, None, body, path)
+        assert response.status_code == 401, response.text
+
+
 def test_post_status_with_body_answers_like_get(idle: Server) -> None:
     key = idle.account()
     task_id = idle.generate(key).json()["data"]["task_id"]

@@ -8,7 +8,6 @@ Grok face's. ``GET /v1/videos/{id}`` is also answered below FastAPI's stack
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
@@ -24,6 +23,7 @@ from openimagine.api.auth import (
     require_principal_and_task,
     run_blocking,
 )
+from openimagine.api.bodies import json_object, parse_json
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.openai import schemas
 from openimagine.api.openai.videos import (
@@ -100,13 +100,7 @@ async def _read_fields(request: Request, ctx: AppContext) -> tuple[dict[str, Any
                 fields[name] = value
         return fields, uploads
     raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("Malformed JSON body") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object or multipart form")
-    return body, []
+    return json_object(raw, "The request body must be a JSON object or multipart form"), []
 
 
 def _parse_create(ctx: AppContext, fields: dict[str, Any], uploads: list[bytes]) -> VideoRequest:
@@ -311,14 +305,11 @@ async def cancel_video(request: Request, video_id: str) -> Response:
 async def remix_video(request: Request, video_id: str) -> Response:
     """A new video with the source's model, size, seconds and images, and a new prompt."""
     raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("Malformed JSON body") from None
-    prompt = parse_prompt(body.get("prompt") if isinstance(body, dict) else None)
-    webhook = body.get("webhook") if isinstance(body, dict) else None
 
     def remix(ctx: AppContext, principal: Principal) -> Record:
+        body = parse_json(raw)  # after the key and the rate limit, as on every call
+        prompt = parse_prompt(body.get("prompt") if isinstance(body, dict) else None)
+        webhook = body.get("webhook") if isinstance(body, dict) else None
         if webhook is not None:
             _check_webhook(ctx, webhook)
         source = _own_task(ctx, principal, video_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from openimagine import inputs
 from openimagine.api.auth import REQUIRES_KEY, authenticated
+from openimagine.api.bodies import json_object
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.api.submit import Submitted, submit_task
@@ -83,12 +83,7 @@ def _model(body: dict[str, Any], ctx: AppContext) -> tuple[Model, EngineInfo]:
 
 def parse_generate(raw: bytes, ctx: AppContext) -> Generation:
     """The request's fields from the body, or ``InvalidRequest``."""
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("Malformed JSON body") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object")
+    body = json_object(raw)
     prompt = body.get("prompt")
     if prompt is None:
         raise InvalidRequest("The prompt parameter is required")

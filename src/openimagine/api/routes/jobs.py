@@ -3,7 +3,6 @@ status stream ``GET /v1/status/stream`` (``api/stream.py``)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,6 +16,7 @@ from openimagine.api.auth import (
     require_principal_and_task,
     run_blocking,
 )
+from openimagine.api.bodies import parse_json
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.api.routes.status import STATUS_SCHEMA
@@ -52,15 +52,12 @@ def cancel_task(ctx: AppContext, principal: Principal, task_id: str) -> dict[str
 async def cancel(request: Request) -> JSONResponse:
     """Cancel a pending or running task: it ends failed with "Task cancelled", refunded."""
     raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    task_id = body.get("task_id") if isinstance(body, dict) else None
 
     def run(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+        body = parse_json(raw)
         if body is None:
             raise InvalidRequest("Malformed JSON body")
+        task_id = body.get("task_id") if isinstance(body, dict) else None
         if not isinstance(task_id, str) or not task_id.strip():
             raise InvalidRequest("The task_id parameter is required")
         return cancel_task(ctx, principal, task_id.strip())

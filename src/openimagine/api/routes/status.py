@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,15 +9,18 @@ from fastapi.responses import JSONResponse
 
 from openimagine.api.auth import (
     REQUIRES_KEY,
+    authenticated,
     require_principal,
     require_principal_and_task,
     require_principal_and_task_async,
     run_blocking,
 )
+from openimagine.api.bodies import parse_json
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest, NotFound
 from openimagine.services import tasks
+from openimagine.services.accounts import Principal
 
 router = APIRouter()
 
@@ -49,28 +51,23 @@ def _valid(wanted: str) -> bool:
     return bool(wanted) and wanted.isascii() and wanted.isprintable()
 
 
-async def _status(ctx: AppContext, request: Request, task_id: object,
-                  body_error: str | None = None) -> dict[str, Any]:
+async def _status(ctx: AppContext, request: Request, task_id: object) -> dict[str, Any]:
     """The status answer: on the event loop where the reads can be awaited
     (PostgreSQL, ``ctx.async_reads``) or cannot block (SQLite), else in a thread."""
     wanted = _wanted(task_id)
-    if ctx.async_reads and not body_error and _valid(wanted):
+    if ctx.async_reads and _valid(wanted):
         _, task = await require_principal_and_task_async(ctx, request, wanted)
         if task is None:  # missing, or another account's: the same answer
             raise NotFound("Task not found")
         return tasks.task_view(task, ctx.storage)
-    return await run_blocking(ctx, lambda: _status_of(ctx, request, task_id, body_error),
-                              writes=False)
+    return await run_blocking(ctx, lambda: _status_of(ctx, request, task_id), writes=False)
 
 
-def _status_of(ctx: AppContext, request: Request, task_id: object,
-               body_error: str | None = None) -> dict[str, Any]:
+def _status_of(ctx: AppContext, request: Request, task_id: object) -> dict[str, Any]:
     """Authenticate (401/429 come first, as on every /v1 call), then the task's view."""
     wanted = _wanted(task_id)
-    if body_error or not _valid(wanted):
+    if not _valid(wanted):
         require_principal(ctx, request)
-        if body_error:
-            raise InvalidRequest(body_error)
         if not wanted:
             raise InvalidRequest("The task_id parameter is required")
         raise NotFound("Task not found")
@@ -99,14 +96,18 @@ async def status_get(request: Request) -> JSONResponse:
 @router.post("/v1/status", responses=STATUS_SCHEMA, openapi_extra=REQUIRES_KEY)
 async def status_post(request: Request) -> JSONResponse:
     """The same, with ``{"task_id": "..."}`` in the body."""
-    ctx = get_context(request)
     raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    task_id = body.get("task_id") if isinstance(body, dict) else None
-    if task_id is None:
-        task_id = request.query_params.get("task_id")
-    error = "Malformed JSON body" if body is None else None
-    return ok(await _status(ctx, request, task_id, error))
+
+    def view(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+        body = parse_json(raw, empty={})  # after the key and the rate limit
+        task_id = body.get("task_id") if isinstance(body, dict) else None
+        if task_id is None:
+            task_id = request.query_params.get("task_id")
+        wanted = _wanted(task_id)
+        if not wanted:
+            raise InvalidRequest("The task_id parameter is required")
+        if not _valid(wanted):
+            raise NotFound("Task not found")
+        return tasks.task_view(tasks.get_task(ctx.db, principal, wanted), ctx.storage)
+
+    return ok(await authenticated(request, view, writes=False))

@@ -3,13 +3,13 @@ tasks' own ``callback_url``s) and the delivery log (``services/webhooks.py``).""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from openimagine.api.auth import REQUIRES_KEY, authenticated
+from openimagine.api.bodies import json_object
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest
@@ -45,16 +45,6 @@ DELIVERY = {"type": "object", "properties": {
     "attempts": {"type": "array", "items": ATTEMPT}}}
 
 
-def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("Malformed JSON body") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object")
-    return body
-
-
 @router.post("/v1/webhooks", responses=envelope_schema(CREATED), openapi_extra={
     **REQUIRES_KEY, "requestBody": {"required": True, "content": {"application/json": {
         "schema": {"type": "object", "required": ["url"], "properties": {
@@ -66,7 +56,7 @@ async def add_webhook(request: Request) -> JSONResponse:
     raw = await request.body()
 
     def add(ctx: AppContext, principal: Principal) -> dict[str, Any]:
-        body = _body(raw)  # after the key and the rate limit, as on every call
+        body = json_object(raw)  # after the key and the rate limit, as on every call
         url = webhooks.check_url(body.get("url"), "url",
                                  allow_private=ctx.settings.allow_private_urls)
         events = webhooks.check_events(body.get("events"))

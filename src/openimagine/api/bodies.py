@@ -1,0 +1,52 @@
+"""JSON request bodies, read the one safe way for every route of both faces."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from openimagine.errors import InvalidRequest
+
+# No field of either face nests more than three levels; unknown fields are ignored,
+# but a value nested deeper than this is refused rather than handed to code (repr,
+# fingerprints, the JSON parser itself near Python's recursion limit) that recurses.
+MAX_DEPTH = 100
+MALFORMED = "Malformed JSON body"
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def parse_json(raw: bytes, empty: Any = None) -> Any:
+    """The JSON value of a request body, ``empty`` for a blank one. Anything else
+    that is not JSON, including nesting past ``MAX_DEPTH`` (about 1000 levels would
+    otherwise be a RecursionError and a 500), is 400 "Malformed JSON body".
+    Routes call this after authenticating, so an anonymous body costs no parse."""
+    if not raw.strip():
+        return empty
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidRequest(MALFORMED) from None
+    if isinstance(value, (dict, list)) and _too_deep(value):
+        raise InvalidRequest(f"{MALFORMED}: nested more than {MAX_DEPTH} levels deep")
+    return value
+
+
+def json_object(raw: bytes, refusal: str = "The request body must be a JSON object"
+                ) -> dict[str, Any]:
+    """``parse_json`` of a body that must be an object (``refusal`` when it is not)."""
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise InvalidRequest(refusal)
+    return body

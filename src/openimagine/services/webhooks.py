@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from openimagine.errors import AccountNotFound, InvalidRequest, NotFound
 from openimagine.inputs.fetch import is_public_address
+from openimagine.inputs.refs import url_problem as http_url_problem
 from openimagine.store.db import Database, rows_changed
 from openimagine.store.models import (
     Account,
@@ -68,26 +69,21 @@ def event_type(face: str | None, status: str) -> str:
 
 
 def url_problem(url: object, *, allow_private: bool) -> str | None:
-    """Why ``url`` cannot receive webhooks, or None. Its shape only, and a literal
-    address the SSRF policy refuses; names are resolved and checked at each try."""
+    """Why ``url`` cannot receive webhooks, or None. Its shape (the same rules as an
+    image URL), and a literal address the SSRF policy refuses; names are resolved
+    and checked at each try."""
     if not isinstance(url, str) or not url:
         return "must be an http(s) URL"
-    if len(url) > MAX_URL_LENGTH:
-        return f"must be at most {MAX_URL_LENGTH} characters"
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        return "must not contain whitespace or control characters"
-    try:
-        parts = urlsplit(url)
-        parts.port  # raises ValueError on a port that is not a number in range
-    except ValueError:
-        return "is not a valid URL"
-    if parts.scheme.lower() not in ("http", "https"):
+    if url.lower().startswith("data:"):
         return "must be an http(s) URL"
-    if not parts.hostname:
-        return "must name a host"
+    if len(url) > MAX_URL_LENGTH:  # shorter than an image URL may be: it is stored per task
+        return f"must be at most {MAX_URL_LENGTH} characters"
+    problem = http_url_problem(url)
+    if problem:
+        return problem
     if not allow_private:
         try:
-            address = ipaddress.ip_address(parts.hostname)
+            address = ipaddress.ip_address(urlsplit(url).hostname or "")
         except ValueError:
             return None
         if not is_public_address(address):

@@ -12,11 +12,11 @@ $(BIN)/python:
 
 # Stamps re-install when pyproject.toml changes.
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[server]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,diffusers,scale]'
+	$(BIN)/python -m pip install --quiet -e '.[server,test,diffusers,scale]'
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run

@@ -3,6 +3,11 @@
 Human output by default, ``--json`` where a script would parse it. Every
 command reads the same settings (``OPENIMAGINE_DATA_DIR``,
 ``OPENIMAGINE_DATABASE_URL``, ...).
+
+``pip install openimagine`` has the client commands only (``generate``,
+``status``); the others need ``openimagine[server]``. So importing this module
+loads no server module: each server command imports what it needs inside
+``cli_common.server_extra()``, which makes a missing dependency one line and exit 1.
 """
 
 from __future__ import annotations
@@ -13,21 +18,22 @@ import logging
 import signal
 import subprocess
 import sys
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from openimagine.catalog import Catalog, CatalogError, load_catalog
 from openimagine.cli_client import generate_command, status_command
+from openimagine.cli_common import fail, server_extra
 from openimagine.cli_models import engines_command, models_app
 from openimagine.cli_webhooks import webhooks_app
-from openimagine.errors import AccountNotFound, KeyNotFound
-from openimagine.services import accounts
-from openimagine.settings import PLANS, Settings
-from openimagine.store import migrate
-from openimagine.store.db import Database
+from openimagine.errors import AccountNotFound, KeyNotFound  # dependency-free
+
+if TYPE_CHECKING:
+    from openimagine.catalog import Catalog
+    from openimagine.settings import Settings
+    from openimagine.store.db import Database
 
 app = typer.Typer(help="openimagine: self-hosted video generation with the Grok Imagine API.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -51,14 +57,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 LOCAL_ACCOUNT = "local"
 LOCAL_CREDITS = 10_000
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+# settings.PLANS, spelled out so that --help needs no server module (a test checks
+# that the two agree).
+PLAN_NAMES = ("free", "pro", "enterprise")
 
 
 def load_settings(**overrides: Any) -> Settings:
+    with server_extra():
+        from openimagine.settings import Settings
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
@@ -67,6 +73,8 @@ def load_settings(**overrides: Any) -> Settings:
 
 def load_models(settings: Settings) -> Catalog:
     """The catalog of models; a bad models file is one line and exit 1."""
+    from openimagine.catalog import CatalogError, load_catalog
+
     try:
         return load_catalog(settings)
     except CatalogError as exc:
@@ -75,6 +83,9 @@ def load_models(settings: Settings) -> Catalog:
 
 def open_db(settings: Settings) -> Database:
     """The database, migrated to the latest schema."""
+    from openimagine.store import migrate
+    from openimagine.store.db import Database
+
     try:
         # A bad URL, or a folder for the SQLite file that cannot be created.
         db = Database(settings.resolved_database_url)
@@ -93,6 +104,8 @@ def print_json(value: object) -> None:
 
 def _bootstrap_local_account(settings: Settings, db: Database) -> None:
     """First run on loopback: an account to try things with, and how to call it."""
+    from openimagine.services import accounts
+
     if not settings.is_local or accounts.count_accounts(db) > 0:
         return
     _, key = accounts.create_account(db, LOCAL_ACCOUNT, plan="pro", credits=LOCAL_CREDITS)
@@ -118,9 +131,10 @@ def serve(
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Run the API alone.")] = False,
 ) -> None:
     """Run the API (and, by default, the worker pool) in one process."""
-    import uvicorn
+    with server_extra():
+        import uvicorn
 
-    from openimagine.api.app import create_app
+        from openimagine.api.app import create_app
 
     settings = load_settings(host=host, port=port, workers=workers)
     catalog = load_models(settings)
@@ -148,8 +162,10 @@ def worker(
     openimagine.<model>; a local model forks one process per slot (keep its
     concurrency at 1 and run one worker per GPU), a relay runs its slots as threads.
     """
-    from openimagine.api.app import build_storage
-    from openimagine.worker.pool import WorkerPool
+    with server_extra():
+        from openimagine.api.app import build_storage
+        from openimagine.catalog import CatalogError
+        from openimagine.worker.pool import WorkerPool
 
     settings = load_settings(workers=workers)
     catalog = load_models(settings)
@@ -207,11 +223,14 @@ def _run_worker_per_model(names: list[str], workers: int | None) -> int:
 @accounts_app.command("create")
 def accounts_create(
     name: str,
-    plan: Annotated[str, typer.Option(help=f"One of {', '.join(PLANS)}.")] = "free",
+    plan: Annotated[str, typer.Option(help=f"One of {', '.join(PLAN_NAMES)}.")] = "free",
     credits: Annotated[int, typer.Option(help="Credits to start with.")] = 0,
     json_output: JsonOption = False,
 ) -> None:
     """Create an account and its first API key (printed once)."""
+    with server_extra():
+        from openimagine.services import accounts
+
     db = open_db(load_settings())
     try:
         account, key = accounts.create_account(db, name, plan=plan, credits=credits)
@@ -228,6 +247,9 @@ def accounts_create(
 @accounts_app.command("show")
 def accounts_show(name: str, json_output: JsonOption = False) -> None:
     """Plan, balance and usage of an account."""
+    with server_extra():
+        from openimagine.services import accounts
+
     db = open_db(load_settings())
     try:
         info = accounts.summary(db, name=name)
@@ -245,6 +267,9 @@ def accounts_show(name: str, json_output: JsonOption = False) -> None:
 @accounts_app.command("set-plan")
 def accounts_set_plan(name: str, plan: str) -> None:
     """Move an account to another plan."""
+    with server_extra():
+        from openimagine.services import accounts
+
     db = open_db(load_settings())
     try:
         accounts.set_plan(db, name, plan)
@@ -256,6 +281,9 @@ def accounts_set_plan(name: str, plan: str) -> None:
 @keys_app.command("create")
 def keys_create(name: str, json_output: JsonOption = False) -> None:
     """Add an API key to an account (printed once)."""
+    with server_extra():
+        from openimagine.services import accounts
+
     db = open_db(load_settings())
     try:
         key = accounts.create_key(db, name)
@@ -270,6 +298,9 @@ def keys_create(name: str, json_output: JsonOption = False) -> None:
 @keys_app.command("list")
 def keys_list(name: str, json_output: JsonOption = False) -> None:
     """The keys of an account, by prefix."""
+    with server_extra():
+        from openimagine.services import accounts
+
     db = open_db(load_settings())
     try:
         keys = accounts.list_keys(db, name)
@@ -288,6 +319,9 @@ def keys_list(name: str, json_output: JsonOption = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_prefix: str) -> None:
     """Revoke the key that starts with KEY_PREFIX (at once, for every API process)."""
+    with server_extra():
+        from openimagine.services import accounts
+
     db = open_db(load_settings())
     try:
         prefix = accounts.revoke_key(db, key_prefix)
@@ -299,6 +333,9 @@ def keys_revoke(key_prefix: str) -> None:
 @credits_app.command("grant")
 def credits_grant(name: str, amount: int, json_output: JsonOption = False) -> None:
     """Add AMOUNT credits to an account."""
+    with server_extra():
+        from openimagine.services import accounts
+
     db = open_db(load_settings())
     try:
         balance = accounts.grant_credits(db, name, amount)

@@ -3,6 +3,8 @@
 Both are thin shells: ``engines_report`` gathers the facts (without importing
 torch: dependencies are checked with ``importlib.util.find_spec``), and
 ``make_tiny`` lives in the diffusers engine package (imported only when used).
+Server modules are imported inside the functions: ``cli`` registers these
+commands, and importing it must need no more than ``pip install openimagine``.
 """
 
 from __future__ import annotations
@@ -10,23 +12,25 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from openimagine.catalog import Catalog, CatalogError, load_catalog
-from openimagine.engines import ENGINES, engine_info
-from openimagine.engines.base import frame_size
-from openimagine.engines.diffusers.families import FAMILIES, default_sizes
-from openimagine.engines.diffusers.tiny import FAMILIES as TINY_FAMILIES
-from openimagine.settings import Settings
+from openimagine.cli_common import server_extra
+
+if TYPE_CHECKING:
+    from openimagine.catalog import Catalog
+    from openimagine.settings import Settings
 
 models_app = typer.Typer(no_args_is_help=True)
 # How long ``models list`` waits for an upstream to answer.
 REACH_TIMEOUT = 3.0
+# engines.diffusers.tiny.FAMILIES, spelled out so that --help needs no server module
+# (a test checks that the two agree).
+TINY_FAMILIES = ("wan-t2v", "wan-i2v", "ltx-t2v", "ltx-i2v", "cogvideox-t2v", "cogvideox-i2v")
 
 
 @models_app.callback()
@@ -46,6 +50,8 @@ def _reachable(url: str) -> str | None:
 def models_report(settings: Settings, catalog: Catalog, *, probe: bool = True) -> list[dict]:
     """One entry per model: what it costs and takes, and whether it can run here (its
     engine's modules are installed; a relay's upstreams answer). Never a key."""
+    from openimagine.engines import ENGINES
+
     report = []
     for model in catalog.models.values():
         entry = dict(model.describe(), default=model.name == catalog.default)
@@ -68,6 +74,10 @@ def models_list_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """The models served (OPENIMAGINE_MODELS_FILE): engine, price, concurrency, readiness."""
+    with server_extra():
+        from openimagine.catalog import CatalogError, load_catalog
+        from openimagine.settings import Settings
+
     settings = Settings()  # type: ignore[call-arg]  # values come from the environment
     try:
         catalog = load_catalog(settings)
@@ -106,6 +116,9 @@ def _module_available(name: str) -> bool:
 
 
 def _sizes(name: str, settings: Settings, ratios: tuple[str, ...]) -> dict[str, str]:
+    from openimagine.engines.base import frame_size
+    from openimagine.engines.diffusers.families import FAMILIES, default_sizes
+
     if name in FAMILIES:
         explicit = "resolution" in settings.model_fields_set
         sizes = default_sizes(FAMILIES[name], settings.resolution if explicit else None)
@@ -119,6 +132,10 @@ def _sizes(name: str, settings: Settings, ratios: tuple[str, ...]) -> dict[str, 
 
 def engines_report(settings: Settings | None = None) -> list[dict[str, Any]]:
     """One entry per registered engine: what it supports and whether it can run here."""
+    with server_extra():
+        from openimagine.engines import ENGINES, engine_info
+        from openimagine.settings import Settings
+
     settings = settings or Settings()  # type: ignore[call-arg]  # values come from the environment
     report = []
     for name, entry in ENGINES.items():
@@ -185,7 +202,8 @@ def make_tiny_command(
             "make-tiny needs the diffusers extra: pip install 'openimagine[diffusers]'", err=True
         )
         raise typer.Exit(1)
-    from openimagine.engines.diffusers.tiny import make_tiny
+    with server_extra():
+        from openimagine.engines.diffusers.tiny import make_tiny
 
     path = make_tiny(family, directory)
     typer.echo(f"wrote a tiny {family} model to {path}")

@@ -1,21 +1,28 @@
 """``openimagine webhooks ...``: an operator's view of an account's webhooks, a thin
-shell over ``services/webhooks.py`` (the same as ``/v1/webhooks`` for its owner)."""
+shell over ``services/webhooks.py`` (the same as ``/v1/webhooks`` for its owner).
+The service is imported inside each command: ``cli`` registers these, and
+importing it must need no more than ``pip install openimagine``."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from openimagine.cli_common import server_extra
 from openimagine.errors import AccountNotFound, OpenImagineError
-from openimagine.services import webhooks
-from openimagine.settings import Settings
-from openimagine.store.db import Database
 
+if TYPE_CHECKING:
+    from openimagine.settings import Settings
+    from openimagine.store.db import Database
+
+# services.webhooks.EVENT_TYPES, spelled out so that --help needs no server module
+# (a test checks that the two agree).
+EVENT_TYPES = ("task.completed", "task.failed", "video.completed", "video.failed")
 webhooks_app = typer.Typer(no_args_is_help=True)
 console = Console(soft_wrap=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -34,6 +41,7 @@ def _fail(message: str) -> NoReturn:
 def _open(account: str) -> tuple[Settings, Database, int]:
     # The shared setup of every command (``cli`` imports this module, so not at the top).
     from openimagine.cli import load_settings, open_db
+    from openimagine.services import webhooks
 
     settings = load_settings()
     db = open_db(settings)
@@ -53,10 +61,13 @@ def add(
     url: str,
     event: Annotated[list[str] | None, typer.Option(
         "--event", help=f"Send only this event type (repeat for more): "
-                        f"{', '.join(webhooks.EVENT_TYPES)}. Default: all.")] = None,
+                        f"{', '.join(EVENT_TYPES)}. Default: all.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Register URL as a webhook endpoint of ACCOUNT; prints its secret (once)."""
+    with server_extra():
+        from openimagine.services import webhooks
+
     settings, db, owner = _open(account)
     try:
         checked = webhooks.check_url(url, "url", allow_private=settings.allow_private_urls)
@@ -75,6 +86,9 @@ def add(
 @webhooks_app.command("list")
 def list_(account: str, json_output: JsonOption = False) -> None:
     """The webhook endpoints of ACCOUNT."""
+    with server_extra():
+        from openimagine.services import webhooks
+
     _, db, owner = _open(account)
     endpoints = [endpoint.view() for endpoint in webhooks.list_endpoints(db, owner)]
     if json_output:
@@ -92,6 +106,9 @@ def list_(account: str, json_output: JsonOption = False) -> None:
 @webhooks_app.command("remove")
 def remove(account: str, webhook_id: str) -> None:
     """Remove the endpoint WEBHOOK_ID of ACCOUNT (its waiting deliveries are dropped)."""
+    with server_extra():
+        from openimagine.services import webhooks
+
     _, db, owner = _open(account)
     try:
         webhooks.remove_endpoint(db, owner, webhook_id)
@@ -108,6 +125,9 @@ def secret(
     json_output: JsonOption = False,
 ) -> None:
     """The default secret of ACCOUNT: it signs deliveries to tasks' callback URLs."""
+    with server_extra():
+        from openimagine.services import webhooks
+
     _, db, owner = _open(account)
     key = webhooks.default_secret(db, owner, rotate=rotate)
     if json_output:
@@ -134,6 +154,9 @@ def deliveries(
 ) -> None:
     """The webhook deliveries of ACCOUNT, newest first, with every try: time, HTTP
     status, latency and the next try."""
+    with server_extra():
+        from openimagine.services import webhooks
+
     _, db, owner = _open(account)
     try:
         rows, _ = webhooks.deliveries(db, owner, webhook, limit=limit)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import httpx
 import openai
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from openimagine.store.models import LedgerEntry, Task
+from openimagine.store.models import IdempotencyKey, LedgerEntry, Task
+from openimagine.timeutil import utcnow
 
 from conftest import Server, auth
 
@@ -216,3 +219,24 @@ def test_the_task_list_pages_through_own_tasks_newest_first(
     assert bad.status_code == 400
     assert server.client.get("/v1/tasks", params={"after": "task_nope"},
                              headers=auth(key)).status_code == 404
+
+
+def test_keys_older_than_a_day_are_forgotten_by_the_workers(server: Server) -> None:
+    key = server.account(credits=CREDITS)
+    headers = {**auth(key), "Idempotency-Key": "yesterday"}
+    first = server.client.post("/v1/generate", json={"prompt": "x"}, headers=headers)
+    with server.db.write() as session:
+        session.execute(update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=25)))
+    # The worker's reaper forgets it within a round; then the key is new again.
+    deadline = time.monotonic() + 15
+    while tasks_of_keys(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tasks_of_keys(server) == 0
+    again = server.client.post("/v1/generate", json={"prompt": "x"}, headers=headers)
+    assert again.json()["data"]["task_id"] != first.json()["data"]["task_id"]
+    assert "Idempotent-Replayed" not in again.headers
+
+
+def tasks_of_keys(server: Server) -> int:
+    with server.db.read() as session:
+        return session.scalar(select(func.count()).select_from(IdempotencyKey)) or 0

@@ -123,11 +123,13 @@ def abandon(db: Database, claimed: Claimed) -> None:
 
 
 def forget_expired(db: Database, *, limit: int = 1000) -> int:
-    """Delete keys past the retention (a few at a time; run periodically)."""
-    with db.write() as session:
+    """Delete up to ``limit`` keys past the retention; the workers' reapers call it
+    every round. An idle round only reads (no write lock on SQLite)."""
+    with db.read() as session:
         ids = list(session.scalars(select(IdempotencyKey.id).where(
             IdempotencyKey.created_at < utcnow() - KEEP).limit(limit)))
-        if ids:
+    if ids:
+        with db.write() as session:
             session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids)))
     return len(ids)
 

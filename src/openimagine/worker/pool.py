@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from openimagine.catalog import Catalog, Model, create_model_engine
 from openimagine.engines.base import Engine
 from openimagine.moderation import load_policy
-from openimagine.services import lifecycle
+from openimagine.services import idempotency, lifecycle
 from openimagine.settings import Settings
 from openimagine.storage import Storage
 from openimagine.store.db import Database
@@ -106,6 +106,7 @@ class WorkerPool:
                     on_requeue=self.wakeups.notify)
                 if requeued or failed:
                     log.warning("expired leases: %d re-queued, %d failed", requeued, failed)
+                await asyncio.to_thread(idempotency.forget_expired, self.db)
             except Exception:
                 log.exception("reaper failed; trying again")
             await self._sleep_until(stop, interval)

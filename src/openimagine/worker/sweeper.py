@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from openimagine.services import lifecycle
+from openimagine.services import idempotency, lifecycle
 from openimagine.settings import Settings
 from openimagine.store.db import Database
 from openimagine.worker.dispatch import Dispatcher
@@ -47,6 +47,7 @@ class Sweeper:
         """One round; returns (re-queued, failed, re-published)."""
         requeued, failed = lifecycle.reap_expired(
             self.db, max_attempts=self.settings.max_attempts, on_requeue=self.dispatcher.notify)
+        idempotency.forget_expired(self.db)
         republished = 0
         for model, pending in lifecycle.pending_by_model(self.db).items():
             ready = self.queue_depth(model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import socket
 import threading
 import time
@@ -419,17 +420,19 @@ def test_balance_exactly_the_price_is_enough_once(idle: Server) -> None:
     assert summary["usage"]["tasks"]["pending"] == 1
 
 
+def stored_inputs(server: Server) -> set[str]:
+    """Every file and folder under the stored inputs."""
+    inputs_dir = server.settings.outputs_dir / "inputs"
+    return {str(p) for p in inputs_dir.rglob("*")} if inputs_dir.exists() else set()
+
+
 def test_a_402_for_a_data_uri_leaves_no_stored_input(idle: Server) -> None:
-    inputs_dir = idle.settings.outputs_dir / "inputs"
-
-    def stored() -> set[str]:
-        return {str(p) for p in inputs_dir.rglob("*") if p.is_file()} if inputs_dir.exists() \
-            else set()
-
-    before = stored()
+    """Neither the image nor an empty ``inputs/task_*`` folder stays behind."""
+    before = stored_inputs(idle)
     key = idle.account(credits=0)
-    assert_error(idle.generate(key, images=[png_data_uri()]), 402, "INSUFFICIENT_CREDITS")
-    assert stored() == before
+    assert_error(idle.generate(key, images=[png_data_uri(), png_data_uri()]), 402,
+                 "INSUFFICIENT_CREDITS")
+    assert stored_inputs(idle) == before
 
 
 # ---------------------------------------------------------------------------
@@ -481,6 +484,25 @@ def test_wrong_method_is_405_in_the_envelope(idle: Server) -> None:
 @pytest.fixture
 def small_body(start_server: Callable[..., Server]) -> Server:
     return start_server(run_workers=False, max_body_bytes=2048)
+
+
+def test_a_data_uri_over_the_image_limit_is_413_and_nothing_is_kept(
+        start_server: Callable[..., Server]) -> None:
+    """Under the body cap but over OPENIMAGINE_FETCH_MAX_BYTES: the client is told which
+    image and the limit (it was a 500), and the images stored before it are removed."""
+    server = start_server(run_workers=False, fetch_max_bytes=1024)
+    key = server.account(name="big-image")
+    big = Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3))  # incompressible
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    assert len(buffer.getvalue()) > 1024
+    oversized = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    response = server.generate(key, images=[png_data_uri(), oversized])
+    assert_error(response, 413, "PAYLOAD_TOO_LARGE",
+                 f"Input image 2 is {len(buffer.getvalue())} bytes, over this server's "
+                 "limit of 1024 bytes per image")
+    assert stored_inputs(server) == set()
+    assert accounts.summary(server.db, name="big-image")["balance"] == 1000
 
 
 def test_body_over_the_limit_with_content_length_is_413(small_body: Server) -> None:

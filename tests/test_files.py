@@ -126,6 +126,15 @@ def test_missing_signature_or_expiry_is_403(video: tuple[Server, str]) -> None:
     assert_forbidden(server.client.get(urlsplit(url)._replace(query="").geturl()))
 
 
+@pytest.mark.parametrize("expires", ["\u00b2", "\u0661\u0662", "9" * 5000, "-1", "1e9", " 1"])
+def test_an_expiry_that_is_not_a_plain_number_is_403_not_500(server: Server,
+                                                              expires: str) -> None:
+    """Anyone can send these without a key: a Unicode digit, an Arabic-Indic number or
+    5000 nines (past int()'s digit limit) are a refused URL, never a server error."""
+    assert_forbidden(server.client.get("/files/outputs/task_x/0.mp4",
+                                       params={"expires": expires, "sig": "a"}))
+
+
 def test_a_signature_cannot_be_stretched_to_a_later_expiry(video: tuple[Server, str]) -> None:
     server, url = video
     expires = int(parse_qs(urlsplit(url).query)["expires"][0])

@@ -19,6 +19,7 @@ and it is signed once instead of on every status request.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -136,7 +137,12 @@ class LocalStorage:
         return self.path(key).read_bytes()
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        path = self.path(key)
+        path.unlink(missing_ok=True)
+        # The task's folder goes with its last file (one task's files have one writer
+        # at a time: the request that stores its inputs, the worker that stores outputs).
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            path.parent.rmdir()
 
     def _signature(self, key: str, expires: int) -> str:
         return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
@@ -152,7 +158,10 @@ class LocalStorage:
 
     def verify(self, key: str, expires: str | None, sig: str | None) -> Path:
         """The file's path when the signature is good and fresh; ``Forbidden`` otherwise."""
-        if not expires or not sig or not expires.isdigit():
+        # ASCII digits only, and few of them: str.isdigit() passes "²", which int()
+        # refuses, and int() refuses more than 4300 digits (both were a 500).
+        if not expires or not sig or not (expires.isascii() and expires.isdigit()
+                                          and len(expires) <= 20):
             raise Forbidden("Forbidden: this file URL is not signed")
         if not hmac.compare_digest(self._signature(key, int(expires)), sig):
             raise Forbidden("Forbidden: this file URL's signature is not valid")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from openimagine import inputs
 from openimagine.api.context import AppContext
 from openimagine.catalog import Model
+from openimagine.errors import InvalidRequest, PayloadTooLarge
 from openimagine.services import idempotency, tasks
 from openimagine.services.accounts import Principal
 
@@ -18,6 +19,17 @@ class Submitted:
     task_id: str
     # True when an Idempotency-Key named a task made before: nothing new was created.
     replayed: bool = False
+
+
+def _decoded(ref: str, index: int, max_bytes: int) -> bytes:
+    """A data URI's bytes; the client's mistake (413 or 400) when they cannot be kept."""
+    try:
+        return inputs.decode_data_uri(ref, max_bytes=max_bytes)
+    except inputs.ImageTooLarge as exc:
+        raise PayloadTooLarge(f"Input image {index + 1} is {exc.size} bytes, over this "
+                              f"server's limit of {exc.limit} bytes per image") from None
+    except inputs.UnsupportedImage as exc:
+        raise InvalidRequest(f"Input image {index + 1}: {exc}") from None
 
 
 def submit_task(ctx: AppContext, principal: Principal, model: Model, new: tasks.NewTask, *,
@@ -44,8 +56,8 @@ def submit_task(ctx: AppContext, principal: Principal, model: Model, new: tasks.
             if isinstance(ref, str) and not ref.startswith("data:"):
                 images.append(ref)
                 continue
-            data = ref if isinstance(ref, bytes) else inputs.decode_data_uri(
-                ref, max_bytes=ctx.settings.fetch_max_bytes)
+            data = ref if isinstance(ref, bytes) else _decoded(ref, index,
+                                                               ctx.settings.fetch_max_bytes)
             key = f"inputs/{task_id}/{index}.{inputs.sniff_image_type(data) or 'bin'}"
             ctx.storage.put_bytes(key, data)
             stored.append(key)

@@ -25,6 +25,7 @@ from openimagine.inputs.images import decode_image, sniff_image_type
 from openimagine.inputs.refs import (
     MAX_IMAGES,
     FetchFailed,
+    ImageTooLarge,
     InputError,
     InvalidImageReference,
     UnsupportedImage,
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_IMAGES",
     "AddressPolicy",
     "FetchFailed",
+    "ImageTooLarge",
     "InputError",
     "InvalidImageReference",
     "UnsupportedImage",

@@ -36,6 +36,14 @@ class UnsupportedImage(InputError):
     public_message = "File type not supported"
 
 
+class ImageTooLarge(UnsupportedImage):
+    """A data URI whose payload is over the byte limit (``fetch_max_bytes``)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"data URI holds {size} bytes, over the {limit} limit")
+        self.size, self.limit = size, limit
+
+
 class FetchFailed(InputError):
     """The URL could not be fetched: DNS, refused, timeout, non-2xx, too large, refused address."""
 
@@ -139,7 +147,7 @@ def decode_data_uri(ref: str, *, max_bytes: int | None = None) -> bytes:
     except ValueError as exc:
         raise UnsupportedImage("data URI payload is not valid base64") from exc
     if max_bytes is not None and len(data) > max_bytes:
-        raise UnsupportedImage(f"data URI holds {len(data)} bytes, over the {max_bytes} limit")
+        raise ImageTooLarge(len(data), max_bytes)
     return data
 
 

@@ -19,8 +19,6 @@ from openimagine import inputs
 from openimagine.api.auth import (
     REQUIRES_KEY,
     authenticated,
-    require_principal,
-    require_principal_and_task,
     run_blocking,
 )
 from openimagine.api.bodies import json_object, parse_json
@@ -37,6 +35,7 @@ from openimagine.api.openai.videos import (
     video_object,
     video_price,
 )
+from openimagine.api.routes.status import caller_task
 from openimagine.api.stream import stream_response
 from openimagine.api.submit import submit_task
 from openimagine.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
@@ -176,17 +175,10 @@ async def retrieve_video(request: Request) -> Response:
     # Read by hand, not by the router: this runs below FastAPI's stack too.
     video_id = request.scope["path"][len(PREFIX):]
 
-    def read() -> Record:
-        wanted = video_id.strip()
-        if not wanted or not (wanted.isascii() and wanted.isprintable()):
-            require_principal(ctx, request)  # 401 and 429 come first, as on every call
-            raise NotFound(f"No video found with id '{wanted[:64]}'")
-        _, task = require_principal_and_task(ctx, request, wanted)
-        if task is None:
-            raise NotFound(f"No video found with id '{wanted}'")
-        return task
-
-    task = await run_blocking(ctx, read, writes=False)
+    try:
+        task = await caller_task(ctx, request, video_id)
+    except NotFound:
+        raise NotFound(f"No video found with id '{video_id.strip()[:64]}'") from None
     return _json(_video(ctx, task), headers={"openai-poll-after-ms": str(poll_after_ms(task))})
 
 

@@ -12,19 +12,15 @@ from starlette.responses import Response
 from openimagine.api.auth import (
     REQUIRES_KEY,
     authenticated,
-    require_principal,
-    require_principal_and_task,
-    run_blocking,
 )
 from openimagine.api.bodies import parse_json
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_schema, ok
-from openimagine.api.routes.status import STATUS_SCHEMA
+from openimagine.api.routes.status import STATUS_SCHEMA, caller_task
 from openimagine.api.stream import stream_response
 from openimagine.errors import Conflict, InvalidRequest, NotFound
 from openimagine.services import lifecycle, tasks
 from openimagine.services.accounts import Principal
-from openimagine.store.db import Record
 
 router = APIRouter()
 
@@ -108,28 +104,13 @@ STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {
     "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 
-def own_task(ctx: AppContext, request: Request, task_id: str | None) -> Record:
-    """The caller's task for a stream (401 and 429 first, as on every call)."""
-    wanted = (task_id or "").strip()
-    if not wanted or not (wanted.isascii() and wanted.isprintable()):
-        require_principal(ctx, request)
-        if not wanted:
-            raise InvalidRequest("The task_id parameter is required")
-        raise NotFound("Task not found")
-    _, task = require_principal_and_task(ctx, request, wanted)
-    if task is None:
-        raise NotFound("Task not found")
-    return task
-
-
 @router.get("/v1/status/stream", responses=STREAM_DOC, openapi_extra={
     **REQUIRES_KEY, "parameters": [{"name": "task_id", "in": "query", "required": True,
                                     "schema": {"type": "string"}}]})
 async def status_stream(request: Request) -> Response:
     """A task's status as it changes (server-sent events), until it is final."""
     ctx = get_context(request)
-    task_id = request.query_params.get("task_id")
-    task = await run_blocking(ctx, lambda: own_task(ctx, request, task_id), writes=False)
+    task = await caller_task(ctx, request, request.query_params.get("task_id"))
     assert ctx.hub is not None
     return stream_response(request, ctx.hub, task,
                            lambda row: tasks.task_view(row, ctx.storage))

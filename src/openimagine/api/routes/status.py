@@ -21,6 +21,7 @@ from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest, NotFound
 from openimagine.services import tasks
 from openimagine.services.accounts import Principal
+from openimagine.store.db import Record
 
 router = APIRouter()
 
@@ -51,21 +52,21 @@ def _valid(wanted: str) -> bool:
     return bool(wanted) and wanted.isascii() and wanted.isprintable()
 
 
-async def _status(ctx: AppContext, request: Request, task_id: object) -> dict[str, Any]:
-    """The status answer: on the event loop where the reads can be awaited
-    (PostgreSQL, ``ctx.async_reads``) or cannot block (SQLite), else in a thread."""
+async def caller_task(ctx: AppContext, request: Request, task_id: object) -> Record:
+    """The caller's task ``task_id`` (401 and 429 first, as on every /v1 call; a
+    missing id is 400; another account's task is NotFound like a missing one): on
+    the event loop where the reads can be awaited (PostgreSQL, ``ctx.async_reads``)
+    or cannot block (SQLite), else in a thread. Both faces' hot reads use it."""
     wanted = _wanted(task_id)
     if ctx.async_reads and _valid(wanted):
         _, task = await require_principal_and_task_async(ctx, request, wanted)
-        if task is None:  # missing, or another account's: the same answer
+        if task is None:
             raise NotFound("Task not found")
-        return tasks.task_view(task, ctx.storage)
-    return await run_blocking(ctx, lambda: _status_of(ctx, request, task_id), writes=False)
+        return task
+    return await run_blocking(ctx, lambda: _task_of(ctx, request, wanted), writes=False)
 
 
-def _status_of(ctx: AppContext, request: Request, task_id: object) -> dict[str, Any]:
-    """Authenticate (401/429 come first, as on every /v1 call), then the task's view."""
-    wanted = _wanted(task_id)
+def _task_of(ctx: AppContext, request: Request, wanted: str) -> Record:
     if not _valid(wanted):
         require_principal(ctx, request)
         if not wanted:
@@ -74,7 +75,11 @@ def _status_of(ctx: AppContext, request: Request, task_id: object) -> dict[str, 
     _, task = require_principal_and_task(ctx, request, wanted)
     if task is None:  # missing, or another account's: the same answer
         raise NotFound("Task not found")
-    return tasks.task_view(task, ctx.storage)
+    return task
+
+
+async def _status(ctx: AppContext, request: Request, task_id: object) -> dict[str, Any]:
+    return tasks.task_view(await caller_task(ctx, request, task_id), ctx.storage)
 
 
 # The query parameter is read by hand: FastAPI's parameter machinery costs

@@ -119,10 +119,23 @@ def test_null_prompt_is_missing(idle: Server) -> None:
                  "Invalid request: The prompt parameter is required")
 
 
-@pytest.mark.parametrize("prompt", ["", " ", "   \n\t  "])
+@pytest.mark.parametrize("prompt", ["", " ", "   \n\t  ", "\u200b\u200b\u200b", "\ufeff",
+                                    " \u200b\u2060\u200e\n"])
 def test_empty_or_whitespace_prompt_is_400(idle: Server, prompt: str) -> None:
+    """Invisible format characters (zero-width space, word joiner, BOM, bidi marks)
+    trim like spaces: a prompt of nothing else is empty, refused and not billed."""
+    name = f"blank-{len(prompt)}-{ord(prompt[0]) if prompt else 0}"
+    key = idle.account(name=name)
+    assert_error(idle.generate(key, prompt=prompt), 400, "INVALID_REQUEST",
+                 "Invalid request: The prompt parameter must not be empty")
+    assert accounts.summary(idle.db, name=name)["balance"] == 1000
+
+
+def test_format_characters_inside_a_prompt_are_kept(idle: Server) -> None:
     key = idle.account()
-    assert_error(idle.generate(key, prompt=prompt), 400, "INVALID_REQUEST")
+    task_id = idle.generate(key, prompt="\u200b a \U0001F469\u200d\U0001F4BB coding \ufeff")
+    assert status_of(idle, key, task_id.json()["data"]["task_id"])["request"]["prompt"] == \
+        "a \U0001F469\u200d\U0001F4BB coding"
 
 
 def test_prompt_of_5000_characters_is_accepted_and_5001_refused(idle: Server) -> None:

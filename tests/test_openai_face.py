@@ -227,6 +227,8 @@ def test_bad_input_gets_openais_error_object_never_the_envelope(server: Server) 
         ("POST", "/v1/videos", {"content": b"{not json", "headers": {
             "content-type": "application/json"}}, 400),
         ("POST", "/v1/videos", {"json": {"prompt": ""}}, 400),
+        ("POST", "/v1/videos", {"json": {"prompt": "\u200b\u200b\ufeff"}}, 400),  # invisible
+        ("POST", "/v1/videos/task_missing/remix", {"json": {"prompt": "\u200b"}}, 400),
         ("POST", "/v1/videos", {"json": {"prompt": "x", "seconds": "soon"}}, 400),
         ("POST", "/v1/videos", {"files": {"prompt": (None, "x"), "input_reference": (
             "notes.txt", b"hello", "text/plain")}}, 400),

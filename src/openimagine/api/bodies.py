@@ -1,8 +1,10 @@
-"""JSON request bodies, read the one safe way for every route of both faces."""
+"""JSON request bodies, read the one safe way for every route of both faces, and
+their text trimmed the one way."""
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 from openimagine.errors import InvalidRequest
@@ -50,3 +52,20 @@ def json_object(raw: bytes, refusal: str = "The request body must be a JSON obje
     if not isinstance(body, dict):
         raise InvalidRequest(refusal)
     return body
+
+
+def _blank(char: str) -> bool:
+    # Cf: zero-width space and joiners, BOM, bidi marks: invisible, so a prompt of
+    # nothing else is as empty as one of spaces (and must not be billed).
+    return char.isspace() or unicodedata.category(char) == "Cf"
+
+
+def trimmed(text: str) -> str:
+    """``text`` without leading and trailing whitespace and Unicode format characters;
+    those inside (a zero-width joiner in an emoji) stay."""
+    start, end = 0, len(text)
+    while start < end and _blank(text[start]):
+        start += 1
+    while end > start and _blank(text[end - 1]):
+        end -= 1
+    return text[start:end]

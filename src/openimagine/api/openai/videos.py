@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from openimagine import inputs
+from openimagine.api.bodies import trimmed
 from openimagine.catalog import Model
 from openimagine.engines.base import EngineInfo, frame_size, ratio_parts
 from openimagine.errors import InvalidRequest
@@ -102,9 +103,9 @@ def parse_seconds(value: object) -> float | None:
 
 
 def parse_prompt(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
+    prompt = trimmed(value) if isinstance(value, str) else ""
+    if not prompt:
         raise BadField("prompt", "prompt is required")
-    prompt = value.strip()
     if len(prompt) > MAX_PROMPT:
         raise BadField("prompt", f"prompt must be at most {MAX_PROMPT} characters")
     if "\x00" in prompt:

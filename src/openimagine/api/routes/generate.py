@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from openimagine import inputs
 from openimagine.api.auth import REQUIRES_KEY, authenticated
-from openimagine.api.bodies import json_object
+from openimagine.api.bodies import json_object, trimmed
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.api.submit import Submitted, submit_task
@@ -89,7 +89,7 @@ def parse_generate(raw: bytes, ctx: AppContext) -> Generation:
         raise InvalidRequest("The prompt parameter is required")
     if not isinstance(prompt, str):
         raise InvalidRequest("The prompt parameter must be a string")
-    prompt = prompt.strip()
+    prompt = trimmed(prompt)
     if not prompt:
         raise InvalidRequest("The prompt parameter must not be empty")
     if len(prompt) > MAX_PROMPT:

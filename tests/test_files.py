@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +15,13 @@ import httpx
 import pytest
 
 from openimagine.media.mp4 import probe_mp4
-from openimagine.storage import LocalStorage, url_expiry
+from openimagine.storage import (
+    STAGING_MAX_AGE_SECONDS,
+    LocalStorage,
+    clean_staging,
+    scratch_prefix,
+    url_expiry,
+)
 
 from conftest import Server, auth
 
@@ -280,3 +289,34 @@ def test_output_video_follows_the_configured_resolution_and_fps(
     assert info["width"] > info["height"]
     assert info["fps"] == pytest.approx(10, rel=0.05)
     assert info["frames"] == 10
+
+
+def test_staging_cleanup_removes_only_scratch_that_is_certainly_dead(tmp_path: Path) -> None:
+    """A storage folder may be shared by workers on several hosts: at start a process
+    removes this host's scratch of exited processes at once, but another host's (or an
+    unnamed) folder only after STAGING_MAX_AGE_SECONDS untouched; its own stays."""
+    staging = tmp_path / ".staging"
+    staging.mkdir()
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    host = socket.gethostname()
+    names = {
+        "mine": scratch_prefix() + "a",
+        "exited": f"{host}~{exited.pid}~0badf00d~b",
+        "earlier_with_my_pid": f"{host}~{os.getpid()}~0badf00d~c",
+        "other_host_fresh": "gpu-7~123~0badf00d~d",
+        "other_host_old": "gpu-7~123~0badf00d~e",
+        "unnamed_old": "tmpxyz",
+    }
+    for name in names.values():
+        (staging / name).mkdir()
+        (staging / name / "0.mp4").write_bytes(b"partial")
+    old = time.time() - STAGING_MAX_AGE_SECONDS - 60
+    for key in ("other_host_old", "unnamed_old"):
+        for path in (staging / names[key] / "0.mp4", staging / names[key]):
+            os.utime(path, (old, old))
+    removed = clean_staging(staging)
+    assert sorted(removed) == sorted(names[key] for key in (
+        "exited", "earlier_with_my_pid", "other_host_old", "unnamed_old"))
+    assert sorted(p.name for p in staging.iterdir()) == sorted(
+        [names["mine"], names["other_host_fresh"]])

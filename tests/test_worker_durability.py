@@ -124,6 +124,8 @@ def test_a_server_killed_mid_task_finishes_every_task_after_restart_charged_once
     wait_for_task(client, key, task_ids[0], until=("processing",), timeout=60)
     client.close()
     first.kill()
+    staging = data / "files" / ".staging"
+    assert list(staging.iterdir()), "the killed render left no scratch folder"
 
     db = open_db(data)
     killed = task_row(db, task_ids[0])
@@ -151,6 +153,7 @@ def test_a_server_killed_mid_task_finishes_every_task_after_restart_charged_once
         assert ledger_of(db, task_id) == ["debit"]  # exactly one debit, no refund
         assert completions_logged([first.log, second.log], task_id) == 1
     assert task_row(db, task_ids[0]).attempts == 2  # the killed attempt counted
+    assert list(staging.iterdir()) == []  # the killed render's scratch was cleaned at start
     assert balance_of(db, "alice") == CREDITS - 3 * PRICE
     with db.read() as session:
         assert len(session.scalars(select(Task.id)).all()) == 3

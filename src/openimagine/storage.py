@@ -25,7 +25,9 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +52,71 @@ def valid_key(key: str) -> bool:
 
 def media_type(key: str) -> str:
     return MEDIA_TYPES.get(key.rpartition(".")[2], "application/octet-stream")
+
+
+# Scratch folders under ``staging_dir`` are named ``host~pid~token~<random>`` by the
+# process that renders into them (``scratch_prefix``). A process cleans the folder
+# when its runners start (``clean_staging``), and a storage folder may be shared by
+# workers on several hosts, so it only removes what is certainly dead: folders of
+# this host whose process has exited (or an earlier process with this pid: the token
+# differs), and any folder, of any host or unnamed, left untouched this long.
+STAGING_MAX_AGE_SECONDS = 6 * 3600
+_PROCESS_TOKEN = secrets.token_hex(4)
+
+
+def scratch_prefix() -> str:
+    return f"{socket.gethostname()}~{os.getpid()}~{_PROCESS_TOKEN}~"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): alive
+        return True
+    return True
+
+
+def _last_touched(path: Path) -> float:
+    """The newest mtime of ``path`` and what it holds (a render writes into a file)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for child in path.rglob("*"):
+            with contextlib.suppress(OSError):
+                newest = max(newest, child.lstat().st_mtime)
+    return newest
+
+
+def _stale(entry: Path, now: float) -> bool:
+    host, pid, token, *rest = entry.name.split("~") + ["", "", ""]
+    if host == socket.gethostname() and pid.isdigit():
+        if token == _PROCESS_TOKEN and int(pid) == os.getpid():
+            return False  # this process's own, live
+        if int(pid) == os.getpid() or not _pid_alive(int(pid)):
+            return True
+    return now - _last_touched(entry) > STAGING_MAX_AGE_SECONDS
+
+
+def clean_staging(staging: Path, *, now: float | None = None) -> list[str]:
+    """Remove the dead scratch folders (partial MP4s of killed renders) under
+    ``staging``; the names removed."""
+    removed: list[str] = []
+    if not staging.is_dir():
+        return removed
+    now = time.time() if now is None else now
+    for entry in staging.iterdir():
+        try:
+            if not _stale(entry, now):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:  # gone meanwhile, or cleaned by another process
+            continue
+        removed.append(entry.name)
+    return removed
 
 
 class Storage(Protocol):

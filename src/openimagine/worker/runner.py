@@ -38,7 +38,7 @@ from openimagine.moderation import ModerationPolicy
 from openimagine.services import lifecycle
 from openimagine.services.lifecycle import ENGINE_FAILED, Claim
 from openimagine.services.tasks import STORED_PREFIX, still_key
-from openimagine.storage import Storage
+from openimagine.storage import Storage, clean_staging, scratch_prefix
 from openimagine.store.db import Database
 
 log = logging.getLogger("openimagine.worker")
@@ -63,6 +63,11 @@ class Runner:
         self.storage = storage
         self.engine = engine
         self.policy = policy
+        if storage.staging_dir is not None:  # what renders killed before left behind
+            removed = clean_staging(storage.staging_dir)
+            if removed:
+                log.info("removed %d stale scratch folder(s) from %s", len(removed),
+                         storage.staging_dir)
         # An engine such as a GPU pipeline runs one job at a time per process;
         # a relay only waits on another API, so its jobs run side by side.
         self._engine_lock: threading.Lock | contextlib.nullcontext[None] = (
@@ -117,7 +122,8 @@ class Runner:
         staging = self.storage.staging_dir
         if staging is not None:
             staging.mkdir(parents=True, exist_ok=True)
-        with self._engine_lock, tempfile.TemporaryDirectory(dir=staging) as scratch:
+        with self._engine_lock, tempfile.TemporaryDirectory(dir=staging,
+                                                            prefix=scratch_prefix()) as scratch:
             job = Job(
                 task_id=claim.task_id, prompt=claim.prompt, mode=claim.mode, ratio=claim.ratio,
                 images=[image for _, image in loaded],

@@ -232,14 +232,14 @@ def test_a_running_task_updates_live_and_can_be_cancelled(
     task = page.locator(".task").first
     # Progress arrives from the live stream: the bar moves while the task runs.
     page.wait_for_function("() => document.querySelector('.task .badge')"
-                           ".textContent === 'processing'", timeout=TIMEOUT_MS)
-    page.wait_for_function("() => document.querySelector('.task-progress').value > 5",
+                           "?.textContent === 'processing'", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('.task-progress')?.value > 5",
                            timeout=TIMEOUT_MS)
     cancel = task.get_by_role("button", name="Cancel this task")
     assert cancel.is_visible()
     cancel.click()
     page.wait_for_function("() => document.querySelector('.task .badge')"
-                           ".textContent === 'failed'", timeout=TIMEOUT_MS)
+                           "?.textContent === 'failed'", timeout=TIMEOUT_MS)
     assert "Task cancelled" in task.locator(".task-error").inner_text()
     assert "Credits refunded" in task.locator(".task-error").inner_text()
     assert not cancel.is_visible()  # a finished task has nothing to cancel

@@ -5,11 +5,13 @@ Prints, measured side by side with the same uvicorn settings and the same load
 generator (wrk, 32 connections):
   - GET /v1/status of a completed task (two signed video URLs): requests/s and
     p99 on bare Starlette, openimagine on SQLite and openimagine on PostgreSQL
-    (alternating rounds, best of each; PostgreSQL as a share of SQLite);
+    (alternating rounds, best of each; PostgreSQL as a share of SQLite), and the
+    OpenAI face's GET /v1/videos/{id} of the same task in the same rounds;
   - GET /v1/account latency (wrk, one connection) for an account with --small
     and with --large tasks (filled with direct SQL through the models), on both
     databases, and status throughput while one client loops on the large
-    account's /v1/account, as a share of status alone;
+    account's /v1/account, as a share of status alone; the first page of
+    GET /v1/tasks for the same two accounts;
   - a worker's claim (claim_next, then release) with --small and --large tasks
     in the table: the fair claim's cost must not grow with the history;
   - fairness: account A submits 200 tasks to a 1 s test engine (one worker),
@@ -340,6 +342,11 @@ def main() -> None:
             for deployment in deployments:
                 targets[deployment.name] = (deployment.completed_task(),
                                             deployment.keys["bench"])
+            for deployment in deployments:
+                # The OpenAI face's poll of the same task, in the same rounds.
+                status_url, headers = targets[deployment.name]
+                targets[f"{deployment.name}_videos"] = (
+                    status_url.replace("/v1/status?task_id=", "/v1/videos/"), headers)
             for url, headers in targets.values():
                 wrk(url, 2, headers)  # warm up
             runs: dict[str, list[dict]] = {name: [] for name in targets}
@@ -355,6 +362,10 @@ def main() -> None:
                 for size in ("small", "large"):
                     results[f"account_{size}_{deployment.name}"] = wrk(
                         account_url, seconds, deployment.keys[size], connections=1)
+                    # The first page of the task list (issue 11): an index walk, flat.
+                    results[f"tasks_{size}_{deployment.name}"] = wrk(
+                        f"{deployment.url}/v1/tasks?limit=20", seconds, deployment.keys[size],
+                        connections=1)
                 status_url, headers = targets[deployment.name]
                 alone, beside = [], []
                 for _ in range(2):
@@ -393,11 +404,25 @@ def report(results: dict, args: argparse.Namespace, engine_seconds: float) -> No
     print(f"{'PostgreSQL / SQLite (target >= 0.5)':34} {postgres['rps'] / sqlite['rps']:9.2f}"
           "   rounds: " + " ".join(f"{p['rps'] / s['rps']:.2f}" for s, p in
                                    zip(rounds["sqlite"], rounds["postgres"], strict=True)))
+    for name in ("sqlite", "postgres"):
+        videos = results[f"status_{name}_videos"]
+        print(f"{'GET /v1/videos/{id}, ' + name:34} {videos['rps']:9.0f} {videos['p50_ms']:8.2f} "
+              f"{videos['p99_ms']:8.2f} {videos['non_2xx']:8d}   / its status: "
+              f"{videos['rps'] / results[f'status_{name}']['rps']:.2f}, / bare: "
+              f"{videos['rps'] / bare['rps']:.2f}")
     print()
     print(f"GET /v1/account, one connection: {args.small} vs {args.large} tasks of the caller")
     print(f"{'':34} {'p50 ms':>9} {'p99 ms':>8} {'ratio':>8}")
     for name in ("sqlite", "postgres"):
         small, large = results[f"account_small_{name}"], results[f"account_large_{name}"]
+        print(f"{name + f', {args.small} tasks':34} {small['p50_ms']:9.2f} {small['p99_ms']:8.2f}")
+        print(f"{name + f', {args.large} tasks':34} {large['p50_ms']:9.2f} {large['p99_ms']:8.2f} "
+              f"{large['p50_ms'] / small['p50_ms']:8.2f}")
+    print()
+    print(f"GET /v1/tasks?limit=20, one connection: {args.small} vs {args.large} tasks")
+    print(f"{'':34} {'p50 ms':>9} {'p99 ms':>8} {'ratio':>8}")
+    for name in ("sqlite", "postgres"):
+        small, large = results[f"tasks_small_{name}"], results[f"tasks_large_{name}"]
         print(f"{name + f', {args.small} tasks':34} {small['p50_ms']:9.2f} {small['p99_ms']:8.2f}")
         print(f"{name + f', {args.large} tasks':34} {large['p50_ms']:9.2f} {large['p99_ms']:8.2f} "
               f"{large['p50_ms'] / small['p50_ms']:8.2f}")

@@ -144,8 +144,9 @@ def serve(
     db.dispose()
     application = create_app(settings, catalog=catalog,
                              run_workers=False if no_worker else None)
-    uvicorn.run(application, host=settings.host, port=settings.port, access_log=False,
-                log_level="info")
+    from openimagine.api.serving import uvicorn_options
+
+    uvicorn.run(application, **uvicorn_options(settings))
 
 
 @app.command()

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     # Threads for the blocking part of requests (database, Redis limiter).
     api_threads: int = Field(4, ge=1, le=64)
+    # Open connections (live status streams included) before new ones get 503.
+    max_connections: int = Field(1000, ge=1)
+    # Addresses of reverse proxies whose X-Forwarded-For/-Proto are believed
+    # (comma-separated IPs or networks, "*" for any); empty: none.
+    forwarded_allow_ips: str = ""
 
     # Work.
     workers: int = Field(1, ge=0)

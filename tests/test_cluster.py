@@ -456,6 +456,35 @@ def test_a_worker_stopped_mid_task_gives_it_back_at_once(cluster: Cluster) -> No
     assert f"task {task_id}: released" in victim.text()
 
 
+def test_a_task_running_on_a_celery_worker_is_cancelled_from_another_api(
+        cluster: Cluster) -> None:
+    """Cancel through one replica while a worker process elsewhere renders: the task
+    ends failed "Task cancelled", refunded once, and that worker stops the engine at
+    its next heartbeat instead of rendering on (the workers here sleep 10 s a task)."""
+    live = cluster.live_workers()
+    assert live
+    key = make_account(cluster.db, name="canceller", credits=10 * PRICE)
+    task_id = submit(cluster.apis[0].base_url, key, "a long take").json()["data"]["task_id"]
+    deadline = time.monotonic() + 60
+    while cluster.task(task_id).status != "processing":
+        assert time.monotonic() < deadline, "never started"
+        time.sleep(0.05)
+    cancelled_at = time.monotonic()
+    answer = httpx.post(f"{cluster.apis[1].base_url}/v1/cancel", json={"task_id": task_id},
+                        headers=auth(key), timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["error_message"] == "Task cancelled"
+    assert cluster.ledger(task_id) == ["debit", "refund"]
+    assert cluster.balance("canceller") == 10 * PRICE
+    # The worker gives up its engine within a heartbeat or two, long before its 10 s.
+    while not any(f"task {task_id}: lease lost" in w.text() for w in live):
+        assert time.monotonic() - cancelled_at < 8, [w.text()[-2000:] for w in live]
+        time.sleep(0.1)
+    row = cluster.task(task_id)
+    assert (row.status, row.consumed_credits) == ("failed", 0)
+    assert completions(live, task_id) == [0] * len(live)
+
+
 def test_a_relay_model_runs_on_its_own_celery_worker_next_to_the_local_model(
         cluster: Cluster) -> None:
     """``openimagine worker`` without --models serves every model, a Celery worker

@@ -173,7 +173,7 @@ def engines_command(
     for column in ("engine", "ready", "modes", "images", "sizes", "description"):
         table.add_column(column)
     for row in report:
-        ready = "yes" if row["available"] else "no: pip install 'openimagine[diffusers]'"
+        ready = "yes" if row["available"] else "no: pip install 'openimagine[server,diffusers]'"
         if row["missing"]:
             ready += f" (missing {', '.join(row['missing'])})"
         name = row["name"] + (" *" if row["selected"] else "")
@@ -199,7 +199,7 @@ def make_tiny_command(
         )
     if not _module_available("diffusers") or not _module_available("torch"):
         typer.echo(
-            "make-tiny needs the diffusers extra: pip install 'openimagine[diffusers]'", err=True
+            "make-tiny needs the diffusers extra: pip install 'openimagine[server,diffusers]'", err=True
         )
         raise typer.Exit(1)
     with server_extra():

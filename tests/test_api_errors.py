@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import socket
 import threading
 import time
@@ -576,6 +577,35 @@ def test_openapi_lists_generate_and_status(idle: Server) -> None:
     paths = response.json()["paths"]
     assert "post" in paths["/v1/generate"]
     assert {"get", "post"} <= set(paths["/v1/status"])
+
+
+def test_the_openapi_document_agrees_with_what_the_server_accepts(idle: Server) -> None:
+    """A client generated from the document, or a fuzzer, must not send what the
+    schema allows and the server refuses, nor miss what the server takes."""
+    key = idle.account()
+    paths = idle.client.get("/openapi.json").json()["paths"]
+    body = paths["/v1/generate"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"]["properties"]
+    for field in ("mode", "ratio"):  # null means the default, in the schema too
+        assert {"type": "null"} in body[field]["anyOf"], body[field]
+    assert idle.generate(key, mode=None, ratio=None).status_code == 200
+    array, one, _ = body["images"]["anyOf"]
+    assert array["maxItems"] == 7 and array["items"] == one
+    assert one["minLength"] == 1
+    for ref in ("https://example.com/a.png", "HTTP://example.com/a", png_data_uri()):
+        assert re.search(one["pattern"], ref), ref
+    for ref in ("", "not a url", "ftp://example.com/a.png", "https://"):
+        assert not re.search(one["pattern"], ref), ref
+        assert_error(idle.generate(key, images=ref), 400, "INVALID_REQUEST")
+    task_id = paths["/v1/status"]["get"]["parameters"][0]["schema"]
+    assert task_id["minLength"] == 1 and not re.search(task_id["pattern"], " ")
+    assert_error(idle.client.get("/v1/status?task_id=", headers=auth(key)), 400,
+                 "INVALID_REQUEST")
+    posted = paths["/v1/status"]["post"]["requestBody"]["content"]["application/json"]
+    assert posted["schema"]["properties"]["task_id"] == task_id
+    options = idle.client.options("/v1/status", headers=auth(key))
+    assert_error(options, 405, "METHOD_NOT_ALLOWED")
+    assert {"GET", "POST"} <= set(options.headers["allow"].split(", "))
 
 
 def test_api_is_503_not_500_when_the_rate_limit_storage_is_unreachable(

@@ -11,6 +11,7 @@ from limits.errors import StorageError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from openimagine.api.envelope import EnvelopeResponse
 from openimagine.api.openai.errors import openai_error_response
@@ -87,9 +88,23 @@ def response_for(exc: Exception, path: str = "") -> Response:
     return error_response(InternalError("Internal server error"), path)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path: Starlette's 405 names
+    only the first route that matched the path (``OPTIONS /v1/status``: GET, not POST)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> Response:
-        return response_for(exc, request.url.path)
+        response = response_for(exc, request.url.path)
+        if response.status_code == 405 and (allowed := _allowed_methods(request)):
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
 
     for kind in (OpenImagineError, StarletteHTTPException, RequestValidationError,
                  OperationalError, StorageError, Exception):

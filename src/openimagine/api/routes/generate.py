@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -26,14 +26,23 @@ MAX_PROMPT = 5000
 router = APIRouter()
 
 
+# What parse_image_refs takes, as far as a schema can say it (ECMA regex: no flags).
+ImageRef = Annotated[str, Field(min_length=1, pattern=(
+    r"^([hH][tT][tT][pP][sS]?://[^/?#\s]|[dD][aA][tT][aA]:[iI][mM][aA][gG][eE]/)"))]
+
+
 class GenerateBody(BaseModel):
     """Documents the body in OpenAPI; validation is ``parse_generate`` so that
     every message is the contract's own."""
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT)
-    mode: str = Field("normal", examples=["fun", "normal", "spicy"])
-    ratio: str = Field("1:1", examples=["2:3", "3:2", "1:1", "16:9", "9:16"])
-    images: list[str] | str | None = Field(None, description="up to 7 http(s) URLs or data URIs")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT,
+                        description="not empty once whitespace and invisible format "
+                                    "characters are trimmed")
+    # null is the default, as the server reads it.
+    mode: str | None = Field("normal", examples=["fun", "normal", "spicy"])
+    ratio: str | None = Field("1:1", examples=["2:3", "3:2", "1:1", "16:9", "9:16"])
+    images: Annotated[list[ImageRef], Field(max_length=inputs.MAX_IMAGES)] | ImageRef | None = (
+        Field(None, description="up to 7 http(s) URLs or data URIs"))
     model: str | None = Field(None, description="one of GET /v1/models (openimagine extension; "
                               "default: the deployment's default model)")
     callback_url: str | None = Field(None, description="an http(s) URL told when the task ends "

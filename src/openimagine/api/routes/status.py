@@ -82,11 +82,14 @@ async def _status(ctx: AppContext, request: Request, task_id: object) -> dict[st
     return tasks.task_view(await caller_task(ctx, request, task_id), ctx.storage)
 
 
+# Not blank (a task id is printable ASCII; any other string is simply not found).
+TASK_ID_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
+
 # The query parameter is read by hand: FastAPI's parameter machinery costs
 # more than the database read on the most frequent request of all.
 TASK_ID_PARAMETER = {
     "parameters": [{"name": "task_id", "in": "query", "required": True,
-                    "schema": {"type": "string"}}],
+                    "schema": TASK_ID_SCHEMA}],
     **REQUIRES_KEY,
 }
 
@@ -98,7 +101,10 @@ async def status_get(request: Request) -> JSONResponse:
     return ok(await _status(ctx, request, request.query_params.get("task_id")))
 
 
-@router.post("/v1/status", responses=STATUS_SCHEMA, openapi_extra=REQUIRES_KEY)
+@router.post("/v1/status", responses=STATUS_SCHEMA, openapi_extra={
+    **REQUIRES_KEY, "requestBody": {"required": False, "content": {"application/json": {
+        "schema": {"type": "object", "properties": {"task_id": TASK_ID_SCHEMA},
+                   "description": "without task_id, the task_id query parameter"}}}}})
 async def status_post(request: Request) -> JSONResponse:
     """The same, with ``{"task_id": "..."}`` in the body."""
     raw = await request.body()

@@ -411,22 +411,16 @@ def report(results: dict, args: argparse.Namespace, engine_seconds: float) -> No
               f"{videos['rps'] / results[f'status_{name}']['rps']:.2f}, / bare: "
               f"{videos['rps'] / bare['rps']:.2f}")
     print()
-    print(f"GET /v1/account, one connection: {args.small} vs {args.large} tasks of the caller")
-    print(f"{'':34} {'p50 ms':>9} {'p99 ms':>8} {'ratio':>8}")
-    for name in ("sqlite", "postgres"):
-        small, large = results[f"account_small_{name}"], results[f"account_large_{name}"]
-        print(f"{name + f', {args.small} tasks':34} {small['p50_ms']:9.2f} {small['p99_ms']:8.2f}")
-        print(f"{name + f', {args.large} tasks':34} {large['p50_ms']:9.2f} {large['p99_ms']:8.2f} "
-              f"{large['p50_ms'] / small['p50_ms']:8.2f}")
-    print()
-    print(f"GET /v1/tasks?limit=20, one connection: {args.small} vs {args.large} tasks")
-    print(f"{'':34} {'p50 ms':>9} {'p99 ms':>8} {'ratio':>8}")
-    for name in ("sqlite", "postgres"):
-        small, large = results[f"tasks_small_{name}"], results[f"tasks_large_{name}"]
-        print(f"{name + f', {args.small} tasks':34} {small['p50_ms']:9.2f} {small['p99_ms']:8.2f}")
-        print(f"{name + f', {args.large} tasks':34} {large['p50_ms']:9.2f} {large['p99_ms']:8.2f} "
-              f"{large['p50_ms'] / small['p50_ms']:8.2f}")
-    print()
+    for title, kind in (("GET /v1/account", "account"), ("GET /v1/tasks?limit=20", "tasks")):
+        print(f"{title}, one connection: {args.small} vs {args.large} tasks of the caller")
+        print(f"{'':34} {'p50 ms':>9} {'p99 ms':>8} {'ratio':>8}")
+        for name in ("sqlite", "postgres"):
+            small, large = results[f"{kind}_small_{name}"], results[f"{kind}_large_{name}"]
+            print(f"{name + f', {args.small} tasks':34} {small['p50_ms']:9.2f} "
+                  f"{small['p99_ms']:8.2f}")
+            print(f"{name + f', {args.large} tasks':34} {large['p50_ms']:9.2f} "
+                  f"{large['p99_ms']:8.2f} {large['p50_ms'] / small['p50_ms']:8.2f}")
+        print()
     print("status req/s while one connection loops on GET /v1/account (large account)")
     print(f"{'':34} {'alone':>9} {'beside':>8} {'share':>8} {'acct/s':>8}")
     for name in ("sqlite", "postgres"):

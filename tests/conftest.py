@@ -14,7 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +28,7 @@ import uvicorn
 from sqlalchemy import select, update
 
 from openimagine.api.app import create_app
+from openimagine.errors import ServiceUnavailable, TooManyTasks
 from openimagine.services import accounts, tasks
 from openimagine.services.accounts import Principal
 from openimagine.settings import Settings
@@ -79,6 +82,31 @@ def submit_task(db: Database, principal: Principal, prompt: str = "a red fox in 
     """A task submitted through the service layer (debit and row in one transaction)."""
     return tasks.submit(db, principal, tasks.NewTask(prompt, "normal", "1:1", []),
                         task_id=tasks.new_task_id(), model=engine, engine=engine, price=price)
+
+
+def race_submissions(db: Database, principals: list[Principal], attempts: int,
+                     **caps: int | None) -> Counter[str]:
+    """``attempts`` submissions of ``submit_task``'s kind from 16 threads at once (the
+    first 16 released together), round the ``principals``; outcomes by kind: "ok",
+    "429" (the account's in-flight cap), "503" (the model's queue cap)."""
+    barrier = threading.Barrier(16)
+
+    def attempt(n: int) -> str:
+        if n < 16:
+            barrier.wait()
+        try:
+            tasks.submit(db, principals[n % len(principals)],
+                         tasks.NewTask(f"race {n}", "normal", "1:1", []),
+                         task_id=tasks.new_task_id(), model=TASK_ENGINE, engine=TASK_ENGINE,
+                         price=TASK_PRICE, **caps)
+            return "ok"
+        except TooManyTasks:
+            return "429"
+        except ServiceUnavailable:
+            return "503"
+
+    with ThreadPoolExecutor(16) as pool:
+        return Counter(pool.map(attempt, range(attempts)))
 
 
 def expire_lease(db: Database, task_id: str) -> None:

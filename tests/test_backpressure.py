@@ -9,10 +9,7 @@ submits through it gets them; the PostgreSQL races are in ``test_postgres.py``.
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from openimagine.catalog import CatalogError, load_catalog
-from openimagine.errors import InsufficientCredits, ServiceUnavailable, TooManyTasks
+from openimagine.errors import InsufficientCredits
 from openimagine.services import accounts, lifecycle, tasks
 from openimagine.services.accounts import Principal
 from openimagine.settings import Settings
@@ -29,7 +26,7 @@ from openimagine.store import migrate
 from openimagine.store.db import Database
 from openimagine.store.models import LedgerEntry, Task
 
-from conftest import TASK_ENGINE, Server, auth, make_principal, make_settings
+from conftest import TASK_ENGINE, Server, auth, make_principal, make_settings, race_submissions
 
 PRICE = 40
 
@@ -46,26 +43,6 @@ def submit(db: Database, principal: Principal, **caps: int | None) -> str:
     return tasks.submit(db, principal, tasks.NewTask("a fox", "normal", "1:1", []),
                         task_id=tasks.new_task_id(), model=TASK_ENGINE, engine=TASK_ENGINE,
                         price=PRICE, **caps)
-
-
-def race(db: Database, principals: list[Principal], attempts: int,
-         **caps: int | None) -> Counter[str]:
-    """``attempts`` submissions at once (16 threads, the first 16 released together)."""
-    barrier = threading.Barrier(16)
-
-    def attempt(n: int) -> str:
-        if n < 16:
-            barrier.wait()
-        try:
-            submit(db, principals[n % len(principals)], **caps)
-            return "ok"
-        except TooManyTasks:
-            return "429"
-        except ServiceUnavailable:
-            return "503"
-
-    with ThreadPoolExecutor(16) as pool:
-        return Counter(pool.map(attempt, range(attempts)))
 
 
 def finish_one(db: Database) -> None:
@@ -133,7 +110,7 @@ def test_no_credits_is_402_even_when_the_cap_is_also_reached(db: Database) -> No
 
 def test_racing_submissions_admit_exactly_the_cap(db: Database) -> None:
     principal = make_principal(db, credits=100 * PRICE)
-    outcomes = race(db, [principal], 40, max_in_flight=5)
+    outcomes = race_submissions(db, [principal], 40, max_in_flight=5)
     assert outcomes == {"ok": 5, "429": 35}
     assert task_and_debit_counts(db) == (5, 5)
     assert accounts.summary(db, account_id=principal.account_id)["balance"] == 95 * PRICE
@@ -187,7 +164,7 @@ def test_each_model_of_a_models_file_has_its_own_queue_cap(
 
 def test_racing_submissions_fill_the_queue_exactly(db: Database) -> None:
     principals = [make_principal(db, credits=10 * PRICE) for _ in range(8)]
-    outcomes = race(db, principals, 40, max_queue=6)
+    outcomes = race_submissions(db, principals, 40, max_queue=6)
     assert outcomes == {"ok": 6, "503": 34}
     assert task_and_debit_counts(db) == (6, 6)
 

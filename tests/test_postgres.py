@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -20,9 +19,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, func, inspect, select, text, update
 
-from openimagine.errors import InsufficientCredits, ServiceUnavailable, TooManyTasks
-from openimagine.services import accounts, lifecycle, tasks
-from openimagine.services.accounts import Principal
+from openimagine.errors import InsufficientCredits
+from openimagine.services import accounts, lifecycle
 from openimagine.store import migrate
 from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task
@@ -35,6 +33,7 @@ from conftest import (
     auth,
     expire_lease,
     make_principal,
+    race_submissions,
     submit_task,
 )
 from scaleout import pg_url  # noqa: F401 - fixture
@@ -326,29 +325,6 @@ def test_usage_counters_stay_exact_under_concurrent_workers_and_submissions(
         assert usage["tasks"] == {status: counted.get(status, 0) for status in
                                   ("pending", "processing", "completed", "failed")}
         assert usage["credits_spent"] == spent
-
-
-def race_submissions(db: Database, principals: list[Principal], attempts: int,
-                     **caps: int) -> Counter[str]:
-    """``attempts`` submissions from 16 threads at once, round the ``principals``."""
-    barrier = threading.Barrier(16)
-
-    def attempt(n: int) -> str:
-        if n < 16:
-            barrier.wait()
-        try:
-            tasks.submit(db, principals[n % len(principals)],
-                         tasks.NewTask(f"race {n}", "normal", "1:1", []),
-                         task_id=tasks.new_task_id(), model=ENGINE, engine=ENGINE,
-                         price=PRICE, **caps)
-            return "ok"
-        except TooManyTasks:
-            return "429"
-        except ServiceUnavailable:
-            return "503"
-
-    with ThreadPoolExecutor(16) as pool:
-        return Counter(pool.map(attempt, range(attempts)))
 
 
 # --- the whole service on PostgreSQL ------------------------------------------------------------

@@ -371,6 +371,9 @@ def test_account_on_postgres_after_debits_and_refunds_answers_exact_figures(
     assert data["balance"] == 1000 - 3 * PRICE
     assert data["usage"]["recent_tasks"][0]["task_id"] == pending
     assert accounts.summary(server.db, name="pg-usage")["usage"]["credits_spent"] == 3 * PRICE
+    # The event-loop path refuses what the threaded one refuses.
+    assert server.client.get("/v1/account", headers=auth("oi_not_a_key")).status_code == 401
+    assert server.client.get("/v1/account").status_code == 401
 
 
 def test_status_polls_survive_the_server_dropping_every_connection(

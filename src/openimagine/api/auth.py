@@ -19,6 +19,7 @@ from openimagine.errors import RateLimited, Unauthorized
 from openimagine.services.accounts import (
     Principal,
     authenticate,
+    authenticate_with_summary_async,
     authenticate_with_task,
     authenticate_with_task_async,
 )
@@ -101,6 +102,21 @@ async def require_principal_and_task_async(ctx: AppContext, request: Request,
         else (None, None)
     )
     return _admit(ctx, request, address, token, principal), task
+
+
+async def require_principal_with_summary_async(ctx: AppContext,
+                                               request: Request) -> tuple[Principal, dict]:
+    """``require_principal`` and the account's ``summary`` in one round trip, on the
+    event loop: only where ``ctx.async_reads`` (as ``require_principal_and_task_async``)."""
+    address = _check_address(ctx, request)
+    token = _bearer(request)
+    principal, summary = (
+        await authenticate_with_summary_async(ctx.db, token) if token is not None
+        else (None, None)
+    )
+    admitted = _admit(ctx, request, address, token, principal)
+    assert summary is not None  # admitted: the key named an account
+    return admitted, summary
 
 
 async def authenticated(request: Request, call: Callable[[AppContext, Principal], T], *,

@@ -209,6 +209,15 @@ _USAGE_BY_ID = _USAGE.where(Account.id == bindparam("account_id"))
 _USAGE_BY_NAME = _USAGE.where(Account.name == bindparam("name"))
 
 
+# The key's account with its usage: ``GET /v1/account`` authenticated and read in
+# one round trip (the event-loop path on PostgreSQL).
+_USAGE_BY_HASH = (
+    _USAGE.add_columns(Account.id)
+    .join(ApiKey, ApiKey.account_id == Account.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
+
+
 def summary(db: Database, *, name: str | None = None, account_id: int | None = None) -> dict:
     """Plan, balance and usage of one account, for ``accounts show`` and ``GET /v1/account``."""
     if name is not None:
@@ -219,6 +228,21 @@ def summary(db: Database, *, name: str | None = None, account_id: int | None = N
         row = db.fetch_first(_USAGE_BY_ID, {"account_id": account_id})
         if row is None:
             raise AccountNotFound(f"no account with id {account_id}")
+    return summary_of(row)
+
+
+async def authenticate_with_summary_async(db: Database,
+                                          key: str) -> tuple[Principal | None, dict | None]:
+    """The key's account and its ``summary``, in one round trip from the event loop."""
+    if not key.startswith(KEY_PREFIX):
+        return None, None
+    row = await db.fetch_first_async(_USAGE_BY_HASH, {"key_hash": hash_key(key)})
+    if row is None:
+        return None, None
+    return Principal(account_id=row.id, plan=row.plan), summary_of(row)
+
+
+def summary_of(row: Record) -> dict:
     # int(): whatever a driver hands back for a number (PostgreSQL's NUMERIC
     # arrives as Decimal, which JSON encoders refuse) goes out as an integer.
     return {

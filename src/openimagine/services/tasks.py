@@ -157,7 +157,17 @@ def _recent(limit: int) -> Select[str, str, datetime]:
 
 def recent_tasks(db: Database, principal: Principal, *, limit: int = 10) -> list[dict]:
     """The account's latest tasks, newest first (``GET /v1/account``)."""
-    rows = db.fetch_all(_recent(limit), {"account_id": principal.account_id})
+    return _recent_view(db.fetch_all(_recent(limit), {"account_id": principal.account_id}))
+
+
+async def recent_tasks_async(db: Database, principal: Principal, *,
+                             limit: int = 10) -> list[dict]:
+    """``recent_tasks`` from the event loop without a thread (``db.async_reads``)."""
+    return _recent_view(await db.fetch_all_async(_recent(limit),
+                                                 {"account_id": principal.account_id}))
+
+
+def _recent_view(rows: list[Record]) -> list[dict]:
     return [{"task_id": r.id, "status": r.status, "created_at": rfc3339(r.created_at)}
             for r in rows]
 

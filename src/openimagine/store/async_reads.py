@@ -76,17 +76,31 @@ class AsyncReader:
         self._queries: dict[Select[Any], _Query] = {}
 
     async def first(self, statement: Select[Any], params: dict[str, Any]) -> Any:
+        query = self._query(statement)
+        values = query.params(params)
+        return await self._run(lambda connection: self._fetchone(connection, query, values))
+
+    async def all(self, statement: Select[Any], params: dict[str, Any]) -> list[Any]:
+        query = self._query(statement)
+        values = query.params(params)
+        return await self._run(lambda connection: self._fetchall(connection, query, values))
+
+    def _query(self, statement: Select[Any]) -> _Query:
         query = self._queries.get(statement)
         if query is None:
             query = self._queries[statement] = _Query(statement, self.dialect)
-        values = query.params(params)
-        return await self._run(lambda connection: self._fetchone(connection, query, values))
+        return query
 
     @staticmethod
     async def _fetchone(connection: Any, query: _Query, values: dict[str, Any]) -> Any:
         cursor = await connection.execute(query.sql, values)
         row = await cursor.fetchone()
         return None if row is None else query.row_type._make(row)
+
+    @staticmethod
+    async def _fetchall(connection: Any, query: _Query, values: dict[str, Any]) -> list[Any]:
+        cursor = await connection.execute(query.sql, values)
+        return [query.row_type._make(row) for row in await cursor.fetchall()]
 
     async def _run(self, work: Callable[[Any], Awaitable[Any]]) -> Any:
         import psycopg

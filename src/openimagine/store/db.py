@@ -180,11 +180,19 @@ class Database:
                                 params: dict[str, Any]) -> Record | None:
         """``fetch_first`` from the event loop without a thread (PostgreSQL with
         psycopg: ``async_reads``): see ``store/async_reads.py``."""
+        return await self._reader().first(statement, params)  # type: ignore[no-any-return]
+
+    async def fetch_all_async(self, statement: Select[Unpack[tuple[Any, ...]]],
+                              params: dict[str, Any]) -> list[Record]:
+        """``fetch_all`` from the event loop without a thread (as ``fetch_first_async``)."""
+        return await self._reader().all(statement, params)
+
+    def _reader(self) -> AsyncReader:
         loop = asyncio.get_running_loop()
         reader = self._readers.get(loop)
         if reader is None:
             reader = self._readers[loop] = AsyncReader(self.url, self.engine.dialect)
-        return await reader.first(statement, params)
+        return reader
 
     def fetch_all(self, statement: Select[Unpack[tuple[Any, ...]]],
                   params: dict[str, Any]) -> list[Record]:

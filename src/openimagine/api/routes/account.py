@@ -7,8 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from openimagine.api.auth import REQUIRES_KEY, authenticated
-from openimagine.api.context import AppContext
+from openimagine.api.auth import (
+    REQUIRES_KEY,
+    authenticated,
+    require_principal_with_summary_async,
+)
+from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.services import accounts, tasks
 from openimagine.services.accounts import Principal
@@ -58,6 +62,10 @@ ACCOUNT_SCHEMA = envelope_schema(
 
 def _account(ctx: AppContext, principal: Principal) -> dict[str, Any]:
     info = accounts.summary(ctx.db, account_id=principal.account_id)
+    return _answer(ctx, info, tasks.recent_tasks(ctx.db, principal, limit=RECENT_TASKS))
+
+
+def _answer(ctx: AppContext, info: dict[str, Any], recent: list[dict]) -> dict[str, Any]:
     return {
         "account": info["account"],
         "plan": info["plan"],
@@ -68,7 +76,7 @@ def _account(ctx: AppContext, principal: Principal) -> dict[str, Any]:
         "max_in_flight": ctx.settings.max_in_flight.get(info["plan"]),
         "usage": {
             **info["usage"],
-            "recent_tasks": tasks.recent_tasks(ctx.db, principal, limit=RECENT_TASKS),
+            "recent_tasks": recent,
         },
     }
 
@@ -76,4 +84,11 @@ def _account(ctx: AppContext, principal: Principal) -> dict[str, Any]:
 @router.get("/v1/account", responses=ACCOUNT_SCHEMA, openapi_extra=REQUIRES_KEY)
 async def account(request: Request) -> JSONResponse:
     """The calling account: plan, balance, rate limit, task counts and the last tasks."""
+    ctx = get_context(request)
+    if ctx.async_reads:
+        # PostgreSQL: two awaited reads on the loop (key + usage, recent tasks),
+        # not three in a thread whose GIL traffic slows every status poll.
+        principal, info = await require_principal_with_summary_async(ctx, request)
+        return ok(_answer(ctx, info, await tasks.recent_tasks_async(
+            ctx.db, principal, limit=RECENT_TASKS)))
     return ok(await authenticated(request, _account, writes=False))

@@ -25,7 +25,6 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
-from starlette.requests import Request
 
 from openimagine.store.db import Database, Record
 from openimagine.store.models import TASK_VIEW_COLUMNS, Task
@@ -47,10 +46,6 @@ class StatusHub:
         self._seen: dict[str, tuple[str, int]] = {}
         self._poked = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def streams(self) -> int:
-        return sum(len(queues) for queues in self._watchers.values())
 
     def poke(self) -> None:
         """Something changed: read now, not at the next round. Safe from any thread."""
@@ -129,9 +124,8 @@ def read_tasks(db: Database, ids: list[str]) -> list[Record]:
         return list(connection.execute(select(*TASK_VIEW_COLUMNS).where(Task.id.in_(ids))))
 
 
-def stream_response(request: Request, hub: StatusHub, first: Record,
-                    view: Callable[[Record], dict[str, Any]],
-                    extra_headers: dict[str, str] | None = None) -> EventSourceResponse:
+def stream_response(hub: StatusHub, first: Record,
+                    view: Callable[[Record], dict[str, Any]]) -> EventSourceResponse:
     """``text/event-stream`` of ``view(task)``: now, on each change, until final."""
     task_id = first.id
 
@@ -150,4 +144,4 @@ def stream_response(request: Request, hub: StatusHub, first: Record,
             hub.unwatch(task_id, queue)
 
     return EventSourceResponse(events(), ping=PING_SECONDS, headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(extra_headers or {})})
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

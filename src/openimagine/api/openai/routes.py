@@ -193,7 +193,7 @@ async def video_events(request: Request, video_id: str) -> Response:
     task = await authenticated(request, lambda ctx, principal: _own_task(ctx, principal,
                                                                          video_id), writes=False)
     assert ctx.hub is not None
-    return stream_response(request, ctx.hub, task, lambda row: _video(ctx, row))
+    return stream_response(ctx.hub, task, lambda row: _video(ctx, row))
 
 
 LIST_PARAMETERS = [

@@ -112,5 +112,5 @@ async def status_stream(request: Request) -> Response:
     ctx = get_context(request)
     task = await caller_task(ctx, request, request.query_params.get("task_id"))
     assert ctx.hub is not None
-    return stream_response(request, ctx.hub, task,
+    return stream_response(ctx.hub, task,
                            lambda row: tasks.task_view(row, ctx.storage))

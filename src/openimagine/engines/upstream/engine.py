@@ -142,13 +142,13 @@ class RelayEngine:
     def _targets(candidates: list[Model]) -> list[tuple[Model, str]]:
         """(model, base URL) to try in order: every upstream that is up, this model's
         first; when none is, this model's own (soonest back first)."""
-        up = [(model, url) for model in candidates
-              for url in upstreams_of(model.name, model.base_urls).candidates()
-              if upstreams_of(model.name, model.base_urls).any_up()]
+        pools = [(model, upstreams_of(model.name, model.base_urls)) for model in candidates]
+        up = [(model, url) for model, pool in pools if pool.any_up()
+              for url in pool.candidates()]
         if up:
             return up
-        first = candidates[0]
-        return [(first, url) for url in upstreams_of(first.name, first.base_urls).candidates()]
+        first, pool = pools[0]
+        return [(first, url) for url in pool.candidates()]
 
     # -- polling and downloading ---------------------------------------------------
 

@@ -73,6 +73,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_process(stack: ExitStack, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """``command`` in the background, quiet, stopped (terminated, then killed) when
+    ``stack`` closes."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    stack.callback(stop)
+    return process
+
+
 def wait_ready(url: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -192,18 +209,8 @@ class Deployment:
 
     def serve(self, *args: str, **settings: str) -> str:
         port = free_port()
-        process = subprocess.Popen([*CLI, "serve", "--port", str(port), *args],
-                                   env={**self.env, **settings}, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-
-        def stop() -> None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-        self.stack.callback(stop)
+        process = start_process(self.stack, [*CLI, "serve", "--port", str(port), *args],
+                                {**self.env, **settings})
         url = f"http://127.0.0.1:{port}"
         wait_ready(f"{url}/healthz", process)
         return url

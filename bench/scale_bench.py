@@ -38,7 +38,7 @@ from sqlalchemy import select
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # scratch: databases and vhosts of its own
-from api_bench import CONNECTIONS, THREADS, free_port, wait_ready, wrk
+from api_bench import CONNECTIONS, THREADS, free_port, start_process, wait_ready, wrk
 
 from openimagine.store.db import Database
 from openimagine.store.models import Task
@@ -72,18 +72,7 @@ class Setup:
         self.url = ""
 
     def start(self, *args: str) -> subprocess.Popen:
-        process = subprocess.Popen([*CLI, *args], env=self.env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-
-        def stop() -> None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-        self.stack.callback(stop)
-        return process
+        return start_process(self.stack, [*CLI, *args], self.env)
 
     def serve(self, *args: str) -> None:
         port = free_port()

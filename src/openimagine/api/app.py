@@ -7,23 +7,22 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from openimagine import __version__
+from openimagine.api import fastpath
 from openimagine.api.auth import BEARER_SCHEME, run_blocking
 from openimagine.api.context import AppContext
-from openimagine.api.errors import install_error_handlers, response_for
-from openimagine.api.middleware import EnvelopeMiddleware, ratelimit_headers
+from openimagine.api.errors import install_error_handlers
+from openimagine.api.fastpath import FastPath
+from openimagine.api.middleware import EnvelopeMiddleware
 from openimagine.api.openai import routes as openai_routes
 from openimagine.api.routes import (
     account,
@@ -50,76 +49,22 @@ log = logging.getLogger("openimagine.api")
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
 class OpenImagineAPI(FastAPI):
-    """FastAPI, plus routes answered straight from the ASGI entry point.
-
-    Status polling is most of an API's traffic. FastAPI's middleware stack
-    (server errors, exception telemetry, body limit, ours, exception handlers,
-    exit stack) and its router cost about a quarter of a status request, and
-    none of them does anything for a GET without a body that answers in our
-    own envelope. A direct route runs the same endpoint, maps its errors
-    through the same ``response_for`` and adds the same rate-limit headers;
-    everything else (other methods, a mounted root path) still goes through
-    FastAPI, where the same endpoint is registered.
-    """
+    """FastAPI, plus the routes answered straight from the ASGI entry point
+    (``api/fastpath.py`` says which and why)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.direct_routes: dict[tuple[str, str], Endpoint] = {}
-        # GET (and HEAD) of ``prefix<one path segment>``.
-        self.direct_prefixes: dict[str, Endpoint] = {}
+        self.fast_path = FastPath()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            endpoint = self.direct_routes.get((scope["method"], scope["path"]))
-            if endpoint is None and self.direct_prefixes and scope["method"] in ("GET", "HEAD"):
-                endpoint = self._direct_prefix(scope["path"])
-            if endpoint is not None:
+            found = self.fast_path.match(scope)
+            if found is not None:
                 scope["app"] = self  # as Starlette sets it: ``request.app``
-                await self._answer_directly(endpoint, scope, receive, send)
+                await fastpath.answer(found[0], scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
-
-    def _direct_prefix(self, path: str) -> Endpoint | None:
-        for prefix, endpoint in self.direct_prefixes.items():
-            if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[
-                    len(prefix):]:
-                return endpoint
-        return None
-
-    @staticmethod
-    async def _answer_directly(endpoint: Endpoint, scope: Scope, receive: Receive,
-                               send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            response = await endpoint(request)
-        except Exception as exc:  # noqa: BLE001 - every error becomes the envelope
-            response = response_for(exc, scope["path"])
-        response.raw_headers.extend(ratelimit_headers(scope))
-        await response(scope, receive, send)
-
-    def serve_directly_under(self, prefix: str, route_path: str) -> None:
-        """Answer ``GET prefix<one segment>`` with the GET endpoint of ``route_path`` (which
-        reads the segment from the path itself), below the stack."""
-        for route in self.router.routes:
-            if isinstance(route, APIRoute) and route.path == route_path and "GET" in (
-                    route.methods or ()):
-                self.direct_prefixes[prefix] = route.endpoint
-                return
-        raise LookupError(f"no GET {route_path} route")
-
-    def serve_directly(self, path: str, method: str) -> None:
-        """Answer ``method path`` with its registered endpoint, below the stack."""
-        for route in self.router.routes:
-            if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ()):
-                self.direct_routes[(method, path)] = route.endpoint
-                if method == "GET":  # as Starlette routes do (the server drops the body)
-                    self.direct_routes[("HEAD", path)] = route.endpoint
-                return
-        raise LookupError(f"no {method} {path} route")
 
 
 def install_openapi(app: FastAPI, routes: list[BaseRoute]) -> None:
@@ -221,6 +166,6 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
         # as much as the rest of a status request.
         app.router.routes.extend(module.router.routes)
     install_openapi(app, list(app.router.routes))
-    app.serve_directly("/v1/status", "GET")
-    app.serve_directly_under("/v1/videos/", "/v1/videos/{video_id}")
+    app.fast_path.serve(app.router.routes, "/v1/status", "GET")
+    app.fast_path.serve_under(app.router.routes, openai_routes.PREFIX, "/v1/videos/{video_id}")
     return app

@@ -3,7 +3,7 @@
 Errors on these paths are OpenAI error objects (``api/errors.py`` chooses by
 path); authentication, the plan's rate limit, credits and storage are the
 Grok face's. ``GET /v1/videos/{id}`` is also answered below FastAPI's stack
-(``OpenImagineAPI.serve_directly_under``), like ``GET /v1/status``.
+(``api/fastpath.py``), like ``GET /v1/status``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from openimagine.api.auth import (
 )
 from openimagine.api.bodies import json_object, parse_json
 from openimagine.api.context import AppContext, get_context
+from openimagine.api.fastpath import path_tail, valid_task_id, wanted_task_id
 from openimagine.api.openai import schemas
 from openimagine.api.openai.videos import (
     BadField,
@@ -62,8 +63,8 @@ def _video(ctx: AppContext, task: Record) -> dict[str, Any]:
 
 
 def _own_task(ctx: AppContext, principal: Principal, video_id: str) -> Record:
-    wanted = video_id.strip()
-    if not wanted or not (wanted.isascii() and wanted.isprintable()):
+    wanted = wanted_task_id(video_id)
+    if not valid_task_id(wanted):
         raise NotFound(f"No video found with id '{wanted[:64]}'")
     try:
         return tasks.get_task(ctx.db, principal, wanted)
@@ -172,8 +173,7 @@ async def create_video(request: Request) -> Response:
 async def retrieve_video(request: Request) -> Response:
     """A video job, with ``openai-poll-after-ms`` (about the time it still needs)."""
     ctx = get_context(request)
-    # Read by hand, not by the router: this runs below FastAPI's stack too.
-    video_id = request.scope["path"][len(PREFIX):]
+    video_id = path_tail(request, PREFIX)  # no router fills it on the fast path
 
     try:
         task = await caller_task(ctx, request, video_id)

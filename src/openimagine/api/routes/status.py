@@ -18,6 +18,7 @@ from openimagine.api.auth import (
 from openimagine.api.bodies import parse_json
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_schema, ok
+from openimagine.api.fastpath import valid_task_id, wanted_task_id
 from openimagine.errors import InvalidRequest, NotFound
 from openimagine.services import tasks
 from openimagine.services.accounts import Principal
@@ -42,23 +43,13 @@ STATUS_SCHEMA = envelope_schema(
 )
 
 
-def _wanted(task_id: object) -> str:
-    """The task id asked for; "" when missing. Task ids are printable ASCII;
-    anything else (a NUL, an unpaired surrogate) must not reach the driver."""
-    return task_id.strip() if isinstance(task_id, str) else ""
-
-
-def _valid(wanted: str) -> bool:
-    return bool(wanted) and wanted.isascii() and wanted.isprintable()
-
-
 async def caller_task(ctx: AppContext, request: Request, task_id: object) -> Record:
     """The caller's task ``task_id`` (401 and 429 first, as on every /v1 call; a
     missing id is 400; another account's task is NotFound like a missing one): on
     the event loop where the reads can be awaited (PostgreSQL, ``ctx.async_reads``)
     or cannot block (SQLite), else in a thread. Both faces' hot reads use it."""
-    wanted = _wanted(task_id)
-    if ctx.async_reads and _valid(wanted):
+    wanted = wanted_task_id(task_id)
+    if ctx.async_reads and valid_task_id(wanted):
         _, task = await require_principal_and_task_async(ctx, request, wanted)
         if task is None:
             raise NotFound("Task not found")
@@ -67,7 +58,7 @@ async def caller_task(ctx: AppContext, request: Request, task_id: object) -> Rec
 
 
 def _task_of(ctx: AppContext, request: Request, wanted: str) -> Record:
-    if not _valid(wanted):
+    if not valid_task_id(wanted):
         require_principal(ctx, request)
         if not wanted:
             raise InvalidRequest("The task_id parameter is required")
@@ -85,8 +76,7 @@ async def _status(ctx: AppContext, request: Request, task_id: object) -> dict[st
 # Not blank (a task id is printable ASCII; any other string is simply not found).
 TASK_ID_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
 
-# The query parameter is read by hand: FastAPI's parameter machinery costs
-# more than the database read on the most frequent request of all.
+# The query parameter is read by hand (``api/fastpath.py`` says why): declared here.
 TASK_ID_PARAMETER = {
     "parameters": [{"name": "task_id", "in": "query", "required": True,
                     "schema": TASK_ID_SCHEMA}],
@@ -114,10 +104,10 @@ async def status_post(request: Request) -> JSONResponse:
         task_id = body.get("task_id") if isinstance(body, dict) else None
         if task_id is None:
             task_id = request.query_params.get("task_id")
-        wanted = _wanted(task_id)
+        wanted = wanted_task_id(task_id)
         if not wanted:
             raise InvalidRequest("The task_id parameter is required")
-        if not _valid(wanted):
+        if not valid_task_id(wanted):
             raise NotFound("Task not found")
         return tasks.task_view(tasks.get_task(ctx.db, principal, wanted), ctx.storage)
 

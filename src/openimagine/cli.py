@@ -144,7 +144,10 @@ def serve(
     db.dispose()
     application = create_app(settings, catalog=catalog,
                              run_workers=False if no_worker else None)
+    from openimagine.api.observe import log_access_lines
     from openimagine.api.serving import uvicorn_options
+
+    log_access_lines()
 
     uvicorn.run(application, **uvicorn_options(settings))
 

@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     # Addresses of reverse proxies whose X-Forwarded-For/-Proto are believed
     # (comma-separated IPs or networks, "*" for any); empty: none.
     forwarded_allow_ips: str = ""
+    # Bearer token GET /metrics asks for; without it /metrics answers loopback only.
+    metrics_token: str | None = None
 
     # Work.
     workers: int = Field(1, ge=0)

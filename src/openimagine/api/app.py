@@ -17,12 +17,13 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from openimagine import __version__
-from openimagine.api import fastpath
+from openimagine.api import fastpath, observe
 from openimagine.api.auth import BEARER_SCHEME, run_blocking
 from openimagine.api.context import AppContext
 from openimagine.api.errors import install_error_handlers
 from openimagine.api.fastpath import FastPath
 from openimagine.api.middleware import EnvelopeMiddleware
+from openimagine.api.observe import Accounting, HttpMetrics
 from openimagine.api.openai import routes as openai_routes
 from openimagine.api.routes import (
     account,
@@ -56,15 +57,24 @@ class OpenImagineAPI(FastAPI):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fast_path = FastPath()
+        # Request id, metrics and access log around both ways (``api/observe.py``).
+        self.accounting = Accounting()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            found = self.fast_path.match(scope)
-            if found is not None:
-                scope["app"] = self  # as Starlette sets it: ``request.app``
-                await fastpath.answer(found[0], scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+            await self.accounting(scope, receive, send, self._answer)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = self.fast_path.match(scope)
+        if found is None:
+            await super().__call__(scope, receive, send)
+            return
+        # As Starlette's router sets them: ``request.app``, the route that answers.
+        scope["app"], scope["route"] = self, found[1]
+        await fastpath.answer(found[0], scope, receive, send)
+
 
 
 def install_openapi(app: FastAPI, routes: list[BaseRoute]) -> None:
@@ -157,10 +167,12 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.state.metrics = HttpMetrics(db, lambda: catalog.names)
+    app.accounting = Accounting(app.state.metrics)
     install_error_handlers(app)
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
     for module in (status, generate, openai_routes, jobs, webhooks, files, account, models,
-                   health, playground):
+                   health, playground, observe):
         # Flat on the app's router, most frequent first (routes are matched in
         # order): FastAPI matches included routers twice over, which measured
         # as much as the rest of a status request.

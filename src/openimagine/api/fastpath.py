@@ -20,6 +20,8 @@ headers, so the answer is the same byte for byte
 (``tests/test_fastpath.py`` sends the same requests both ways and compares).
 Everything else (other methods, other paths, a path with a further segment)
 goes through FastAPI, where the same endpoints are registered and documented.
+Request accounting (``api/observe.py``: request id, metrics, access log) wraps
+both ways in ``OpenImagineAPI.__call__``.
 
 Hand-read parameters. The direct endpoints take the ``Request`` alone and read
 what they need themselves: FastAPI's parameter machinery (a dependency solve
@@ -49,14 +51,16 @@ class FastPath:
     """The routes answered straight from the ASGI entry point."""
 
     def __init__(self) -> None:
-        # (method, path) -> (endpoint, route template)
-        self.exact: dict[tuple[str, str], tuple[Endpoint, str]] = {}
-        # GET (and HEAD) of ``prefix<one path segment>`` -> (endpoint, route template)
-        self.prefixes: dict[str, tuple[Endpoint, str]] = {}
+        # (method, path) -> (endpoint, its route)
+        self.exact: dict[tuple[str, str], tuple[Endpoint, APIRoute]] = {}
+        # GET (and HEAD) of ``prefix<one path segment>`` -> (endpoint, its route)
+        self.prefixes: dict[str, tuple[Endpoint, APIRoute]] = {}
 
-    def match(self, scope: Scope) -> tuple[Endpoint, str] | None:
-        """The endpoint that answers this HTTP request directly and its route
-        template (``/v1/videos/{video_id}``), or None: FastAPI answers it."""
+    def match(self, scope: Scope) -> tuple[Endpoint, APIRoute] | None:
+        """The endpoint that answers this HTTP request directly and the route it is
+        registered on (which the caller puts in ``scope["route"]``, as Starlette's
+        router does: request accounting reads the route template there), or None:
+        FastAPI answers it."""
         method, path = scope["method"], scope["path"]
         found = self.exact.get((method, path))
         if found is None and self.prefixes and method in ("GET", "HEAD"):
@@ -69,25 +73,25 @@ class FastPath:
     def serve(self, routes: list[BaseRoute], path: str, method: str) -> None:
         """Answer ``method path`` with its endpoint among ``routes``, below the stack (a
         GET also answers HEAD: ``_answer_head``)."""
-        endpoint = _endpoint(routes, path, method)
-        self.exact[(method, path)] = (endpoint, path)
+        route = _route(routes, path, method)
+        self.exact[(method, path)] = (route.endpoint, route)
         if method == "GET":
-            self.exact[("HEAD", path)] = (endpoint, path)
-            _answer_head(routes, path, endpoint)
+            self.exact[("HEAD", path)] = (route.endpoint, route)
+            _answer_head(routes, path, route.endpoint)
 
     def serve_under(self, routes: list[BaseRoute], prefix: str, route_path: str) -> None:
         """Answer ``GET`` (and HEAD) of ``prefix<one segment>`` with the GET endpoint of
         ``route_path`` (which reads the segment from the path itself: ``path_tail``),
         below the stack."""
-        endpoint = _endpoint(routes, route_path, "GET")
-        self.prefixes[prefix] = (endpoint, route_path)
-        _answer_head(routes, route_path, endpoint)
+        route = _route(routes, route_path, "GET")
+        self.prefixes[prefix] = (route.endpoint, route)
+        _answer_head(routes, route_path, route.endpoint)
 
 
-def _endpoint(routes: list[BaseRoute], path: str, method: str) -> Endpoint:
+def _route(routes: list[BaseRoute], path: str, method: str) -> APIRoute:
     for route in routes:
         if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ()):
-            return route.endpoint
+            return route
     raise LookupError(f"no {method} {path} route")
 
 

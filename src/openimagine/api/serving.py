@@ -36,6 +36,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "host": settings.host,
         "port": settings.port,
+        # One JSON line per request comes from the app (``api/observe.py``), fast
+        # path included; uvicorn's own line would repeat it, without the request id.
         "access_log": False,
         "log_level": "info",
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,

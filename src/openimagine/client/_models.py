@@ -61,6 +61,8 @@ class Task:
     request: TaskRequest = field(default_factory=TaskRequest)
     response: list[str] = field(default_factory=list)
     progress: int = 0
+    # True once the server's retention deleted the task's files (``response`` is then []).
+    files_expired: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -75,6 +77,7 @@ class Task:
             request=TaskRequest.from_data(data.get("request")),
             response=[response] if isinstance(response, str) else list(response),
             progress=_int(data.get("progress")),
+            files_expired=data.get("files_expired") is True,
             raw=dict(data),
         )
 

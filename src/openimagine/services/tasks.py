@@ -177,21 +177,31 @@ def image_url(ref: str, storage: Storage) -> str:
 
 
 def task_view(task: Task | Record, storage: Storage) -> dict:
-    """The ``data`` object of ``/v1/status``, with signed URLs (see ``storage``)."""
+    """The ``data`` object of ``/v1/status``, with signed URLs (see ``storage``). Once
+    the retention janitor deleted the task's files (``services/retention.py``):
+    ``response`` is ``[]``, ``request.images`` keeps only the http(s) URLs as sent,
+    and ``files_expired`` is true (absent otherwise, like ``request.images``)."""
+    expired = task.files_expired_at is not None
     request: dict[str, object] = {"mode": task.mode, "prompt": task.prompt, "ratio": task.ratio}
-    if task.images:
-        request["images"] = [image_url(ref, storage) for ref in task.images]
+    images = task.images if not expired else [
+        ref for ref in task.images or [] if not ref.startswith(STORED_PREFIX)]
+    if images:
+        request["images"] = [image_url(ref, storage) for ref in images]
     completed = task.status == "completed"
-    return {
+    view = {
         "task_id": task.id,
         "status": task.status,
         "created_at": rfc3339(task.created_at),
         "consumed_credits": task.consumed_credits,
         "error_message": task.error_message if task.status == "failed" else None,
         "request": request,
-        "response": [storage.url(key) for key in task.outputs] if completed else [],
+        "response": [storage.url(key) for key in task.outputs]
+        if completed and not expired else [],
         "progress": 100 if completed else task.progress,
     }
+    if expired:
+        view["files_expired"] = True
+    return view
 
 
 def list_tasks(db: Database, principal: Principal, *, after: str | None, limit: int,

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -89,6 +90,9 @@ class LedgerEntry(Base):
     )
 
 
+FILES_KEPT = text("files_expired_at IS NULL AND finished_at IS NOT NULL")
+
+
 class Task(Base):
     __tablename__ = "tasks"
 
@@ -150,9 +154,16 @@ class Task(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # When the retention janitor deleted its stored inputs and outputs
+    # (``services/retention.py``): the row stays, its status says the files expired.
+    files_expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
 
     __table_args__ = (
         Index("tasks_by_status", "status", "created_at"),
+        # The retention janitor's work, oldest first: finished tasks whose files are kept.
+        Index("tasks_files_kept", "finished_at", sqlite_where=FILES_KEPT,
+              postgresql_where=FILES_KEPT),
         Index("tasks_by_account", "account_id", "created_at", "id"),
         # Fair claims: the accounts with pending tasks of a model, each one's oldest.
         Index("tasks_queue", "model", "status", "account_id", "created_at"),
@@ -169,7 +180,7 @@ TASK_VIEW_COLUMNS = (
     Task.id, Task.status, Task.created_at, Task.consumed_credits, Task.error_message,
     Task.mode, Task.prompt, Task.ratio, Task.images, Task.outputs, Task.progress,
     Task.model, Task.duration, Task.resolution, Task.media, Task.remixed_from,
-    Task.started_at, Task.finished_at,
+    Task.started_at, Task.finished_at, Task.files_expired_at,
 )
 
 

@@ -184,7 +184,8 @@ class WorkerProcess:
         self.runner = Runner(model, self.db, storage_from_settings(settings),
                              create_model_engine(model, catalog), load_policy(settings))
         dispatcher = CeleryDispatcher(app)
-        self.sweeper = Sweeper(settings, self.db, dispatcher, dispatcher.queue_depth)
+        self.sweeper = Sweeper(settings, self.db, dispatcher, dispatcher.queue_depth,
+                               storage=self.runner.storage)
         self._stop = threading.Event()
         # Set by SIGTERM in this process: the running task is given back.
         self.stopping = threading.Event()

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from openimagine.catalog import Catalog, Model, create_model_engine
 from openimagine.engines.base import Engine
 from openimagine.moderation import load_policy
-from openimagine.services import idempotency, lifecycle
+from openimagine.services import idempotency, lifecycle, retention
 from openimagine.settings import Settings
 from openimagine.storage import Storage
 from openimagine.store.db import Database
@@ -75,7 +75,7 @@ class WorkerPool:
         # Webhooks go out from every process that runs workers or the API.
         stop_delivering = start_deliverer(self.settings, self.db, self.storage, name=self.name)
         try:
-            await asyncio.gather(self._reaper(stop),
+            await asyncio.gather(self._reaper(stop), self._janitor(stop),
                                  *(self._serve(runner, stop) for runner in runners))
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -110,6 +110,16 @@ class WorkerPool:
             except Exception:
                 log.exception("reaper failed; trying again")
             await self._sleep_until(stop, interval)
+
+    async def _janitor(self, stop: asyncio.Event) -> None:
+        """Delete the files of tasks finished longer ago than the retention (if set)."""
+        janitor = retention.Janitor(self.db, self.storage, self.settings.retention)
+        while janitor.enabled and not stop.is_set():
+            try:
+                await asyncio.to_thread(janitor.run_if_due)
+            except Exception:
+                log.exception("retention janitor failed; trying again")
+            await self._sleep_until(stop, janitor.seconds_until_due())
 
     async def _serve(self, runner: Runner, stop: asyncio.Event) -> None:
         """Claim ``runner.model``'s tasks while a slot is free; run each in the background."""

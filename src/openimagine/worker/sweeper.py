@@ -12,6 +12,9 @@ queues honest against the database, every few seconds.
      (one atomic UPDATE marks it, so sweepers on several machines do not both
      publish it).
 
+3. With ``OPENIMAGINE_RETENTION_DAYS``, the files of tasks finished longer ago
+   are deleted (``retention.Janitor``: at most every minute).
+
 Every step is safe to run from every worker at once, and a duplicate message
 costs one claim that finds nothing.
 """
@@ -22,8 +25,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from openimagine.services import idempotency, lifecycle
+from openimagine.services import idempotency, lifecycle, retention
 from openimagine.settings import Settings
+from openimagine.storage import Storage
 from openimagine.store.db import Database
 from openimagine.worker.dispatch import Dispatcher
 
@@ -37,11 +41,14 @@ def sweep_interval(settings: Settings) -> float:
 
 class Sweeper:
     def __init__(self, settings: Settings, db: Database, dispatcher: Dispatcher,
-                 queue_depth: Callable[[str], int | None]) -> None:
+                 queue_depth: Callable[[str], int | None],
+                 storage: Storage | None = None) -> None:
         self.settings = settings
         self.db = db
         self.dispatcher = dispatcher
         self.queue_depth = queue_depth
+        self.janitor = (retention.Janitor(db, storage, settings.retention)
+                        if storage is not None else None)
 
     def sweep(self) -> tuple[int, int, int]:
         """One round; returns (re-queued, failed, re-published)."""
@@ -71,5 +78,10 @@ class Sweeper:
                 self.sweep()
             except Exception:
                 log.exception("sweeper failed; trying again")
+            try:
+                if self.janitor is not None:
+                    self.janitor.run_if_due()
+            except Exception:
+                log.exception("retention janitor failed; trying again")
             if stop.wait(interval):
                 return

@@ -44,6 +44,7 @@ from openimagine.services import idempotency, lifecycle, tasks, webhooks
 from openimagine.services.accounts import Principal
 from openimagine.storage import LocalStorage
 from openimagine.store.db import Record
+from openimagine.timeutil import rfc3339
 
 router = APIRouter()
 PREFIX = "/v1/videos/"
@@ -59,7 +60,13 @@ def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None =
 
 
 def _video(ctx: AppContext, task: Record) -> dict[str, Any]:
-    return video_object(task, ctx.catalog.models.get(task.model))
+    return video_object(task, ctx.catalog.models.get(task.model), ctx.settings.retention)
+
+
+def _expired(task: Record, doing: str) -> str:
+    """Why ``doing`` is refused on a video whose files the retention janitor deleted."""
+    return (f"Video {task.id}'s files expired at {rfc3339(task.files_expired_at)} "
+            f"(files are kept for a while after a video finishes): {doing}")
 
 
 def _own_task(ctx: AppContext, principal: Principal, video_id: str) -> Record:
@@ -244,6 +251,8 @@ async def download_content(request: Request, video_id: str) -> Response:
 
     ctx = get_context(request)
     task = await authenticated(request, find, writes=False)
+    if task.files_expired_at is not None:
+        raise NotFound(_expired(task, "its content is no longer available"))
     if task.status != "completed" or not task.outputs:
         raise NotFound(f"Video {video_id} has no content: it is "
                        f"{video_object(task, None)['status']}")
@@ -305,6 +314,8 @@ async def remix_video(request: Request, video_id: str) -> Response:
         if webhook is not None:
             _check_webhook(ctx, webhook)
         source = _own_task(ctx, principal, video_id)
+        if source.files_expired_at is not None:
+            raise InvalidRequest(_expired(source, "it can no longer be remixed"))
         if source.status != "completed":
             raise InvalidRequest(f"Only a completed video can be remixed; {source.id} is "
                                  f"{video_object(source, None)['status']}")

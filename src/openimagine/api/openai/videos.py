@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from openimagine import inputs
@@ -27,6 +27,7 @@ from openimagine.catalog import Model
 from openimagine.engines.base import EngineInfo, frame_size, ratio_parts
 from openimagine.errors import InvalidRequest
 from openimagine.services.lifecycle import CANCELLED
+from openimagine.services.retention import expires_at as files_expire_at
 from openimagine.store.db import Record
 
 MAX_PROMPT = 32000
@@ -137,9 +138,11 @@ def _epoch(moment: datetime | None) -> int | None:
     return int(moment.timestamp()) if moment is not None else None
 
 
-def video_object(task: Record, model: Model | None) -> dict[str, Any]:
+def video_object(task: Record, model: Model | None,
+                 retention: timedelta | None = None) -> dict[str, Any]:
     """The Video object of a task (either face's); ``model`` None when the models file
-    no longer has the task's model."""
+    no longer has the task's model; ``retention`` how long finished tasks keep their
+    files (``expires_at``; None: forever)."""
     media = task.media or {}
     if media:
         width, height, seconds = media["width"], media["height"], media["seconds"]
@@ -158,7 +161,8 @@ def video_object(task: Record, model: Model | None) -> dict[str, Any]:
         "progress": 100 if task.status == "completed" else task.progress,
         "created_at": _epoch(task.created_at),
         "completed_at": _epoch(task.finished_at) if task.status == "completed" else None,
-        "expires_at": None,  # stored videos are kept
+        "expires_at": _epoch(files_expire_at(task.finished_at, task.files_expired_at,
+                                             retention)),
         "prompt": task.prompt,
         "seconds": str(round(seconds)),
         "size": f"{width}x{height}",

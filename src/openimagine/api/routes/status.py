@@ -38,6 +38,8 @@ STATUS_SCHEMA = envelope_schema(
             "request": {"type": "object"},
             "response": {"type": "array", "items": {"type": "string", "format": "uri"}},
             "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+            "files_expired": {"type": "boolean", "description": "present (true) once the "
+                              "retention janitor deleted the task's files"},
         },
     }
 )

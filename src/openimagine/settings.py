@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -153,6 +154,10 @@ class Settings(BaseSettings):
     fps: int = Field(24, ge=1, le=60)
     resolution: int = Field(480, ge=64, le=2160)
     url_ttl_seconds: int = Field(3600, ge=1)
+    # Days a finished task's stored inputs and outputs are kept (fractions allowed);
+    # then the workers' janitor deletes them, and the task's status says so
+    # (``services/retention.py``). None: kept forever.
+    retention_days: float | None = Field(None, gt=0)
 
     # Inputs and policy.
     allow_private_urls: bool = False
@@ -230,6 +235,11 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def retention(self) -> timedelta | None:
+        """How long finished tasks keep their files; None: forever."""
+        return timedelta(days=self.retention_days) if self.retention_days is not None else None
 
     @property
     def outputs_dir(self) -> Path:

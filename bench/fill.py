@@ -49,9 +49,9 @@ def fill_tasks(db: Database, name: str, count: int, *, model: str = "preview",
     if not db.is_sqlite:
         # A fresh million rows: let the planner know, and prune the account row's
         # million versions (one per counted insert) before anything is measured.
-        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        with db.sql.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.execute(text("VACUUM ANALYZE accounts"))
             connection.execute(text("VACUUM ANALYZE tasks"))
     else:
-        with db.engine.connect() as connection:
+        with db.sql.connect() as connection:
             connection.execute(text("ANALYZE"))

@@ -34,8 +34,8 @@ from openimagine.store.db import Database
 from openimagine.store.models import Account, LedgerEntry, Task, WebhookDelivery
 from openimagine.testing.fake_upstreams import FakeConfig, FakeUpstream
 from openimagine.testing.webhook_receiver import WebhookReceiver
-from openimagine.worker.celery_app import create_celery_app
 from openimagine.worker.dispatch import CeleryDispatcher
+from openimagine.worker.queues import create_celery_app
 
 from conftest import Server, auth, free_port, make_account, openimagine_env
 from scaleout import fresh_postgres_database, rabbitmq_vhost, redis_prefix, require_redis

@@ -83,3 +83,68 @@ def test_the_plain_install_is_the_client_without_the_server(tmp_path: Path) -> N
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, (args, result.stderr)
         assert "pip install 'openimagine[server]'" in lines[0], (args, lines)
+
+
+def _imports_of(path: Path, package: str) -> set[str]:
+    """The openimagine names ``path`` imports anywhere (inside functions too: a
+    deferred import is still a dependency), except under ``if TYPE_CHECKING``:
+    ``from a.b import c`` gives ``a.b.c`` (the module ``c``, or ``a.b``'s name ``c``)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    typing_only = {id(node) for branch in ast.walk(tree)
+                   if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
+                   for node in ast.walk(branch)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.startswith("openimagine")}
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    # A cycle makes import order matter and hides which module owns a concern.
+    source = ROOT / "src"
+    modules = {}
+    for path in (source / "openimagine").rglob("*.py"):
+        parts = path.relative_to(source).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def owner(name: str) -> str | None:  # ``pkg.mod.attr`` -> ``pkg.mod``
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = {owner(imported) for imported in _imports_of(path, package)} - {None, name}
+
+    # Depth-first search; a grey module met again closes a cycle.
+    state: dict[str, str] = {}
+    trail: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        state[name] = "grey"
+        trail.append(name)
+        for imported in sorted(graph[name]):  # type: ignore[type-var]
+            if state.get(imported) == "grey":
+                cycles.append([*trail[trail.index(imported):], imported])
+            elif imported not in state:
+                visit(imported)
+        trail.pop()
+        state[name] = "black"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    assert cycles == []

@@ -112,7 +112,7 @@ def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(db: Da
                 lifecycle.claim_next(db, owner="w2", model=ENGINE, lease_seconds=60,
                                      task_id=first)]
 
-    with db.engine.connect() as holder, ThreadPoolExecutor(1) as pool:
+    with db.sql.connect() as holder, ThreadPoolExecutor(1) as pool:
         # Another worker's claim, mid-transaction, holding the oldest row.
         holder.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"), {"id": first})
         future = pool.submit(claims)
@@ -171,7 +171,7 @@ def test_a_fair_claim_takes_another_task_when_the_fair_ones_are_locked(db: Datab
     running = lifecycle.claim_next(db, owner="w0", model=ENGINE, lease_seconds=60)
     assert running is not None and running.task_id == held  # busy now runs one
     waiting = submit_task(db, busy, "busy's second")
-    with db.engine.connect() as holder, ThreadPoolExecutor(1) as pool:
+    with db.sql.connect() as holder, ThreadPoolExecutor(1) as pool:
         # other has no task running, so the fair choice is other's oldest: hold it.
         holder.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"), {"id": free})
         claim = pool.submit(lifecycle.claim_next, db, owner="w1", model=ENGINE,

@@ -25,8 +25,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from openimagine.engines import ENGINES, RELAY_ENGINES, create_engine, engine_info
-from openimagine.engines.base import Engine, EngineInfo
+from openimagine.engines import ENGINES, RELAY_ENGINES, engine_info
+from openimagine.engines.base import EngineInfo
 from openimagine.settings import Settings
 
 # What each mode adds to the prompt sent upstream (upstream APIs have no mode field).
@@ -134,15 +134,6 @@ class Catalog:
             raise CatalogError(f"unknown model(s) {', '.join(unknown)} "
                                f"(models: {', '.join(self.models)})")
         return [self.models[name] for name in names] if names else list(self.models.values())
-
-
-def create_model_engine(model: Model, catalog: Catalog) -> Engine:
-    """The engine that renders ``model`` (once per worker process; may load weights)."""
-    if model.relay:
-        from openimagine.engines.upstream import RelayEngine
-
-        return RelayEngine(model, catalog)
-    return create_engine(model.settings)
 
 
 def default_catalog(settings: Settings) -> Catalog:

@@ -13,25 +13,31 @@ loads no server module: each server command imports what it needs inside
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from openimagine.cli_client import generate_command, status_command
-from openimagine.cli_common import fail, server_extra
+from openimagine.cli_common import (
+    JsonOption,
+    fail,
+    load_models,
+    load_settings,
+    open_db,
+    print_json,
+    server_extra,
+)
 from openimagine.cli_models import engines_command, models_app
 from openimagine.cli_webhooks import webhooks_app
 from openimagine.errors import AccountNotFound, KeyNotFound  # dependency-free
 
 if TYPE_CHECKING:
-    from openimagine.catalog import Catalog
     from openimagine.settings import Settings
     from openimagine.store.db import Database
 
@@ -53,53 +59,12 @@ app.command("status")(status_command)
 
 # soft_wrap: never break a key, URL or path across lines, terminal or not.
 console = Console(soft_wrap=True)
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 LOCAL_ACCOUNT = "local"
 LOCAL_CREDITS = 10_000
 # settings.PLANS, spelled out so that --help needs no server module (a test checks
 # that the two agree).
 PLAN_NAMES = ("free", "pro", "enterprise")
-
-
-def load_settings(**overrides: Any) -> Settings:
-    with server_extra():
-        from openimagine.settings import Settings
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
-        fail(f"invalid settings: {exc}")
-
-
-def load_models(settings: Settings) -> Catalog:
-    """The catalog of models; a bad models file is one line and exit 1."""
-    from openimagine.catalog import CatalogError, load_catalog
-
-    try:
-        return load_catalog(settings)
-    except CatalogError as exc:
-        fail(str(exc))
-
-
-def open_db(settings: Settings) -> Database:
-    """The database, migrated to the latest schema."""
-    from openimagine.store import migrate
-    from openimagine.store.db import Database
-
-    try:
-        # A bad URL, or a folder for the SQLite file that cannot be created.
-        db = Database(settings.resolved_database_url)
-    except Exception as exc:
-        fail(f"cannot open the database (check OPENIMAGINE_DATABASE_URL): {exc}")
-    try:
-        migrate.upgrade(db)
-    except Exception as exc:
-        fail(f"cannot open the database {db.url.render_as_string(hide_password=True)}: {exc}")
-    return db
-
-
-def print_json(value: object) -> None:
-    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 def _bootstrap_local_account(settings: Settings, db: Database) -> None:

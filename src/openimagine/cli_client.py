@@ -9,11 +9,10 @@ interrupted wait exits 130 and says how to look the task up later.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from openimagine.cli_common import JsonOption, fail, print_json
 from openimagine.client import (
     ENV_API_KEY,
     ENV_BASE_URL,
@@ -48,30 +48,22 @@ ApiKeyOption = Annotated[
     str | None,
     typer.Option("--api-key", envvar=ENV_API_KEY, show_default=False, help="API key (oi_...)."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @contextmanager
 def _client(base_url: str | None, api_key: str | None) -> Iterator[Client]:
     """A client whose errors become one ``error:`` line and exit code 1."""
     if not api_key:
-        _fail(f"no API key: pass --api-key or set {ENV_API_KEY}")
+        fail(f"no API key: pass --api-key or set {ENV_API_KEY}")
     try:
         with Client(api_key=api_key, base_url=base_url) as client:
             yield client
     except AuthenticationError as exc:
-        _fail(f"{exc} (check --api-key or {ENV_API_KEY})")
+        fail(f"{exc} (check --api-key or {ENV_API_KEY})")
     except OpenImagineError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
-
-def _print_json(value: object) -> None:
-    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 def _wait(client: Client, task: Task, *, timeout: float, quiet: bool) -> Task:
@@ -108,7 +100,7 @@ def generate_command(
         task = client.generate(prompt, mode=mode, ratio=ratio, images=image or None)
         if not (wait or out):
             if json_output:
-                _print_json(task.to_dict())
+                print_json(task.to_dict())
             else:
                 typer.echo(task.task_id)
                 stderr.print(f"Submitted. Follow it with: openimagine status {task.task_id}",
@@ -119,10 +111,10 @@ def generate_command(
         try:
             task = _wait(client, task, timeout=timeout, quiet=json_output)
         except KeyboardInterrupt:
-            _fail(f"interrupted; the task goes on: openimagine status {task.task_id}", 130)
+            fail(f"interrupted; the task goes on: openimagine status {task.task_id}", 130)
         paths = client.download(task, out) if out else []
     if json_output:
-        _print_json({**task.to_dict(), "files": [str(path) for path in paths]})
+        print_json({**task.to_dict(), "files": [str(path) for path in paths]})
         return
     for line in paths or task.response:
         typer.echo(str(line))
@@ -138,7 +130,7 @@ def status_command(
     with _client(base_url, api_key) as client:
         task = client.status(task_id)
     if json_output:
-        _print_json(task.to_dict())
+        print_json(task.to_dict())
         return
     created = task.created_at.strftime("%Y-%m-%d %H:%M:%SZ") if task.created_at else "?"
     typer.echo(f"{task.task_id}  {task.status}  {task.progress}%  "

@@ -5,16 +5,22 @@ importing it must need no more than ``pip install openimagine``."""
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from openimagine.cli_common import server_extra
-from openimagine.errors import AccountNotFound, OpenImagineError
+from openimagine.cli_common import (
+    JsonOption,
+    fail,
+    load_settings,
+    open_db,
+    print_json,
+    server_extra,
+)
+from openimagine.errors import AccountNotFound, ServiceError
 
 if TYPE_CHECKING:
     from openimagine.settings import Settings
@@ -25,7 +31,6 @@ if TYPE_CHECKING:
 EVENT_TYPES = ("task.completed", "task.failed", "video.completed", "video.failed")
 webhooks_app = typer.Typer(no_args_is_help=True)
 console = Console(soft_wrap=True)
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 @webhooks_app.callback()
@@ -33,14 +38,8 @@ def webhooks_group() -> None:
     """Webhook endpoints, default secrets and delivery logs of accounts."""
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
 def _open(account: str) -> tuple[Settings, Database, int]:
-    # The shared setup of every command (``cli`` imports this module, so not at the top).
-    from openimagine.cli import load_settings, open_db
+    # The shared setup of every command; the services are server modules (``server_extra``).
     from openimagine.services import webhooks
 
     settings = load_settings()
@@ -48,11 +47,8 @@ def _open(account: str) -> tuple[Settings, Database, int]:
     try:
         return settings, db, webhooks.account_id(db, account)
     except AccountNotFound as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
-
-def _print_json(value: object) -> None:
-    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 @webhooks_app.command("add")
@@ -73,10 +69,10 @@ def add(
         checked = webhooks.check_url(url, "url", allow_private=settings.allow_private_urls)
         events = webhooks.check_events(event or None)
         endpoint, secret = webhooks.add_endpoint(db, owner, checked, events)
-    except OpenImagineError as exc:
-        _fail(exc.public_message)
+    except ServiceError as exc:
+        fail(exc.public_message)
     if json_output:
-        _print_json({**endpoint.view(), "secret": secret})
+        print_json({**endpoint.view(), "secret": secret})
         return
     console.print(f"Added {endpoint.id} → {endpoint.url} ({', '.join(endpoint.events)}). "
                   "Its signing secret (shown once):", highlight=False)
@@ -92,7 +88,7 @@ def list_(account: str, json_output: JsonOption = False) -> None:
     _, db, owner = _open(account)
     endpoints = [endpoint.view() for endpoint in webhooks.list_endpoints(db, owner)]
     if json_output:
-        _print_json(endpoints)
+        print_json(endpoints)
         return
     table = Table(Column("id", no_wrap=True), Column("url", overflow="fold"),
                   Column("events", overflow="fold"), Column("created", no_wrap=True), "state")
@@ -112,8 +108,8 @@ def remove(account: str, webhook_id: str) -> None:
     _, db, owner = _open(account)
     try:
         webhooks.remove_endpoint(db, owner, webhook_id)
-    except OpenImagineError as exc:
-        _fail(exc.public_message)
+    except ServiceError as exc:
+        fail(exc.public_message)
     console.print(f"Removed {webhook_id}.", highlight=False)
 
 
@@ -131,7 +127,7 @@ def secret(
     _, db, owner = _open(account)
     key = webhooks.default_secret(db, owner, rotate=rotate)
     if json_output:
-        _print_json({"account": account, "key": key, "rotated": rotate})
+        print_json({"account": account, "key": key, "rotated": rotate})
     else:
         console.print(key, highlight=False)
 
@@ -160,10 +156,10 @@ def deliveries(
     _, db, owner = _open(account)
     try:
         rows, _ = webhooks.deliveries(db, owner, webhook, limit=limit)
-    except OpenImagineError as exc:
-        _fail(exc.public_message)
+    except ServiceError as exc:
+        fail(exc.public_message)
     if json_output:
-        _print_json(rows)
+        print_json(rows)
         return
     # One line per delivery and one per try: URLs and ids stay whole at any width.
     for row in rows:

@@ -4,7 +4,7 @@ turns any of them into the contract's envelope in one place."""
 from __future__ import annotations
 
 
-class OpenImagineError(Exception):
+class ServiceError(Exception):
     status: int = 500
     code: str = "INTERNAL_ERROR"
     prefix: str = ""
@@ -18,46 +18,46 @@ class OpenImagineError(Exception):
         return f"{self.prefix}{self.message}"
 
 
-class InvalidRequest(OpenImagineError):
+class InvalidRequest(ServiceError):
     status, code, prefix = 400, "INVALID_REQUEST", "Invalid request: "
 
 
-class Unauthorized(OpenImagineError):
+class Unauthorized(ServiceError):
     status, code = 401, "UNAUTHORIZED"
 
 
-class InsufficientCredits(OpenImagineError):
+class InsufficientCredits(ServiceError):
     status, code = 402, "INSUFFICIENT_CREDITS"
 
 
-class Forbidden(OpenImagineError):
+class Forbidden(ServiceError):
     status, code = 403, "FORBIDDEN"
 
 
-class NotFound(OpenImagineError):
+class NotFound(ServiceError):
     status, code = 404, "NOT_FOUND"
 
 
-class MethodNotAllowed(OpenImagineError):
+class MethodNotAllowed(ServiceError):
     # Not in the contract's table; it still uses the envelope (see CONTRACT.md).
     status, code = 405, "METHOD_NOT_ALLOWED"
 
 
-class Conflict(OpenImagineError):
+class Conflict(ServiceError):
     # A request that cannot run now: its Idempotency-Key is held by a request still
     # running, or it would cancel a finished task. Clients may retry the first kind.
     status, code = 409, "CONFLICT"
 
 
-class IdempotencyKeyReused(OpenImagineError):
+class IdempotencyKeyReused(ServiceError):
     status, code = 422, "IDEMPOTENCY_KEY_REUSED"
 
 
-class PayloadTooLarge(OpenImagineError):
+class PayloadTooLarge(ServiceError):
     status, code = 413, "PAYLOAD_TOO_LARGE"
 
 
-class RateLimited(OpenImagineError):
+class RateLimited(ServiceError):
     status, code = 429, "RATE_LIMITED"
 
     def __init__(self, message: str, *, retry_after: int) -> None:
@@ -65,7 +65,7 @@ class RateLimited(OpenImagineError):
         self.retry_after = max(1, retry_after)
 
 
-class TooManyTasks(OpenImagineError):
+class TooManyTasks(ServiceError):
     """The account has as many unfinished tasks as its plan allows (nothing was debited)."""
 
     status, code = 429, "TOO_MANY_TASKS"
@@ -75,11 +75,11 @@ class TooManyTasks(OpenImagineError):
         self.retry_after = max(1, retry_after)
 
 
-class InternalError(OpenImagineError):
+class InternalError(ServiceError):
     status, code = 500, "INTERNAL_ERROR"
 
 
-class ServiceUnavailable(OpenImagineError):
+class ServiceUnavailable(ServiceError):
     status, code = 503, "SERVICE_UNAVAILABLE"
 
     def __init__(self, message: str, *, retry_after: int | None = None) -> None:

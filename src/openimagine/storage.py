@@ -23,11 +23,13 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +39,8 @@ from openimagine.errors import Forbidden, NotFound
 
 if TYPE_CHECKING:
     from openimagine.settings import Settings
+
+log = logging.getLogger("openimagine.storage")
 
 # A task's files: numbered inputs and videos, and the stills of its first video.
 _KEY_RE = re.compile(r"^(inputs|outputs)/task_[A-Za-z0-9_-]{8,40}/"
@@ -96,6 +100,22 @@ def _stale(entry: Path, now: float) -> bool:
         if int(pid) == os.getpid() or not _pid_alive(int(pid)):
             return True
     return now - _last_touched(entry) > STAGING_MAX_AGE_SECONDS
+
+
+_staging_cleaned: set[Path] = set()
+_staging_lock = threading.Lock()
+
+
+def clean_staging_once(staging: Path) -> None:
+    """``clean_staging`` the first time this process asks for ``staging`` (each
+    model's runner asks; one scan at start is enough)."""
+    with _staging_lock:
+        if staging in _staging_cleaned:
+            return
+        _staging_cleaned.add(staging)
+    removed = clean_staging(staging)
+    if removed:
+        log.info("removed %d stale scratch folder(s) from %s", len(removed), staging)
 
 
 def clean_staging(staging: Path, *, now: float | None = None) -> list[str]:

@@ -20,8 +20,8 @@ from openimagine.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
-    OpenImagineError,
     PayloadTooLarge,
+    ServiceError,
     ServiceUnavailable,
 )
 
@@ -34,7 +34,7 @@ def is_openai_path(path: str) -> bool:
     return path == OPENAI_FACE or path.startswith(OPENAI_FACE + "/")
 
 
-def error_response(error: OpenImagineError, path: str = "") -> Response:
+def error_response(error: ServiceError, path: str = "") -> Response:
     if is_openai_path(path):
         return openai_error_response(error)
     retry_after = getattr(error, "retry_after", None)
@@ -46,7 +46,7 @@ def error_response(error: OpenImagineError, path: str = "") -> Response:
     )
 
 
-def _from_http_exception(exc: StarletteHTTPException) -> OpenImagineError:
+def _from_http_exception(exc: StarletteHTTPException) -> ServiceError:
     if exc.status_code == 404:
         return NotFound("Not found: no such endpoint")
     if exc.status_code == 405:
@@ -58,7 +58,7 @@ def _from_http_exception(exc: StarletteHTTPException) -> OpenImagineError:
     return InternalError("Internal server error")
 
 
-def _from_validation(exc: RequestValidationError) -> OpenImagineError:
+def _from_validation(exc: RequestValidationError) -> ServiceError:
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
     return InvalidRequest(f"{where}: {first.get('msg', 'invalid value')}")
@@ -67,7 +67,7 @@ def _from_validation(exc: RequestValidationError) -> OpenImagineError:
 def response_for(exc: Exception, path: str = "") -> Response:
     """The error answer for any exception a request to ``path`` raised (the handlers
     below, and the routes ``OpenImagineAPI`` serves directly, both answer through here)."""
-    if isinstance(exc, OpenImagineError):
+    if isinstance(exc, ServiceError):
         return error_response(exc, path)
     if isinstance(exc, StarletteHTTPException):
         response = error_response(_from_http_exception(exc), path)
@@ -106,6 +106,6 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers["Allow"] = ", ".join(allowed)
         return response
 
-    for kind in (OpenImagineError, StarletteHTTPException, RequestValidationError,
+    for kind in (ServiceError, StarletteHTTPException, RequestValidationError,
                  OperationalError, StorageError, Exception):
         app.add_exception_handler(kind, handle)

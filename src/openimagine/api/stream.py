@@ -27,13 +27,12 @@ from sqlalchemy import select
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from openimagine.store.db import Database, Record
-from openimagine.store.models import TASK_VIEW_COLUMNS, Task
+from openimagine.store.models import FINAL_STATUSES, TASK_VIEW_COLUMNS, Task
 
 log = logging.getLogger("openimagine.api")
 
 ROUND_SECONDS = 1.0
 PING_SECONDS = 15
-FINAL = ("completed", "failed")
 # The PostgreSQL channel a trigger on tasks notifies (migration 0006).
 CHANNEL = "openimagine_tasks"
 
@@ -131,14 +130,14 @@ def stream_response(hub: StatusHub, first: Record,
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(data=orjson.dumps(view(first)).decode(), event="status")
-        if first.status in FINAL:
+        if first.status in FINAL_STATUSES:
             return
         queue = hub.watch(task_id, first)
         try:
             while True:
                 row = await queue.get()
                 yield ServerSentEvent(data=orjson.dumps(view(row)).decode(), event="status")
-                if row.status in FINAL:
+                if row.status in FINAL_STATUSES:
                     return
         finally:
             hub.unwatch(task_id, queue)

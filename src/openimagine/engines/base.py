@@ -21,6 +21,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from openimagine.inputs.refs import MAX_IMAGES
+
 MODES = ("fun", "normal", "spicy")
 RATIOS = ("2:3", "3:2", "1:1", "16:9", "9:16")
 
@@ -72,7 +74,8 @@ class EngineInfo:
     modes: tuple[str, ...] = MODES
     ratios: tuple[str, ...] = RATIOS
     image_input: bool = True
-    max_images: int = 7
+    # The contract's limit; an engine whose model takes fewer says so.
+    max_images: int = MAX_IMAGES
     # Relays wait on another API: many run at once, never behind a local engine's lock.
     relay: bool = False
     # Short sides the engine can make (None: any); a requested size snaps to the nearest.

@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from openimagine.engines.base import Cancelled, Clip, EngineInfo, Job, frame_size
+from openimagine.inputs.images import upright_rgb
 from openimagine.settings import Settings
 
 INFO = EngineInfo(
@@ -31,7 +32,6 @@ INFO = EngineInfo(
     description="Built-in procedural animation, or camera moves over the input images; "
     "no model, CPU only, a few seconds per task.",
     image_input=True,
-    max_images=7,
 )
 
 # Check for cancellation this often (frames); a frame takes a few milliseconds.
@@ -304,19 +304,9 @@ def text_renderer(
 ZOOM = {"normal": 1.1, "fun": 1.15, "spicy": 1.22}
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        # Transparent areas become black rather than whatever colour hides under alpha 0.
-        rgba = image.convert("RGBA")
-        backdrop = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(backdrop, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scale ``image`` to cover width x height, then crop the center."""
-    image = _to_rgb(image)
+    image = upright_rgb(image)
     src_w, src_h = image.size
     # Keep the limiting side exact so float error never puts the box outside the image.
     if src_w * height >= src_h * width:  # source is wider: crop the sides

@@ -30,7 +30,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
                     f"{width}x{height} image is over the {max_pixels} pixel limit"
                 )
             image.load()
-            return _upright_rgb(image)
+            return upright_rgb(image)
     except UnsupportedImage:
         raise
     except Image.DecompressionBombError as exc:
@@ -43,7 +43,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise UnsupportedImage(f"cannot decode {kind}: {exc}") from exc
 
 
-def _upright_rgb(image: Image.Image) -> Image.Image:
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF says and flattened to RGB: the one place images
+    become RGB (input decoding and the preview engine alike)."""
     try:
         upright = ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - broken EXIF must not reject a good picture

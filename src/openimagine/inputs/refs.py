@@ -8,6 +8,9 @@ import binascii
 import re
 from urllib.parse import urlsplit
 
+from openimagine.patterns import char_class, int_range
+
+# The contract's limit on ``images`` references (engines' ``EngineInfo.max_images``).
 MAX_IMAGES = 7
 MAX_URL_LENGTH = 8192
 
@@ -101,10 +104,14 @@ def _reference_problem(ref: object) -> str | None:
     return url_problem(ref)
 
 
+def _bad_url_char(ch: str) -> bool:
+    return ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F
+
+
 def url_problem(url: str) -> str | None:
     if len(url) > MAX_URL_LENGTH:
         return f"is longer than {MAX_URL_LENGTH} characters"
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+    if any(_bad_url_char(ch) for ch in url):
         return "contains whitespace or control characters"
     try:
         parts = urlsplit(url)
@@ -116,6 +123,40 @@ def url_problem(url: str) -> str | None:
     if not parts.hostname:
         return "is a URL without a host"
     return None
+
+
+def _netloc_char(exclude: str) -> str:
+    # ASCII only: a netloc with other characters may be refused by urlsplit's NFKC check.
+    return char_class(lambda ch: ch.isascii() and ch.isprintable() and ch not in exclude,
+                      negate=False, planes=(0,))
+
+
+# ``url_problem``'s rules as a pattern (narrower only in keeping the host ASCII and
+# unbracketed): http(s), a host, a port of 0..65535, no space or control character.
+URL_PATTERN = (
+    "^[hH][tT][tT][pP][sS]?://"
+    f"(?:{_netloc_char(' /?#[]')}*@)?{_netloc_char(' /?#[]@:')}+"
+    f"(?::0*{int_range(1, 65535)}?)?"
+    f"(?:[/?#]{char_class(_bad_url_char, negate=True, planes=(0,))}*)?$"
+)
+# ``_DATA_URI`` with a payload that decodes (no line breaks, no NUL).
+DATA_URI_PATTERN = (
+    "^[dD][aA][tT][aA]:[iI][mM][aA][gG][eE]/[a-zA-Z0-9][a-zA-Z0-9.+-]*(?:;[^;,\\u0000]*)*"
+    ";[bB][aA][sS][eE]64,(?:[A-Za-z0-9+/]{4})*"
+    "(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+)
+
+
+def url_schema(max_length: int) -> dict[str, object]:
+    """The JSON schema of an http(s) URL that ``url_problem`` accepts."""
+    return {"type": "string", "maxLength": max_length, "pattern": URL_PATTERN}
+
+
+def image_ref_schema() -> dict[str, object]:
+    """The JSON schema of one reference ``parse_image_refs`` accepts."""
+    return {"anyOf": [url_schema(MAX_URL_LENGTH),
+                      {"type": "string", "pattern": DATA_URI_PATTERN}],
+            "description": "an http(s) URL or a data:image/...;base64, URI"}
 
 
 def _b64decode(payload: str) -> bytes:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from openimagine.engines.base import EngineFailure
 from openimagine.services import ledger, webhooks
 from openimagine.store.db import Database, rows_changed
-from openimagine.store.models import Account, Task
+from openimagine.store.models import Account, Task, TaskStatus
 from openimagine.timeutil import utcnow
 
 ENGINE_FAILED = EngineFailure.public_message
@@ -47,7 +47,7 @@ def _fenced(claim: Claim):  # type: ignore[no-untyped-def]
         Task.id == claim.task_id,
         Task.attempts == claim.attempt,
         Task.lease_owner == claim.owner,
-        Task.status == "processing",
+        Task.status == TaskStatus.PROCESSING,
     )
 
 
@@ -111,13 +111,13 @@ def _claim(session: Session, owner: str, model: str, lease_seconds: float,
            *which: ColumnElement[bool]) -> Claim | None:
     """Claim the oldest pending task of ``model`` that matches ``which``, skipping locked rows."""
     now = utcnow()
-    candidate = (select(Task.id).where(Task.status == "pending", Task.model == model, *which)
+    candidate = (select(Task.id).where(Task.status == TaskStatus.PENDING, Task.model == model, *which)
                  .order_by(Task.created_at).limit(1).with_for_update(skip_locked=True))
     statement = (
         update(Task)
-        .where(Task.id == candidate.scalar_subquery(), Task.status == "pending")
+        .where(Task.id == candidate.scalar_subquery(), Task.status == TaskStatus.PENDING)
         .values(
-            status="processing",
+            status=TaskStatus.PROCESSING,
             attempts=Task.attempts + 1,
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -161,7 +161,7 @@ def complete(db: Database, claim: Claim, *, outputs: list[str], seeds: list[int]
         changed = rows_changed(session.execute(
             update(Task)
             .where(*_fenced(claim))
-            .values(status="completed", outputs=outputs, seeds=seeds, progress=100,
+            .values(status=TaskStatus.COMPLETED, outputs=outputs, seeds=seeds, progress=100,
                     rendered_by=rendered_by or claim.model, media=media,
                     finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
         ))
@@ -175,7 +175,7 @@ def _fail_and_refund(session: Session, task_id: str, account_id: int, price: int
     changed = rows_changed(session.execute(
         update(Task)
         .where(Task.id == task_id, *conditions)
-        .values(status="failed", error_message=message, error_detail=detail[:4000],
+        .values(status=TaskStatus.FAILED, error_message=message, error_detail=detail[:4000],
                 consumed_credits=0, finished_at=utcnow(), lease_owner=None,
                 lease_expires_at=None)
     ))
@@ -201,7 +201,7 @@ def release(db: Database, claim: Claim) -> bool:
         return rows_changed(session.execute(
             update(Task)
             .where(*_fenced(claim))
-            .values(status="pending", attempts=Task.attempts - 1, lease_owner=None,
+            .values(status=TaskStatus.PENDING, attempts=Task.attempts - 1, lease_owner=None,
                     lease_expires_at=None, progress=0)
         )) == 1
 
@@ -219,13 +219,13 @@ def reap_expired(db: Database, *, max_attempts: int,
     with db.read() as session:
         expired = session.execute(
             select(Task.id, Task.attempts, Task.account_id, Task.price, Task.model).where(
-                Task.status == "processing", Task.lease_expires_at < now
+                Task.status == TaskStatus.PROCESSING, Task.lease_expires_at < now
             )
         ).all()
     requeued = failed = 0
     for row in expired:
         still_expired = (
-            Task.status == "processing",
+            Task.status == TaskStatus.PROCESSING,
             Task.attempts == row.attempts,
             Task.lease_expires_at < now,
         )
@@ -239,7 +239,7 @@ def reap_expired(db: Database, *, max_attempts: int,
                 changed = rows_changed(session.execute(
                     update(Task)
                     .where(Task.id == row.id, *still_expired)
-                    .values(status="pending", lease_owner=None, lease_expires_at=None,
+                    .values(status=TaskStatus.PENDING, lease_owner=None, lease_expires_at=None,
                             dispatched_at=now, progress=0)
                 ))
                 requeued += changed
@@ -252,7 +252,7 @@ def pending_by_model(db: Database) -> dict[str, int]:
     """How many tasks wait, per model."""
     with db.read() as session:
         rows = session.execute(
-            select(Task.model, func.count()).where(Task.status == "pending").group_by(Task.model)
+            select(Task.model, func.count()).where(Task.status == TaskStatus.PENDING).group_by(Task.model)
         ).all()
     return {model: count for model, count in rows}
 
@@ -274,7 +274,7 @@ def take_stale_pending(db: Database, *, model: str, older_than: float, limit: in
     with db.write() as session:
         ids = list(session.scalars(
             select(Task.id)
-            .where(Task.status == "pending", Task.model == model,
+            .where(Task.status == TaskStatus.PENDING, Task.model == model,
                    last < now - timedelta(seconds=older_than))
             .order_by(last)
             .limit(limit)
@@ -297,4 +297,4 @@ def cancel(db: Database, task_id: str, account_id: int) -> bool:
         price = session.scalar(select(Task.price).where(Task.id == task_id)) or 0
         return _fail_and_refund(session, task_id, account_id, price, CANCELLED,
                                 "cancelled by its owner", Task.account_id == account_id,
-                                Task.status.in_(("pending", "processing")))
+                                Task.status.in_((TaskStatus.PENDING, TaskStatus.PROCESSING)))

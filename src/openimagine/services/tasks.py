@@ -16,7 +16,7 @@ from openimagine.services import ledger
 from openimagine.services.accounts import Principal
 from openimagine.storage import Storage
 from openimagine.store.db import Database, Record
-from openimagine.store.models import TASK_VIEW_COLUMNS, Task
+from openimagine.store.models import TASK_VIEW_COLUMNS, Task, TaskStatus
 from openimagine.timeutil import rfc3339, utcnow
 
 STORED_PREFIX = "stored:"
@@ -71,7 +71,7 @@ def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, mo
             Task(
                 id=task_id,
                 account_id=principal.account_id,
-                status="pending",
+                status=TaskStatus.PENDING,
                 model=model,
                 engine=engine,
                 prompt=new.prompt,
@@ -118,7 +118,7 @@ def _check_queue(session: Session, model: str, max_queue: int) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(QUEUE_LOCK, func.hashtext(model))))
     waiting = session.scalar(select(func.count()).select_from(
-        select(Task.id).where(Task.model == model, Task.status == "pending")
+        select(Task.id).where(Task.model == model, Task.status == TaskStatus.PENDING)
         .limit(max_queue).subquery()))
     if waiting is not None and waiting >= max_queue:
         raise ServiceUnavailable(
@@ -187,13 +187,13 @@ def task_view(task: Task | Record, storage: Storage) -> dict:
         ref for ref in task.images or [] if not ref.startswith(STORED_PREFIX)]
     if images:
         request["images"] = [image_url(ref, storage) for ref in images]
-    completed = task.status == "completed"
+    completed = task.status == TaskStatus.COMPLETED
     view = {
         "task_id": task.id,
         "status": task.status,
         "created_at": rfc3339(task.created_at),
         "consumed_credits": task.consumed_credits,
-        "error_message": task.error_message if task.status == "failed" else None,
+        "error_message": task.error_message if task.status == TaskStatus.FAILED else None,
         "request": request,
         "response": [storage.url(key) for key in task.outputs]
         if completed and not expired else [],

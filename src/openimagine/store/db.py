@@ -123,13 +123,15 @@ class Database:
                                      "json_deserializer": orjson.loads}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = create_engine(url, **kwargs)
+        # SQLAlchemy's Engine (pools and dialect) is ``sql``: in openimagine an
+        # "engine" is only ever what renders video.
+        self.sql = create_engine(url, **kwargs)
         if self.is_sqlite:
-            _prepare_sqlite(self.engine)
-        self._write_engine = self.engine.execution_options(write=True)
+            _prepare_sqlite(self.sql)
+        self._write_sql = self.sql.execution_options(write=True)
         # One-statement reads need no transaction: on a server, autocommit
         # saves the BEGIN and ROLLBACK round trips (SQLite: see _on_begin).
-        self._single_engine = self.engine.execution_options(
+        self._single_sql = self.sql.execution_options(
             single_statement=True, **({} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}))
         self._local = threading.local()
         self._write_lock: threading.Lock | nullcontext[None] = (
@@ -143,22 +145,22 @@ class Database:
         # trip); a connection the server dropped is retried once on a fresh
         # one instead, which a read allows. A pool of its own, so that
         # sessions and writes keep pinging.
-        self._hot_engine: Engine | None = None
+        self._hot_sql: Engine | None = None
         if not self.is_sqlite:
-            self._hot_engine = create_engine(url, **{**kwargs, "pool_pre_ping": False},
-                                             isolation_level="AUTOCOMMIT")
+            self._hot_sql = create_engine(url, **{**kwargs, "pool_pre_ping": False},
+                                          isolation_level="AUTOCOMMIT")
         # The event loop's own connections (``fetch_first_async``), per loop.
         self.async_reads = self.url.get_driver_name() == "psycopg"
         self._readers: dict[asyncio.AbstractEventLoop, AsyncReader] = {}
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        with Session(self.sql, expire_on_commit=False) as session, session.begin():
             yield session
 
     def connect(self) -> Connection:
         """A plain connection for one-statement reads on hot paths (no ORM session)."""
-        return self._single_engine.connect()
+        return self._single_sql.connect()
 
     def fetch_first(self, statement: Select[Unpack[tuple[Any, ...]]],
                     params: dict[str, Any]) -> Record | None:
@@ -172,7 +174,7 @@ class Database:
         connection per call (an idle connection must not sit in an open
         transaction on a server), from a pool without pre-ping (below).
         """
-        if self._hot_engine is not None:
+        if self._hot_sql is not None:
             return self._on_server(statement, params, many=False)
         return self._driver_query(statement).first(self._driver(), params)
 
@@ -191,37 +193,37 @@ class Database:
         loop = asyncio.get_running_loop()
         reader = self._readers.get(loop)
         if reader is None:
-            reader = self._readers[loop] = AsyncReader(self.url, self.engine.dialect)
+            reader = self._readers[loop] = AsyncReader(self.url, self.sql.dialect)
         return reader
 
     def fetch_all(self, statement: Select[Unpack[tuple[Any, ...]]],
                   params: dict[str, Any]) -> list[Record]:
         """Every row of a one-statement read, as cheaply as ``fetch_first``."""
-        if self._hot_engine is not None:
+        if self._hot_sql is not None:
             return self._on_server(statement, params, many=True)  # type: ignore[no-any-return]
         return self._driver_query(statement).all(self._driver(), params)
 
     def _driver_query(self, statement: Select[Any]) -> _DriverQuery:
         query = self._compiled.get(statement)
         if query is None:
-            query = self._compiled[statement] = _DriverQuery(statement, self.engine.dialect)
+            query = self._compiled[statement] = _DriverQuery(statement, self.sql.dialect)
         return query
 
     def _driver(self) -> Any:
         # Per thread, and renewed after ``dispose`` closed the kept ones.
         generation, driver = getattr(self._local, "driver", (-1, None))
         if generation != self._generation:
-            fairy = self._single_engine.raw_connection()
+            fairy = self._single_sql.raw_connection()
             self._kept.append(fairy)
             driver = fairy.driver_connection
             self._local.driver = (self._generation, driver)
         return driver
 
     def _on_server(self, statement: Select[Any], params: dict[str, Any], *, many: bool) -> Any:
-        assert self._hot_engine is not None
+        assert self._hot_sql is not None
         for retry in (False, True):
             try:
-                with self._hot_engine.connect() as connection:
+                with self._hot_sql.connect() as connection:
                     result = connection.execute(statement, params)
                     return result.all() if many else result.first()
             except DBAPIError as exc:
@@ -237,12 +239,12 @@ class Database:
         # lock; left to SQLite's busy handler they would sleep in steps of up
         # to 100 ms (measured: ~100 submissions/s instead of the disk's speed).
         # Other processes still wait through busy_timeout.
-        with self._write_lock, Session(self._write_engine, expire_on_commit=False) as session, \
+        with self._write_lock, Session(self._write_sql, expire_on_commit=False) as session, \
                 session.begin():
             yield session
 
     def ping(self) -> None:
-        with self.engine.connect() as connection:
+        with self.sql.connect() as connection:
             connection.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
@@ -253,9 +255,9 @@ class Database:
                 pass
         self._kept.clear()
         self._generation += 1
-        self.engine.dispose()
-        if self._hot_engine is not None:
-            self._hot_engine.dispose()
+        self.sql.dispose()
+        if self._hot_sql is not None:
+            self._hot_sql.dispose()
         readers, self._readers = self._readers, {}
         for reader in readers.values():
             reader.close()

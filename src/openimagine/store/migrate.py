@@ -22,7 +22,7 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database: Database) -> None:
     config = alembic_config(database.url.render_as_string(hide_password=False))
-    with database.engine.begin() as connection:
+    with database.sql.begin() as connection:
         if connection.dialect.name == "postgresql":
             # Replicas starting together take turns: the later ones find the schema
             # at head instead of racing to create the same tables.

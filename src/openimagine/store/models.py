@@ -4,6 +4,7 @@ credits and tasks; nothing here is SQLite- or PostgreSQL-specific."""
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -26,6 +27,35 @@ from openimagine.timeutil import utcnow
 
 class Base(DeclarativeBase):
     pass
+
+
+class TaskStatus(StrEnum):
+    """A task's status on the wire (the Grok face) and in the database. Being a
+    ``str``, a member equals the text a row holds: ``row.status == TaskStatus.FAILED``."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class DeliveryStatus(StrEnum):
+    """A webhook delivery's status: pending, delivered, failed (out of tries, or
+    410) or cancelled (endpoint gone)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# A task in one of these changes no more (a cancelled task is failed, code "cancelled").
+FINAL_STATUSES = (TaskStatus.COMPLETED, TaskStatus.FAILED)
+
+
+def one_of(column: str, values: type[StrEnum] | tuple[str, ...]) -> str:
+    """The CHECK constraint text ``column IN ('a', 'b')`` for an enumeration."""
+    return f"{column} IN ({', '.join(repr(str(value)) for value in values)})"
 
 
 class Account(Base):
@@ -98,7 +128,7 @@ class Task(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    status: Mapped[str] = mapped_column(String(12), default="pending")
+    status: Mapped[str] = mapped_column(String(12), default=TaskStatus.PENDING)
     # The model the client asked for (and was charged for): its queue, its
     # workers. ``engine`` is what that model ran on when the task was made.
     model: Mapped[str] = mapped_column(String(64))
@@ -167,9 +197,7 @@ class Task(Base):
         Index("tasks_by_account", "account_id", "created_at", "id"),
         # Fair claims: the accounts with pending tasks of a model, each one's oldest.
         Index("tasks_queue", "model", "status", "account_id", "created_at"),
-        CheckConstraint(
-            "status IN ('pending', 'processing', 'completed', 'failed')", name="known_status"
-        ),
+        CheckConstraint(one_of("status", TaskStatus), name="known_status"),
     )
 
 
@@ -259,8 +287,7 @@ class WebhookDelivery(Base):
     endpoint_id: Mapped[str | None] = mapped_column(ForeignKey("webhook_endpoints.id"),
                                                     nullable=True)
     url: Mapped[str] = mapped_column(Text)
-    # pending, delivered, failed (out of tries, or 410) or cancelled (endpoint gone).
-    status: Mapped[str] = mapped_column(String(12), default="pending")
+    status: Mapped[str] = mapped_column(String(12), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # When it is due; while a process sends it, when its lease runs out.
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
@@ -271,8 +298,7 @@ class WebhookDelivery(Base):
     __table_args__ = (
         Index("webhook_deliveries_due", "status", "next_attempt_at"),
         Index("webhook_deliveries_log", "account_id", "endpoint_id", "id"),
-        CheckConstraint("status IN ('pending', 'delivered', 'failed', 'cancelled')",
-                        name="known_delivery_status"),
+        CheckConstraint(one_of("status", DeliveryStatus), name="known_delivery_status"),
     )
 
 

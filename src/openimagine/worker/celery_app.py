@@ -44,7 +44,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
-from openimagine.catalog import Catalog, Model, create_model_engine
+from openimagine.catalog import Catalog, Model
 from openimagine.moderation import load_policy
 from openimagine.services import lifecycle
 from openimagine.settings import Settings
@@ -52,9 +52,10 @@ from openimagine.storage import storage_from_settings
 from openimagine.store.db import Database
 from openimagine.worker.deliverer import start_deliverer
 from openimagine.worker.dispatch import CeleryDispatcher
-from openimagine.worker.heartbeat import PROGRESS_TICK, Heartbeat
+from openimagine.worker.heartbeat import run_with_heartbeat
 from openimagine.worker.pool import worker_name
-from openimagine.worker.runner import Outcome, Runner
+from openimagine.worker.queues import TASK_NAME, create_celery_app, queue_name
+from openimagine.worker.runner import Runner, RunStatus, create_model_engine
 from openimagine.worker.sweeper import Sweeper
 
 if TYPE_CHECKING:
@@ -62,113 +63,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("openimagine.worker")
 
-TASK_NAME = "openimagine.run"
 # The main process tells its children to give their tasks back with this one:
 # billiard claims SIGTERM in the children, and Celery uses SIGUSR2 only for a
 # remote debugger, and only in the main process when CELERY_RDBSIG is set.
 STOP_SIGNAL = signal.SIGUSR2
-# Seconds a worker child may take to start, model load included (Celery's default is 4).
-ENGINE_LOAD_SECONDS = 900.0
 
 
-def queue_name(model: str) -> str:
-    return f"openimagine.{model}"
-
-
-def create_celery_app(settings: Settings) -> Celery:
-    """A Celery app for ``settings.broker_url``; creating it connects to nothing."""
-    try:
-        from celery import Celery
-    except ImportError:
-        raise RuntimeError("OPENIMAGINE_BROKER_URL needs Celery: "
-                           "pip install 'openimagine[scale]'") from None
-
-    if not settings.broker_url:
-        raise ValueError("create_celery_app needs settings.broker_url")
-    app = Celery("openimagine", broker=settings.broker_url, set_as_current=False)
-    transport_options: dict[str, Any] = {}
-    if settings.broker_url.startswith(("amqp", "pyamqp")):
-        # Publisher confirms: send_task returns once the broker has the message.
-        transport_options["confirm_publish"] = True
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        task_default_queue=queue_name(settings.engine),
-        worker_proc_alive_timeout=ENGINE_LOAD_SECONDS,
-        broker_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
-        broker_connection_timeout=3.0,
-        # A failed publish must not hold an API request for long: the sweeper
-        # publishes the task again.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
-                                   "interval_step": 0.2, "interval_max": 0.5},
-        # On a lost broker connection the running task goes on: its lease, not
-        # the message, says who owns it, and the redelivered message is a no-op.
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_send_task_events=False,
-    )
-    app.openimagine_settings = settings  # type: ignore[attr-defined]
-
+def register_run_task(app: Celery) -> None:
+    """The consumer's side of ``TASK_NAME``: claim the task and run it here."""
     @app.task(name=TASK_NAME, bind=True)
     def run(self: Any, task_id: str) -> str:
         status = _current_process(self.app).run(task_id)
-        if status == "released":
+        if status == RunStatus.RELEASED:
             from celery.exceptions import Reject  # type: ignore[import-untyped]
 
             # Back to the queue now (acks_late: the message was not acked yet).
             raise Reject("worker stopping: task released", requeue=True)
         return status
-
-    return app
-
-
-def queue_depth(app: Celery, model: str) -> int | None:
-    """Ready messages in the model's queue; 0 if it does not exist; None if unknown."""
-    try:
-        with app.connection_or_acquire() as connection:
-            channel = connection.channel()
-            try:
-                declared = channel.queue_declare(queue=queue_name(model), passive=True)
-                return int(declared.message_count)
-            except connection.channel_errors:
-                return 0  # no such queue yet: nothing was ever published to it
-            finally:
-                try:
-                    channel.close()
-                except Exception:  # a closed channel is what we wanted anyway
-                    log.debug("closing the channel failed", exc_info=True)
-    except Exception:
-        log.debug("cannot read the depth of %s", queue_name(model), exc_info=True)
-        return None
-
-
-def run_with_heartbeat(runner: Runner, claim: lifecycle.Claim,
-                       stopping: threading.Event | None = None) -> Outcome:
-    """``runner.run(claim)`` here, with a thread that renews the lease meanwhile and
-    stops the engine (cooperatively) when the lease turns out to be someone else's,
-    or when ``stopping`` is set (the task is then released)."""
-    cancelled = threading.Event()
-    finished = threading.Event()
-    heartbeat = Heartbeat(runner.settings, runner.db, claim, cancelled)
-
-    def keep_beating() -> None:
-        while not finished.wait(PROGRESS_TICK):
-            if stopping is not None and stopping.is_set():
-                cancelled.set()
-            if heartbeat.due():
-                heartbeat.beat()
-
-    beat = threading.Thread(target=keep_beating, name="openimagine-heartbeat", daemon=True)
-    beat.start()
-    try:
-        return runner.run(claim, heartbeat.progress.report, cancelled)
-    finally:
-        finished.set()
-        beat.join()
 
 
 class WorkerProcess:
@@ -204,8 +115,9 @@ class WorkerProcess:
         if claim is None:
             # Already claimed, finished, or of another model: the row says so.
             log.info("task %s: not pending; message dropped", task_id)
-            return "skipped"
-        outcome = run_with_heartbeat(self.runner, claim, self.stopping)
+            return RunStatus.SKIPPED
+        outcome = run_with_heartbeat(self.runner, claim, threading.Event(),
+                                     stopping=self.stopping)
         log.info("task %s: %s", claim.task_id, outcome.status)
         return outcome.status
 
@@ -268,6 +180,8 @@ def run_worker(settings: Settings, model: Model, catalog: Catalog, *,
 
     global _app
     app = create_celery_app(settings)
+    register_run_task(app)
+    app.openimagine_settings = settings  # type: ignore[attr-defined]
     app.openimagine_catalog = catalog  # type: ignore[attr-defined]
     app.openimagine_model = model  # type: ignore[attr-defined]
     _app = app

@@ -33,7 +33,7 @@ from openimagine.services import tasks, webhooks
 from openimagine.settings import Settings
 from openimagine.storage import Storage
 from openimagine.store.db import Database
-from openimagine.store.models import TASK_VIEW_COLUMNS, Task
+from openimagine.store.models import TASK_VIEW_COLUMNS, DeliveryStatus, Task
 from openimagine.timeutil import rfc3339, utcnow
 
 log = logging.getLogger("openimagine.webhooks")
@@ -118,7 +118,7 @@ class Deliverer:
         keys = webhooks.signing_secrets(self.db, due)
         if keys is None:
             webhooks.cancel(self.db, due)
-            return "cancelled"
+            return DeliveryStatus.CANCELLED
         at = utcnow().replace(microsecond=0)  # the signed timestamp is whole seconds
         try:
             body = render(self.db, self.storage, due)

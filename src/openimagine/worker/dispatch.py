@@ -19,6 +19,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from openimagine.worker import queues
+
 if TYPE_CHECKING:
     from celery import Celery  # type: ignore[import-untyped]
 
@@ -63,10 +65,8 @@ class CeleryDispatcher:
         self.app = app
 
     def notify(self, task_id: str, model: str) -> None:
-        from openimagine.worker.celery_app import TASK_NAME, queue_name
-
         try:
-            self.app.send_task(TASK_NAME, args=[task_id], queue=queue_name(model),
+            self.app.send_task(queues.TASK_NAME, args=[task_id], queue=queues.queue_name(model),
                                ignore_result=True)
         except Exception:
             log.warning("could not publish task %s; the sweeper will publish it again",
@@ -74,15 +74,11 @@ class CeleryDispatcher:
 
     def queue_depth(self, model: str) -> int | None:
         """Messages ready in the model's queue (0 if it does not exist yet); None if unknown."""
-        from openimagine.worker.celery_app import queue_depth
-
-        return queue_depth(self.app, model)
+        return queues.queue_depth(self.app, model)
 
 
 def create_dispatcher(settings: Settings) -> Dispatcher:
     """Celery when a broker is configured; otherwise the embedded wakeup event."""
     if settings.broker_url:
-        from openimagine.worker.celery_app import create_celery_app
-
-        return CeleryDispatcher(create_celery_app(settings))
+        return CeleryDispatcher(queues.create_celery_app(settings))
     return WakeupDispatcher()

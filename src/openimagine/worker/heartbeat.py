@@ -1,9 +1,9 @@
 """A running task's heartbeat: progress written as it moves, the lease renewed on
 schedule, and the engine stopped when the lease turns out to be someone else's.
 
-One decision for both ways of waiting: the embedded pool's coroutine and the
-Celery worker's thread each call ``due()`` every ``PROGRESS_TICK`` and run the
-blocking ``beat()`` when it says so.
+Both workers run a task the same way: ``run_with_heartbeat`` runs the engine in
+the calling thread while a heartbeat thread writes progress and renews the
+lease every ``PROGRESS_TICK`` as ``Heartbeat.due()`` says.
 """
 
 from __future__ import annotations
@@ -11,10 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from openimagine.services import lifecycle
 from openimagine.settings import Settings
 from openimagine.store.db import Database
+
+if TYPE_CHECKING:
+    from openimagine.worker.runner import Outcome, Runner
 
 log = logging.getLogger("openimagine.worker")
 
@@ -64,3 +69,31 @@ class Heartbeat:
         if not ours:
             log.warning("task %s: lease lost; stopping its engine", self.claim.task_id)
             self.cancelled.set()
+
+
+def run_with_heartbeat(runner: Runner, claim: lifecycle.Claim, cancelled: threading.Event, *,
+                       stopping: threading.Event | None = None,
+                       on_beat: Callable[[], None] | None = None) -> Outcome:
+    """``runner.run(claim)`` in this thread, with a heartbeat thread meanwhile that
+    writes progress, renews the lease, and stops the engine (cooperatively, through
+    ``cancelled``) when the lease turns out to be someone else's or ``stopping`` is
+    set (the task is then released). ``on_beat`` runs after each write."""
+    finished = threading.Event()
+    heartbeat = Heartbeat(runner.settings, runner.db, claim, cancelled)
+
+    def keep_beating() -> None:
+        while not finished.wait(PROGRESS_TICK):
+            if stopping is not None and stopping.is_set():
+                cancelled.set()
+            if heartbeat.due():
+                heartbeat.beat()
+                if on_beat is not None:
+                    on_beat()
+
+    beat = threading.Thread(target=keep_beating, name="openimagine-heartbeat", daemon=True)
+    beat.start()
+    try:
+        return runner.run(claim, heartbeat.progress.report, cancelled)
+    finally:
+        finished.set()
+        beat.join()

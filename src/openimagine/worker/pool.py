@@ -10,6 +10,7 @@ inside ``openimagine serve`` (embedded) or alone as ``openimagine worker``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from openimagine.catalog import Catalog, Model, create_model_engine
+from openimagine.catalog import Catalog, Model
 from openimagine.engines.base import Engine
 from openimagine.moderation import load_policy
 from openimagine.services import idempotency, lifecycle, retention
@@ -27,8 +28,8 @@ from openimagine.storage import Storage
 from openimagine.store.db import Database
 from openimagine.worker.deliverer import start_deliverer
 from openimagine.worker.dispatch import WakeupDispatcher
-from openimagine.worker.heartbeat import PROGRESS_TICK, Heartbeat
-from openimagine.worker.runner import Outcome, Runner
+from openimagine.worker.heartbeat import run_with_heartbeat
+from openimagine.worker.runner import Outcome, Runner, create_model_engine
 
 log = logging.getLogger("openimagine.worker")
 
@@ -177,21 +178,19 @@ class WorkerPool:
     async def _execute(self, runner: Runner, claim: lifecycle.Claim) -> Outcome:
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
-        heartbeat = Heartbeat(self.settings, self.db, claim, cancelled)
         self._cancels.add(cancelled)
-        future = loop.run_in_executor(self._executor, runner.run, claim,
-                                      heartbeat.progress.report, cancelled)
+
+        def changed() -> None:  # from the heartbeat thread: live status streams
+            loop.call_soon_threadsafe(self.on_change)
+
+        future = loop.run_in_executor(self._executor, functools.partial(
+            run_with_heartbeat, runner, claim, cancelled, on_beat=changed))
         try:
-            while True:
-                done, _ = await asyncio.wait({future}, timeout=PROGRESS_TICK)
-                if done:
-                    outcome = future.result()
-                    log.info("task %s: %s", claim.task_id, outcome.status)
-                    self.on_change()
-                    return outcome
-                if heartbeat.due():
-                    await asyncio.to_thread(heartbeat.beat)
-                    self.on_change()
+            # Shielded: a cancelled coroutine must not drop the thread's outcome.
+            outcome = await asyncio.shield(future)
+            log.info("task %s: %s", claim.task_id, outcome.status)
+            self.on_change()
+            return outcome
         except asyncio.CancelledError:
             # The thread goes on and writes the final state itself (released
             # when the engine honours the flag); only this coroutine stops.

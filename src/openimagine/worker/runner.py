@@ -17,12 +17,14 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from PIL import Image
 
 from openimagine import inputs
-from openimagine.catalog import Model
+from openimagine.catalog import Catalog, Model
+from openimagine.engines import create_engine
 from openimagine.engines.base import (
     Cancelled,
     Clip,
@@ -38,7 +40,7 @@ from openimagine.moderation import ModerationPolicy
 from openimagine.services import lifecycle
 from openimagine.services.lifecycle import ENGINE_FAILED, Claim
 from openimagine.services.tasks import STORED_PREFIX, still_key
-from openimagine.storage import Storage, clean_staging, scratch_prefix
+from openimagine.storage import Storage, clean_staging_once, scratch_prefix
 from openimagine.store.db import Database
 
 log = logging.getLogger("openimagine.worker")
@@ -48,9 +50,28 @@ INAPPROPRIATE = ContentRefused.public_message
 INPUTS_SHARE = 0.05
 
 
+def create_model_engine(model: Model, catalog: Catalog) -> Engine:
+    """The engine that renders ``model`` (once per worker process; may load weights)."""
+    if model.relay:
+        from openimagine.engines.upstream import RelayEngine
+
+        return RelayEngine(model, catalog)
+    return create_engine(model.settings)
+
+
+class RunStatus(StrEnum):
+    """How a run ended, for the worker that ran it (the task's own status is in its row)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # failed and refunded
+    RELEASED = "released"  # given back to the queue (the worker is stopping)
+    LOST = "lost"  # fenced out: the lease had passed to another worker
+    SKIPPED = "skipped"  # never started: the task was not pending (a duplicate message)
+
+
 @dataclass
 class Outcome:
-    status: str  # "completed", "failed", "released" or "lost" (fenced out)
+    status: RunStatus
     detail: str = ""
 
 
@@ -64,10 +85,7 @@ class Runner:
         self.engine = engine
         self.policy = policy
         if storage.staging_dir is not None:  # what renders killed before left behind
-            removed = clean_staging(storage.staging_dir)
-            if removed:
-                log.info("removed %d stale scratch folder(s) from %s", len(removed),
-                         storage.staging_dir)
+            clean_staging_once(storage.staging_dir)
         # An engine such as a GPU pipeline runs one job at a time per process;
         # a relay only waits on another API, so its jobs run side by side.
         self._engine_lock: threading.Lock | contextlib.nullcontext[None] = (
@@ -83,7 +101,7 @@ class Runner:
     def _fail(self, claim: Claim, message: str, detail: str) -> Outcome:
         log.info("task %s failed: %s (%s)", claim.task_id, message, detail)
         written = lifecycle.fail(self.db, claim, message=message, detail=detail)
-        return Outcome("failed" if written else "lost", detail)
+        return Outcome(RunStatus.FAILED if written else RunStatus.LOST, detail)
 
     def run(self, claim: Claim, report: Callable[[float], None],
             cancelled: threading.Event) -> Outcome:
@@ -91,7 +109,7 @@ class Runner:
             return self._run(claim, report, cancelled)
         except Cancelled:
             released = lifecycle.release(self.db, claim)
-            return Outcome("released" if released else "lost", "cancelled")
+            return Outcome(RunStatus.RELEASED if released else RunStatus.LOST, "cancelled")
         except (inputs.InputError, EngineFailure) as exc:
             return self._fail(claim, exc.public_message, str(exc))
         except Exception as exc:
@@ -159,8 +177,8 @@ class Runner:
             raise Cancelled()
         if not lifecycle.complete(self.db, claim, outputs=keys, seeds=seeds,
                                   rendered_by=rendered_by, media=media):
-            return Outcome("lost", "lease taken over before the result was written")
-        return Outcome("completed")
+            return Outcome(RunStatus.LOST, "lease taken over before the result was written")
+        return Outcome(RunStatus.COMPLETED)
 
     def _store_stills(self, task_id: str, first: Path, scratch: Path) -> dict:
         """Thumbnail and spritesheet of the first video, stored beside it, and what it is."""

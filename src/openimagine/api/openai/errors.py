@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 from starlette.responses import Response
 
-from openimagine.errors import OpenImagineError
+from openimagine.errors import ServiceError
 
 # HTTP status -> (type, code) as OpenAI's API answers them.
 KINDS: dict[int, tuple[str, str | None]] = {
@@ -25,14 +25,14 @@ KINDS: dict[int, tuple[str, str | None]] = {
 CODES = {"TOO_MANY_TASKS": "too_many_tasks"}
 
 
-def openai_error_body(error: OpenImagineError) -> dict:
+def openai_error_body(error: ServiceError) -> dict:
     kind, code = KINDS.get(error.status, ("server_error", None))
     return {"error": {"message": error.public_message, "type": kind,
                       "param": getattr(error, "param", None),
                       "code": CODES.get(error.code, code)}}
 
 
-def openai_error_response(error: OpenImagineError) -> Response:
+def openai_error_response(error: ServiceError) -> Response:
     headers: dict[str, str] = {}
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:

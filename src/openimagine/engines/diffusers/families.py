@@ -147,9 +147,8 @@ def _info(family: Family, description: str) -> EngineInfo:
         ratios=RATIOS,
         # Static: what the family can do. A loaded engine's ``info`` says
         # whether *its* configuration has an image-to-video model.
+        # The contract's up to 7 references are accepted; the first conditions the video.
         image_input=True,
-        # The contract accepts up to 7 references; the first one conditions the video.
-        max_images=7,
     )
 
 

@@ -19,7 +19,7 @@ from openimagine.engines.upstream.relay import Poll, image_file, prompt_with_mod
 
 INFO = EngineInfo(
     name="openai-videos", description="relay to an OpenAI-videos server (SGLang, vLLM-Omni, "
-    "trtllm-serve)", modes=MODES, ratios=RATIOS, image_input=True, max_images=7, relay=True,
+    "trtllm-serve)", modes=MODES, ratios=RATIOS, image_input=True, relay=True,
 )
 # Video models take sizes in multiples of 16 (Wan, HunyuanVideo, LTX at 32 is a superset).
 SIZE_MULTIPLE = 16

@@ -16,7 +16,7 @@ from openimagine.engines.upstream.relay import Poll, data_url, prompt_with_mode
 
 INFO = EngineInfo(
     name="xai", description="relay to xAI Grok Imagine (REST)", modes=MODES, ratios=RATIOS,
-    image_input=True, max_images=7, relay=True, resolutions=(480, 720),
+    image_input=True, relay=True, resolutions=(480, 720),
 )
 # xAI takes whole seconds, 1 to 15.
 MIN_SECONDS, MAX_SECONDS = 1, 15

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, text, update
 
-from openimagine.client import Client
+from openimagine.client import Client, OpenImagineError
 from openimagine.services import retention, tasks
 from openimagine.settings import Settings
 from openimagine.storage import LocalStorage, S3Storage, Storage, storage_from_settings
@@ -35,7 +35,15 @@ from openimagine.timeutil import as_utc, utcnow
 from openimagine.worker.dispatch import WakeupDispatcher
 from openimagine.worker.sweeper import Sweeper
 
-from conftest import Server, auth, make_principal, make_settings, submit_task
+from conftest import (
+    Server,
+    auth,
+    make_principal,
+    make_settings,
+    openimagine_env,
+    run_cli,
+    submit_task,
+)
 from scaleout import moto_server, pg_url  # noqa: F401 - fixture
 
 DAY = timedelta(days=1)
@@ -72,7 +80,7 @@ def task_folders(root: Path, task_id: str) -> list[Path]:
 
 
 def test_expired_files_are_deleted_and_the_status_keeps_the_record(
-        start_server: Callable[..., Server]) -> None:
+        start_server: Callable[..., Server], tmp_path: Path) -> None:
     server = start_server(retention_days=1)
     key = server.account(credits=1000)
     old = completed_task(server, key, images=[png_data_uri()])
@@ -116,6 +124,12 @@ def test_expired_files_are_deleted_and_the_status_keeps_the_record(
         old: True, young: None, failed: True}
     with Client(api_key=key, base_url=server.base_url) as client:
         assert client.status(old).files_expired and not client.status(young).files_expired
+        with pytest.raises(OpenImagineError, match="files expired") as gone:
+            client.download(old, tmp_path / "videos")
+        assert gone.value.code == "FILES_EXPIRED"
+    env = openimagine_env(tmp_path / "cli", base_url=server.base_url, api_key=key)
+    shown = run_cli(env, "status", old).stdout
+    assert "files_expired: the server's retention deleted this task's files" in shown
 
 
 def test_the_workers_janitor_deletes_files_once_the_retention_has_passed(

@@ -137,5 +137,7 @@ def status_command(
                f"created {created}  credits {task.consumed_credits}")
     if task.error_message:
         typer.echo(f"error_message: {task.error_message}")
+    if task.files_expired:
+        typer.echo("files_expired: the server's retention deleted this task's files")
     for url in task.response:
         typer.echo(url)

@@ -249,6 +249,9 @@ def ensure_downloadable(task: Task) -> None:
     if not task.completed:
         raise OpenImagineError(f"task {task.task_id} is {task.status}: nothing to download yet",
                                code="NOT_COMPLETED")
+    if task.files_expired:
+        raise OpenImagineError(f"task {task.task_id}'s files expired: the server's retention "
+                               "deleted them", code="FILES_EXPIRED")
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"

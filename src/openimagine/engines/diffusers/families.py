@@ -207,10 +207,6 @@ class Plan:
     out_width: int
     out_height: int
 
-    @property
-    def cropped(self) -> bool:
-        return (self.out_width, self.out_height) != (self.width, self.height)
-
 
 def aspect_error(width: int, height: int, ratio: str) -> float:
     rw, rh = ratio_parts(ratio)

@@ -23,7 +23,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,16 +33,13 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api_bench import free_port, start_process, wait_ready  # noqa: E402
+
 CLI = [sys.executable, "-m", "openimagine"]
 # Small clips, so that two servers keep up on a shared two-core machine.
 CLIP = {"OPENIMAGINE_DURATION": "2", "OPENIMAGINE_FPS": "12", "OPENIMAGINE_RESOLUTION": "256",
         "OPENIMAGINE_WORKERS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def noise_png() -> str:
@@ -83,30 +79,11 @@ class Side:
                                  capture_output=True, text=True)
         headers = {"Authorization": f"Bearer {json.loads(created.stdout)['api_key']}"}
         port = free_port()
-        process = subprocess.Popen([*CLI, "serve", "--port", str(port)], env=self.env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def stop() -> None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-        stack.callback(stop)
-        self.client = stack.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}",
-                                                       headers=headers, timeout=30))
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                sys.exit(f"{name}: server exited")
-            try:
-                self.client.get("/healthz")
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    sys.exit(f"{name}: server did not start")
-                time.sleep(0.1)
+        process = start_process(stack, [*CLI, "serve", "--port", str(port)], self.env)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/healthz", process)
+        self.client = stack.enter_context(httpx.Client(base_url=url, headers=headers,
+                                                       timeout=30))
         self.submitted: list[str] = []
 
     def submit(self, image: str) -> None:

@@ -381,3 +381,34 @@ def test_several_janitors_at_once_on_postgres(tmp_path: Path, pg_url: str) -> No
         assert not any((settings.outputs_dir / "outputs" / task_id).exists() for task_id in ids)
     finally:
         db.dispose()
+
+
+def test_migration_0009_keeps_the_usage_triggers_both_ways(tmp_path: Path) -> None:
+    """A plain ADD COLUMN (and DROP COLUMN back): SQLite does not rebuild ``tasks``,
+    so the triggers of 0005 that keep the accounts' task counts stay."""
+    from alembic import command
+
+    db = Database(f"sqlite:///{tmp_path / 'migrations.db'}")
+    config = migrate.alembic_config(db.url.render_as_string(hide_password=False))
+
+    def schema() -> tuple[set[str], set[str]]:
+        with db.connect() as connection:
+            names = set(connection.scalars(text(
+                "SELECT name FROM sqlite_master WHERE tbl_name = 'tasks' AND type IN "
+                "('trigger', 'index') AND name NOT LIKE 'sqlite_%'")))
+            columns = {row[1] for row in connection.execute(text("PRAGMA table_info(tasks)"))}
+        return names, columns
+
+    try:
+        migrate.upgrade(db)
+        names, columns = schema()
+        triggers = {name for name in names if name.startswith("tasks_count_")}
+        assert triggers and "tasks_files_kept" in names and "files_expired_at" in columns
+        command.downgrade(config, "0008")
+        names, columns = schema()
+        assert triggers <= names and "tasks_files_kept" not in names
+        assert "files_expired_at" not in columns
+        migrate.upgrade(db)
+        assert schema()[0] == names | {"tasks_files_kept"}
+    finally:
+        db.dispose()

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +34,10 @@ from openimagine.settings import Settings
 from openimagine.storage import LocalStorage, S3Storage, Storage, storage_from_settings
 from openimagine.store import migrate
 from openimagine.store.db import Database
-from openimagine.store.models import Task
+from openimagine.store.models import Task, TaskStatus
 from openimagine.timeutil import as_utc, utcnow
-from openimagine.worker.dispatch import WakeupDispatcher
+from openimagine.worker.dispatch import CeleryDispatcher, WakeupDispatcher
+from openimagine.worker.queues import create_celery_app
 from openimagine.worker.sweeper import Sweeper
 
 from conftest import (
@@ -44,7 +49,11 @@ from conftest import (
     run_cli,
     submit_task,
 )
-from scaleout import moto_server, pg_url  # noqa: F401 - fixture
+from scaleout import (  # noqa: F401 - pg_url: a fixture
+    moto_server,
+    pg_url,
+    rabbitmq_vhost,
+)
 
 DAY = timedelta(days=1)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the openai SDK's Sora notice
@@ -220,7 +229,7 @@ def finished_tasks(db: Database, storage: Storage, count: int, *,
             storage.put_bytes(key, b"x" * 100)
         with db.write() as session:
             session.execute(update(Task).where(Task.id == task_id).values(
-                status="completed", outputs=outputs, images=[tasks.STORED_PREFIX + stored],
+                status=TaskStatus.COMPLETED, outputs=outputs, images=[tasks.STORED_PREFIX + stored],
                 finished_at=utcnow() - ago + timedelta(seconds=n)))
         ids.append(task_id)
     return ids
@@ -412,3 +421,45 @@ def test_migration_0009_keeps_the_usage_triggers_both_ways(tmp_path: Path) -> No
         assert schema()[0] == names | {"tasks_files_kept"}
     finally:
         db.dispose()
+
+
+def test_a_celery_workers_sweeper_deletes_expired_files(
+        tmp_path: Path, pg_url: str) -> None:  # noqa: F811 - the fixture
+    """``openimagine worker`` on a broker: its sweeper thread runs the janitor."""
+    with rabbitmq_vhost() as amqp_url:
+        settings = {"database_url": pg_url, "broker_url": amqp_url,
+                    "storage_dir": tmp_path / "storage", "secret_key": "retention-0123456789",
+                    "duration": 0.5, "fps": 8, "resolution": 64, "lease_seconds": 5,
+                    "heartbeat_seconds": 0.5, "retention_days": 0.00002}
+        db = Database(pg_url)
+        migrate.upgrade(db)
+        log = tmp_path / "worker.log"
+        worker = subprocess.Popen([sys.executable, "-m", "openimagine", "worker"],
+                                  env=openimagine_env(tmp_path / "worker", **settings),
+                                  stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # with its forked child
+        try:
+            task_id = submit_task(db, make_principal(db))
+            conf = Settings(**settings)  # type: ignore[arg-type]
+            storage = storage_from_settings(conf)
+            CeleryDispatcher(create_celery_app(conf)).notify(task_id, "preview")
+            deadline = time.monotonic() + 90
+            while True:
+                with db.read() as session:
+                    row = session.execute(select(Task.status, Task.outputs, Task.files_expired_at)
+                                          .where(Task.id == task_id)).one()
+                if row.files_expired_at is not None:
+                    break
+                assert worker.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            assert row.status == TaskStatus.COMPLETED and row.outputs
+            assert isinstance(storage, LocalStorage)
+            assert task_folders(storage.root, task_id) == []
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+            db.dispose()

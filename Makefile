@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test fuzz lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# schemathesis against a live server, every check on; FUZZ_EXAMPLES=N for a longer run.
+fuzz: $(VENV)/.installed-test
+	$(BIN)/python tests/fuzz.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m pip install --quiet ruff mypy

@@ -586,17 +586,26 @@ def test_the_openapi_document_agrees_with_what_the_server_accepts(idle: Server) 
     paths = idle.client.get("/openapi.json").json()["paths"]
     body = paths["/v1/generate"]["post"]["requestBody"]["content"]["application/json"][
         "schema"]["properties"]
-    for field in ("mode", "ratio"):  # null means the default, in the schema too
-        assert {"type": "null"} in body[field]["anyOf"], body[field]
+    for field, values in (("mode", MODES), ("ratio", RATIOS)):
+        # The deployment's own, and null: the default, in the schema too.
+        assert set(body[field]["enum"]) == {*values, None}, body[field]
     assert idle.generate(key, mode=None, ratio=None).status_code == 200
+    assert_error(idle.generate(key, mode="silly"), 400, "INVALID_REQUEST")
     array, one, _ = body["images"]["anyOf"]
     assert array["maxItems"] == 7 and array["items"] == one
-    assert one["minLength"] == 1
+    url, data = (branch["pattern"] for branch in one["anyOf"])
     for ref in ("https://example.com/a.png", "HTTP://example.com/a", png_data_uri()):
-        assert re.search(one["pattern"], ref), ref
-    for ref in ("", "not a url", "ftp://example.com/a.png", "https://"):
-        assert not re.search(one["pattern"], ref), ref
+        assert re.search(url, ref) or re.search(data, ref), ref
+        assert idle.generate(key, images=ref).status_code == 200
+    for ref in ("", "not a url", "ftp://example.com/a.png", "https://", "http://a b",
+                "http://a:99999/", "data:image/png;base64,!!!!"):
+        assert not re.search(url, ref) and not re.search(data, ref), ref
         assert_error(idle.generate(key, images=ref), 400, "INVALID_REQUEST")
+    prompt = body["prompt"]
+    for blank in (" ", "\u200b\ufeff", "a\x00"):
+        assert not re.search(prompt["pattern"], blank) or re.search(
+            prompt["not"]["pattern"], blank), repr(blank)
+        assert_error(idle.generate(key, prompt=blank), 400, "INVALID_REQUEST")
     task_id = paths["/v1/status"]["get"]["parameters"][0]["schema"]
     assert task_id["minLength"] == 1 and not re.search(task_id["pattern"], " ")
     assert_error(idle.client.get("/v1/status?task_id=", headers=auth(key)), 400,

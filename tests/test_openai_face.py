@@ -221,6 +221,22 @@ def test_retrieve_says_when_to_poll_again_and_sends_openais_rate_limit_headers(
     assert answer.headers["x-ratelimit-reset-requests"].endswith("s")
 
 
+def test_a_remix_of_a_video_that_has_not_completed_is_409(
+        start_server: Callable[..., Server]) -> None:
+    """A valid request at the wrong moment, like a cancel of a finished video (found by
+    make fuzz: it was 400, which says the request itself is wrong)."""
+    server = start_server(run_workers=False)
+    key = server.account(credits=CREDITS)
+    created = server.client.post("/v1/videos", json={"prompt": "x"}, headers=auth(key))
+    assert created.status_code == 200, created.text
+    answer = server.client.post(f"/v1/videos/{created.json()['id']}/remix",
+                                json={"prompt": "y"}, headers=auth(key))
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"]["code"] == "conflict"
+    assert "queued" in answer.json()["error"]["message"]
+    assert balance(server, key) == CREDITS - PRICE // 2  # only the source was charged
+
+
 def test_bad_input_gets_openais_error_object_never_the_envelope(server: Server) -> None:
     key = server.account(credits=CREDITS)
     cases = [
@@ -237,6 +253,20 @@ def test_bad_input_gets_openais_error_object_never_the_envelope(server: Server) 
         ("GET", "/v1/videos/task_missing/nothing", {}, 404),
         ("PUT", "/v1/videos", {}, 405),
         ("POST", "/v1/videos/task_missing/remix", {"json": {"prompt": "x"}}, 404),
+        # Found by make fuzz: a model that is not a string was a 500 (unhashable dict),
+        # a Unicode digit passed isdigit() and then failed int(): 500.
+        ("POST", "/v1/videos", {"json": {"prompt": "x", "model": {}}}, 400),
+        ("POST", "/v1/videos", {"json": {"prompt": "x", "model": ["preview"]}}, 400),
+        ("POST", "/v1/videos", {"json": {"prompt": "x", "seconds": "\u00b2"}}, 400),
+        ("GET", "/v1/videos?limit=\u00b2", {}, 400),
+        # What the document refuses, the server refuses too.
+        ("POST", "/v1/videos", {"json": {"prompt": "x", "seconds": "08"}}, 400),
+        ("POST", "/v1/videos", {"json": {"prompt": "x", "size": "0720x1280"}}, 400),
+        ("POST", "/v1/videos", {"json": {"prompt": "x", "input_reference": "a.png"}}, 400),
+        ("POST", "/v1/videos", {"json": {"prompt": "x", "input_reference": {
+            "image_url": ["https://example.com/a.png"]}}}, 400),
+        ("POST", "/v1/videos", {"json": {"prompt": "x", "input_reference": {
+            "image_url": ""}}}, 400),
     ]
     for method, path, options, status in cases:
         headers = {**auth(key), **options.pop("headers", {})}

@@ -25,6 +25,7 @@ from openimagine.api.fastpath import FastPath
 from openimagine.api.middleware import EnvelopeMiddleware
 from openimagine.api.observe import Accounting, HttpMetrics
 from openimagine.api.openai import routes as openai_routes
+from openimagine.api.openapi import finish_document
 from openimagine.api.routes import (
     account,
     files,
@@ -86,7 +87,7 @@ def install_openapi(app: FastAPI, routes: list[BaseRoute]) -> None:
                                  description=app.description, routes=routes)
             schema.setdefault("components", {}).setdefault("securitySchemes", {})[
                 "bearer"] = BEARER_SCHEME
-            app.openapi_schema = schema
+            app.openapi_schema = finish_document(schema, app.state.ctx)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

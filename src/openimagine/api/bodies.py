@@ -8,6 +8,7 @@ import unicodedata
 from typing import Any
 
 from openimagine.errors import InvalidRequest
+from openimagine.patterns import char_class
 
 # No field of either face nests more than three levels; unknown fields are ignored,
 # but a value nested deeper than this is refused rather than handed to code (repr,
@@ -54,10 +55,29 @@ def json_object(raw: bytes, refusal: str = "The request body must be a JSON obje
     return body
 
 
+def whole_number(text: str) -> int | None:
+    """``text`` (a query parameter) as a whole number, or None when it is not ASCII
+    digits: ``str.isdigit`` alone lets "²" through to ``int``, which refuses it."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def _blank(char: str) -> bool:
     # Cf: zero-width space and joiners, BOM, bidi marks: invisible, so a prompt of
     # nothing else is as empty as one of spaces (and must not be billed).
     return char.isspace() or unicodedata.category(char) == "Cf"
+
+
+# A character ``trimmed`` keeps: a text matching it somewhere is not empty once trimmed.
+NOT_BLANK = char_class(_blank, negate=True)
+
+
+def text_schema(max_length: int) -> dict[str, Any]:
+    """The JSON schema of a required text (a prompt): not empty once ``trimmed``, at
+    most ``max_length`` characters (counted once trimmed), no NUL."""
+    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": NOT_BLANK,
+            "not": {"pattern": "\\u0000"},
+            "description": "not empty once whitespace and invisible format characters "
+                           "are trimmed; no NUL"}
 
 
 def trimmed(text: str) -> str:

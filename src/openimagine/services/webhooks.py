@@ -28,7 +28,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from openimagine.errors import AccountNotFound, InvalidRequest, NotFound
+from openimagine.errors import AccountNotFound, Conflict, InvalidRequest, NotFound
 from openimagine.inputs.fetch import is_public_address
 from openimagine.inputs.refs import url_problem as http_url_problem
 from openimagine.store.db import Database, rows_changed
@@ -154,8 +154,8 @@ def add_endpoint(db: Database, account: int, url: str,
         count = len(session.scalars(select(WebhookEndpoint.id).where(
             WebhookEndpoint.account_id == account, WebhookEndpoint.deleted_at.is_(None))).all())
         if count >= MAX_ENDPOINTS:
-            raise InvalidRequest(f"An account may have at most {MAX_ENDPOINTS} webhook "
-                                 "endpoints; remove one first")
+            raise Conflict(f"An account may have at most {MAX_ENDPOINTS} webhook "
+                           "endpoints; remove one first")
         row = WebhookEndpoint(id="wh_" + secrets.token_hex(8), account_id=account, url=url,
                               events=list(events), secret=secret, created_at=utcnow())
         session.add(row)

@@ -21,8 +21,9 @@ from openimagine.api.auth import (
     authenticated,
     run_blocking,
 )
-from openimagine.api.bodies import json_object, parse_json
+from openimagine.api.bodies import json_object, parse_json, whole_number
 from openimagine.api.context import AppContext, get_context
+from openimagine.api.envelope import event_stream
 from openimagine.api.fastpath import path_tail, valid_task_id, wanted_task_id
 from openimagine.api.openai import schemas
 from openimagine.api.openai.videos import (
@@ -44,6 +45,7 @@ from openimagine.services import idempotency, lifecycle, tasks, webhooks
 from openimagine.services.accounts import Principal
 from openimagine.storage import LocalStorage
 from openimagine.store.db import Record
+from openimagine.store.models import TaskStatus
 from openimagine.timeutil import rfc3339
 
 router = APIRouter()
@@ -112,7 +114,7 @@ async def _read_fields(request: Request, ctx: AppContext) -> tuple[dict[str, Any
 
 def _parse_create(ctx: AppContext, fields: dict[str, Any], uploads: list[bytes]) -> VideoRequest:
     name = fields.get("model")
-    if name is not None and name not in ctx.catalog.models:
+    if name is not None and (not isinstance(name, str) or name not in ctx.catalog.models):
         raise BadField("model", f"Unknown model {name!r}: use one of "
                                 f"{', '.join(ctx.catalog.names)}")
     model, info = ctx.model(name)
@@ -152,7 +154,8 @@ def _create(ctx: AppContext, principal: Principal, wanted: VideoRequest,
     return tasks.get_task(ctx.db, principal, submitted.task_id), submitted.replayed
 
 
-@router.post("/v1/videos", responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 413, 429),
+@router.post("/v1/videos",
+             responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 409, 413, 422, 429),
              openapi_extra={**REQUIRES_KEY, "requestBody": schemas.CREATE_BODY})
 async def create_video(request: Request) -> Response:
     """Start a video job (one video, priced at the model's price over its variations)."""
@@ -176,7 +179,9 @@ async def create_video(request: Request) -> Response:
 
 @router.get("/v1/videos/{video_id}",
             responses=schemas.responses(schemas.VIDEO, 401, 404, 429),
-            openapi_extra=REQUIRES_KEY)
+            openapi_extra={**REQUIRES_KEY, "parameters": [  # read by hand, see below
+                {"name": "video_id", "in": "path", "required": True,
+                 "schema": {"type": "string"}}]})
 async def retrieve_video(request: Request) -> Response:
     """A video job, with ``openai-poll-after-ms`` (about the time it still needs)."""
     ctx = get_context(request)
@@ -189,10 +194,9 @@ async def retrieve_video(request: Request) -> Response:
     return _json(_video(ctx, task), headers={"openai-poll-after-ms": str(poll_after_ms(task))})
 
 
-@router.get("/v1/videos/{video_id}/events", responses={200: {
-    "description": "text/event-stream: a `status` event (the Video object) now and on every "
-                   "change, a comment every 15 s, closed after the final event",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+@router.get("/v1/videos/{video_id}/events", responses={**event_stream(
+    "text/event-stream: a `status` event (the Video object) now and on every change, a "
+    "comment every 15 s, closed after the final event", schemas.VIDEO),
     **schemas.responses(None, 401, 404, 429)}, openapi_extra=REQUIRES_KEY)
 async def video_events(request: Request, video_id: str) -> Response:
     """A video job as it changes (server-sent events), until it is final."""
@@ -218,7 +222,8 @@ async def list_videos(request: Request) -> Response:
     """The caller's video jobs, newest first (``order=asc``: oldest), ``after`` a cursor."""
     params = request.query_params
     limit_text = params.get("limit", str(DEFAULT_LIST))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIST:
+    limit = whole_number(limit_text)
+    if limit is None or not 1 <= limit <= MAX_LIST:
         raise BadField("limit", f"limit must be from 1 to {MAX_LIST}")
     order = params.get("order", "desc")
     if order not in ("asc", "desc"):
@@ -226,7 +231,7 @@ async def list_videos(request: Request) -> Response:
     after = params.get("after") or None
 
     def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
-        rows, more = tasks.list_tasks(ctx.db, principal, after=after, limit=int(limit_text),
+        rows, more = tasks.list_tasks(ctx.db, principal, after=after, limit=limit,
                                       ascending=order == "asc")
         data = [_video(ctx, row) for row in rows]
         return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
@@ -301,7 +306,7 @@ async def cancel_video(request: Request, video_id: str) -> Response:
 
 
 @router.post("/v1/videos/{video_id}/remix",
-             responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 404, 429),
+             responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 404, 409, 413, 429),
              openapi_extra={**REQUIRES_KEY, "requestBody": schemas.REMIX_BODY})
 async def remix_video(request: Request, video_id: str) -> Response:
     """A new video with the source's model, size, seconds and images, and a new prompt."""
@@ -316,9 +321,9 @@ async def remix_video(request: Request, video_id: str) -> Response:
         source = _own_task(ctx, principal, video_id)
         if source.files_expired_at is not None:
             raise InvalidRequest(_expired(source, "it can no longer be remixed"))
-        if source.status != "completed":
-            raise InvalidRequest(f"Only a completed video can be remixed; {source.id} is "
-                                 f"{video_object(source, None)['status']}")
+        if source.status != TaskStatus.COMPLETED:  # a valid request, the wrong moment: 409
+            raise Conflict(f"Only a completed video can be remixed; {source.id} is "
+                           f"{video_object(source, None)['status']}")
         model = ctx.catalog.models.get(source.model)
         if model is None:
             raise InvalidRequest(f"The model {source.model!r} of {source.id} is no longer served")

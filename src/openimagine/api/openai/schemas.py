@@ -6,6 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from openimagine.api.bodies import text_schema
+from openimagine.api.envelope import error_answers
+from openimagine.api.openai import videos
+from openimagine.api.openapi import CATALOG
+from openimagine.inputs.refs import image_ref_schema, url_schema
+from openimagine.services import webhooks
+
 ERROR: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
@@ -63,25 +70,50 @@ DELETED: dict[str, Any] = {
     "properties": {"id": {"type": "string"}, "object": {"const": "video.deleted"},
                    "deleted": {"const": True}},
 }
+# The rules come from where the server checks them (``videos.py``, ``bodies.py``,
+# ``inputs.refs``, ``webhooks``); the models from the catalog (``api/openapi.py``).
+WEBHOOK: dict[str, Any] = {
+    **url_schema(webhooks.MAX_URL_LENGTH),
+    "description": "openimagine extension: an http(s) URL told when this video ends "
+                   "(video.completed / video.failed); not a loopback, private or "
+                   "link-local address unless OPENIMAGINE_ALLOW_PRIVATE_URLS"}
+# In JSON bodies, null is as good as leaving a field out.
+WEBHOOK_OR_NULL: dict[str, Any] = {"anyOf": [WEBHOOK, {"type": "null"}]}
 _CREATE_FIELDS: dict[str, Any] = {
-    "prompt": {"type": "string", "minLength": 1, "maxLength": 32000},
-    "model": {"type": "string", "description": "one of GET /v1/models (default: the default)"},
-    "seconds": {"type": "string", "examples": ["4", "8", "12"]},
-    "size": {"type": "string", "examples": ["720x1280", "1280x720"]},
+    "prompt": text_schema(videos.MAX_PROMPT),
+    "model": {"type": "string", CATALOG: "models",
+              "description": "one of GET /v1/models (default: the default)"},
+    "size": {"type": "string", "pattern": videos.SIZE_PATTERN, "examples": ["720x1280", "1280x720"],
+             "description": "WIDTHxHEIGHT (default: 9:16 at the model's resolution)"},
+    "webhook": WEBHOOK,
 }
+_SECONDS: dict[str, Any] = {"type": "string", "pattern": videos.SECONDS_PATTERN,
+                            "examples": ["4", "8", "12"]}
 CREATE_BODY: dict[str, Any] = {
     "required": True,
     "content": {
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["prompt"],
-            "properties": {**_CREATE_FIELDS,
-                           "input_reference": {"type": "string", "format": "binary"},
-                           "input_reference[image_url]": {"type": "string"}},
+            "properties": {**_CREATE_FIELDS, "seconds": _SECONDS,
+                           # Not documented: the field input_reference[image_url] (a URL
+                           # instead of the file; both at once is 400), which the one
+                           # schema of a form cannot make exclusive of the file.
+                           "input_reference": {"type": "string", "format": "binary",
+                                               "description": "a JPEG, PNG or WebP image"}},
         }},
         "application/json": {"schema": {
             "type": "object", "required": ["prompt"],
-            "properties": {**_CREATE_FIELDS, "input_reference": {
-                "type": "object", "properties": {"image_url": {"type": "string"}}}},
+            "properties": {
+                **_CREATE_FIELDS,
+                "model": {"anyOf": [{"type": "string"}, {"type": "null"}], CATALOG: "models"},
+                "webhook": WEBHOOK_OR_NULL,
+                "size": {"anyOf": [_CREATE_FIELDS["size"], {"type": "null"}]},
+                "seconds": {"anyOf": [_SECONDS, {"type": "integer", "minimum": 1,
+                                                 "maximum": videos.MAX_SECONDS},
+                                      {"type": "null"}]},
+                "input_reference": {"anyOf": [{"type": "object", "properties": {
+                    "image_url": {"anyOf": [image_ref_schema(), {"type": "null"}]}}},
+                    {"type": "null"}]}},
         }},
     },
 }
@@ -89,7 +121,7 @@ REMIX_BODY: dict[str, Any] = {
     "required": True,
     "content": {"application/json": {"schema": {
         "type": "object", "required": ["prompt"],
-        "properties": {"prompt": _CREATE_FIELDS["prompt"]},
+        "properties": {"prompt": _CREATE_FIELDS["prompt"], "webhook": WEBHOOK_OR_NULL},
     }}},
 }
 CONTENT: dict[int | str, dict[str, Any]] = {200: {
@@ -98,11 +130,6 @@ CONTENT: dict[int | str, dict[str, Any]] = {200: {
                 "image/webp": {"schema": {"type": "string", "format": "binary"}},
                 "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
 }}
-_REASONS = {400: "invalid request", 401: "missing or invalid API key",
-            402: "insufficient credits", 404: "no such video", 409: "already finished",
-            413: "body too large",
-            429: "rate limit or too many tasks", 500: "server error",
-            503: "service unavailable"}
 
 
 def responses(success: dict[str, Any] | None, *errors: int) -> dict[int | str, dict[str, Any]]:
@@ -112,7 +139,4 @@ def responses(success: dict[str, Any] | None, *errors: int) -> dict[int | str, d
     if success is not None:
         answers[200] = {"description": "success",
                         "content": {"application/json": {"schema": success}}}
-    for status in (*errors, 500, 503):
-        answers[status] = {"description": _REASONS[status],
-                           "content": {"application/json": {"schema": ERROR}}}
-    return answers
+    return {**answers, **error_answers(ERROR, *errors)}

@@ -26,13 +26,20 @@ from openimagine.api.bodies import trimmed
 from openimagine.catalog import Model
 from openimagine.engines.base import EngineInfo, frame_size, ratio_parts
 from openimagine.errors import InvalidRequest
+from openimagine.patterns import int_range
 from openimagine.services.lifecycle import CANCELLED
 from openimagine.services.retention import expires_at as files_expire_at
 from openimagine.store.db import Record
 
 MAX_PROMPT = 32000
 MAX_SECONDS = 60
-SIZE = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\s*$")
+MIN_SIDE, MAX_SIDE = 16, 4096
+# ``size`` and ``seconds`` as the OpenAPI document says them and as parse_size and
+# parse_seconds read them: one pattern each ("" means the default).
+_SIDE = int_range(MIN_SIDE, MAX_SIDE)
+SIZE_PATTERN = f"^(?:({_SIDE})[xX\\u00d7]({_SIDE}))?$"
+SECONDS_PATTERN = f"^(?:{int_range(1, MAX_SECONDS)})?$"
+SIZE, SECONDS = re.compile(SIZE_PATTERN), re.compile(SECONDS_PATTERN)
 # When a request gives no size: OpenAI's default is portrait 720x1280.
 DEFAULT_RATIO = "9:16"
 STATUS = {"pending": "queued", "processing": "in_progress", "completed": "completed",
@@ -82,12 +89,13 @@ def parse_size(value: object, model: Model, info: EngineInfo) -> tuple[str, int 
     """(ratio, short side) for ``size``; short side None: the model's."""
     if value is None or value == "":
         return (DEFAULT_RATIO if DEFAULT_RATIO in info.ratios else info.ratios[0]), None
-    match = SIZE.match(value) if isinstance(value, str) else None
+    match = SIZE.fullmatch(value) if isinstance(value, str) else None
     if not match:
+        if isinstance(value, str) and re.fullmatch("[0-9]+[xX\u00d7][0-9]+", value):
+            raise BadField("size", f"size must be between {MIN_SIDE}x{MIN_SIDE} and "
+                                   f"{MAX_SIDE}x{MAX_SIDE}")
         raise BadField("size", "size must be WIDTHxHEIGHT, e.g. 1280x720")
     width, height = int(match.group(1)), int(match.group(2))
-    if not (16 <= width <= 4096 and 16 <= height <= 4096):
-        raise BadField("size", "size must be between 16x16 and 4096x4096")
     short = min(width, height)
     if info.resolutions:
         short = min(info.resolutions, key=lambda allowed: abs(allowed - short))
@@ -97,8 +105,10 @@ def parse_size(value: object, model: Model, info: EngineInfo) -> tuple[str, int 
 def parse_seconds(value: object) -> float | None:
     if value is None or value == "":
         return None
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= MAX_SECONDS:
+    if isinstance(value, float) and value.is_integer():  # JSON's 8.0 is the integer 8
+        value = int(value)
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not SECONDS.fullmatch(text):
         raise BadField("seconds", f"seconds must be a whole number from 1 to {MAX_SECONDS}")
     return float(int(text))
 
@@ -118,10 +128,16 @@ def image_url_of(fields: Mapping[str, Any]) -> str | None:
     """``input_reference`` given as a URL: ``{"image_url": ...}`` (JSON) or the SDK's
     bracketed multipart field ``input_reference[image_url]``."""
     nested = fields.get("input_reference")
+    if nested is not None and not isinstance(nested, dict):  # a file part is not in fields
+        raise BadField("input_reference", "input_reference must be an object with an "
+                                          "image_url, or an uploaded file")
     url = nested.get("image_url") if isinstance(nested, dict) else None
-    url = url or fields.get("input_reference[image_url]")
+    if url is None:
+        url = fields.get("input_reference[image_url]")
     if url is None:
         return None
+    if not isinstance(url, str):
+        raise BadField("input_reference", "input_reference.image_url must be a string")
     try:
         refs = inputs.parse_image_refs(url)
     except inputs.InvalidImageReference as exc:

@@ -56,7 +56,8 @@ ACCOUNT_SCHEMA = envelope_schema(
                 },
             },
         },
-    }
+    },
+    401, 429,
 )
 
 

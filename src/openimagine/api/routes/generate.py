@@ -7,17 +7,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from openimagine import inputs
 from openimagine.api.auth import REQUIRES_KEY, authenticated
-from openimagine.api.bodies import json_object, trimmed
+from openimagine.api.bodies import json_object, text_schema, trimmed
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
+from openimagine.api.openapi import CATALOG
 from openimagine.api.submit import Submitted, submit_task
 from openimagine.catalog import Model
 from openimagine.engines.base import EngineInfo
 from openimagine.errors import InvalidRequest
+from openimagine.inputs.refs import image_ref_schema, url_schema
 from openimagine.services import idempotency, tasks, webhooks
 from openimagine.services.accounts import Principal
 
@@ -26,28 +28,32 @@ MAX_PROMPT = 5000
 router = APIRouter()
 
 
-# What parse_image_refs takes, as far as a schema can say it (ECMA regex: no flags).
-ImageRef = Annotated[str, Field(min_length=1, pattern=(
-    r"^([hH][tT][tT][pP][sS]?://[^/?#\s]|[dD][aA][tT][aA]:[iI][mM][aA][gG][eE]/)"))]
+# What parse_image_refs takes (built from its own rules).
+ImageRef = Annotated[str, WithJsonSchema(image_ref_schema())]
 
 
 class GenerateBody(BaseModel):
-    """Documents the body in OpenAPI; validation is ``parse_generate`` so that
-    every message is the contract's own."""
+    """Documents the body in OpenAPI; validation is ``parse_generate`` so that every
+    message is the contract's own. Both take their rules from the same places: the
+    prompt's from ``bodies.text_schema``, the images' from ``inputs.refs``, the
+    callback's from ``webhooks``, and the models, modes and ratios from the catalog
+    (``api/openapi.py`` fills in the deployment's)."""
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT,
-                        description="not empty once whitespace and invisible format "
-                                    "characters are trimmed")
+    prompt: str = Field(json_schema_extra=text_schema(MAX_PROMPT))
     # null is the default, as the server reads it.
-    mode: str | None = Field("normal", examples=["fun", "normal", "spicy"])
-    ratio: str | None = Field("1:1", examples=["2:3", "3:2", "1:1", "16:9", "9:16"])
+    mode: str | None = Field("normal", json_schema_extra={CATALOG: "modes"})
+    ratio: str | None = Field("1:1", json_schema_extra={CATALOG: "ratios"})
     images: Annotated[list[ImageRef], Field(max_length=inputs.MAX_IMAGES)] | ImageRef | None = (
-        Field(None, description="up to 7 http(s) URLs or data URIs"))
-    model: str | None = Field(None, description="one of GET /v1/models (openimagine extension; "
-                              "default: the deployment's default model)")
-    callback_url: str | None = Field(None, description="an http(s) URL told when the task ends "
-                                     "(task.completed / task.failed, Standard Webhooks signed "
-                                     "with the account's default secret)")
+        Field(None, description="up to 7 http(s) URLs or data URIs (the model's "
+                                "max_images, GET /v1/models)"))
+    model: str | None = Field(None, json_schema_extra={CATALOG: "models"},
+                              description="one of GET /v1/models (openimagine extension; "
+                                          "default: the deployment's default model)")
+    callback_url: Annotated[str, WithJsonSchema(url_schema(webhooks.MAX_URL_LENGTH))] | None = (
+        Field(None, description="an http(s) URL told when the task ends (task.completed / "
+                                "task.failed, Standard Webhooks signed with the account's "
+                                "default secret); not a loopback, private or link-local "
+                                "address unless OPENIMAGINE_ALLOW_PRIVATE_URLS"))
 
 
 def _choice(body: dict[str, Any], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -154,7 +160,8 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes,
             "content": {"application/json": {"schema": GenerateBody.model_json_schema()}},
         }
     },
-    responses=envelope_schema({"type": "object", "properties": {"task_id": {"type": "string"}}}),
+    responses=envelope_schema({"type": "object", "properties": {"task_id": {"type": "string"}}},
+                              400, 401, 402, 409, 413, 422, 429),
 )
 async def generate(request: Request) -> JSONResponse:
     """Submit a generation; its price is debited with the task in one transaction."""

@@ -13,10 +13,10 @@ from openimagine.api.auth import (
     REQUIRES_KEY,
     authenticated,
 )
-from openimagine.api.bodies import parse_json
+from openimagine.api.bodies import parse_json, whole_number
 from openimagine.api.context import AppContext, get_context
-from openimagine.api.envelope import envelope_schema, ok
-from openimagine.api.routes.status import STATUS_SCHEMA, caller_task
+from openimagine.api.envelope import envelope_errors, envelope_schema, event_stream, ok
+from openimagine.api.routes.status import STATUS_SCHEMA, TASK_ID_SCHEMA, caller_task
 from openimagine.api.stream import stream_response
 from openimagine.errors import Conflict, InvalidRequest, NotFound
 from openimagine.services import lifecycle, tasks
@@ -41,10 +41,11 @@ def cancel_task(ctx: AppContext, principal: Principal, task_id: str) -> dict[str
     return tasks.task_view(tasks.get_task(ctx.db, principal, task_id), ctx.storage)
 
 
-@router.post("/v1/cancel", responses=STATUS_SCHEMA, openapi_extra={
+@router.post("/v1/cancel", responses={
+    **STATUS_SCHEMA, **envelope_errors(400, 401, 404, 409, 413, 429)}, openapi_extra={
     **REQUIRES_KEY, "requestBody": {"required": True, "content": {"application/json": {
         "schema": {"type": "object", "required": ["task_id"],
-                   "properties": {"task_id": {"type": "string"}}}}}}})
+                   "properties": {"task_id": TASK_ID_SCHEMA}}}}}})
 async def cancel(request: Request) -> JSONResponse:
     """Cancel a pending or running task: it ends failed with "Task cancelled", refunded."""
     raw = await request.body()
@@ -69,7 +70,7 @@ TASKS_SCHEMA = envelope_schema({
         "has_more": {"type": "boolean"},
         "next": {"type": ["string", "null"], "description": "pass as after= for the next page"},
     },
-})
+}, 400, 401, 404, 429)
 
 
 @router.get("/v1/tasks", responses=TASKS_SCHEMA, openapi_extra={**REQUIRES_KEY, "parameters": [
@@ -88,9 +89,10 @@ async def list_tasks(request: Request) -> JSONResponse:
     def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"Unknown status {status!r}: use one of {', '.join(STATUSES)}")
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST:
+        count = whole_number(limit)
+        if count is None or not 1 <= count <= MAX_LIST:
             raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIST}")
-        rows, more = tasks.list_tasks(ctx.db, principal, after=after, limit=int(limit),
+        rows, more = tasks.list_tasks(ctx.db, principal, after=after, limit=count,
                                       ascending=False, status=status)
         return {"tasks": [tasks.task_view(row, ctx.storage) for row in rows],
                 "has_more": more, "next": rows[-1].id if more else None}
@@ -98,15 +100,16 @@ async def list_tasks(request: Request) -> JSONResponse:
     return ok(await authenticated(request, page, writes=False))
 
 
-STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {
-    "description": "text/event-stream: a `status` event (the GET /v1/status data) now and "
-                   "on every change, a comment every 15 s, closed after the final event",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+STREAM_DOC = event_stream(
+    "text/event-stream: a `status` event (the GET /v1/status data) now and on every change, "
+    "a comment every 15 s, closed after the final event",
+    STATUS_SCHEMA[200]["content"]["application/json"]["schema"]["properties"]["data"])
 
 
-@router.get("/v1/status/stream", responses=STREAM_DOC, openapi_extra={
+@router.get("/v1/status/stream", responses={
+    **STREAM_DOC, **envelope_errors(400, 401, 404, 429)}, openapi_extra={
     **REQUIRES_KEY, "parameters": [{"name": "task_id", "in": "query", "required": True,
-                                    "schema": {"type": "string"}}]})
+                                    "schema": TASK_ID_SCHEMA}]})
 async def status_stream(request: Request) -> Response:
     """A task's status as it changes (server-sent events), until it is final."""
     ctx = get_context(request)

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from openimagine.api.auth import REQUIRES_KEY, authenticated
 from openimagine.api.context import AppContext
+from openimagine.api.envelope import envelope_errors
 from openimagine.services.accounts import Principal
 
 router = APIRouter()
@@ -37,8 +38,9 @@ MODEL_SCHEMA: dict[str, Any] = {
 }
 LIST_SCHEMA: dict[int | str, dict[str, Any]] = {200: {"description": "the models", "content": {"application/json": {"schema": {
     "type": "object",
+    "required": ["object", "data"],
     "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": MODEL_SCHEMA}},
-}}}}}
+}}}}, **envelope_errors(401, 429)}
 
 
 def _models(ctx: AppContext, _principal: Principal) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from openimagine.api.auth import (
 )
 from openimagine.api.bodies import parse_json
 from openimagine.api.context import AppContext, get_context
-from openimagine.api.envelope import envelope_schema, ok
+from openimagine.api.envelope import envelope_errors, envelope_schema, ok
 from openimagine.api.fastpath import valid_task_id, wanted_task_id
 from openimagine.errors import InvalidRequest, NotFound
 from openimagine.services import tasks
@@ -86,17 +86,21 @@ TASK_ID_PARAMETER = {
 }
 
 
-@router.get("/v1/status", responses=STATUS_SCHEMA, openapi_extra=TASK_ID_PARAMETER)
+@router.get("/v1/status", responses={**STATUS_SCHEMA, **envelope_errors(400, 401, 404, 429)},
+            openapi_extra=TASK_ID_PARAMETER)
 async def status_get(request: Request) -> JSONResponse:
     """A task's status; completed tasks list freshly signed video URLs."""
     ctx = get_context(request)
     return ok(await _status(ctx, request, request.query_params.get("task_id")))
 
 
-@router.post("/v1/status", responses=STATUS_SCHEMA, openapi_extra={
-    **REQUIRES_KEY, "requestBody": {"required": False, "content": {"application/json": {
-        "schema": {"type": "object", "properties": {"task_id": TASK_ID_SCHEMA},
-                   "description": "without task_id, the task_id query parameter"}}}}})
+@router.post("/v1/status", responses={
+    **STATUS_SCHEMA, **envelope_errors(400, 401, 404, 413, 429)}, openapi_extra={
+    # The contract's form. The server also takes the task_id query parameter when the
+    # body has none, which a schema cannot say (one of two places) and so leaves out.
+    **REQUIRES_KEY, "requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "required": ["task_id"],
+                   "properties": {"task_id": TASK_ID_SCHEMA}}}}}})
 async def status_post(request: Request) -> JSONResponse:
     """The same, with ``{"task_id": "..."}`` in the body."""
     raw = await request.body()

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from openimagine.api.auth import REQUIRES_KEY, authenticated
-from openimagine.api.bodies import json_object
+from openimagine.api.bodies import json_object, whole_number
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest
+from openimagine.inputs.refs import url_schema
 from openimagine.services import webhooks
 from openimagine.services.accounts import Principal
 
@@ -45,12 +46,23 @@ DELIVERY = {"type": "object", "properties": {
     "attempts": {"type": "array", "items": ATTEMPT}}}
 
 
-@router.post("/v1/webhooks", responses=envelope_schema(CREATED), openapi_extra={
+# What a client (or a stateful fuzzer) can do with a new endpoint's id.
+ADDED = envelope_schema(CREATED, 400, 401, 409, 413, 429)
+ADDED[200]["links"] = {
+    name: {"operationId": operation, "parameters": {"webhook_id": "$response.body#/data/id"}}
+    for name, operation in (("remove", "remove_webhook"), ("deliveries", "webhook_deliveries"))}
+
+
+@router.post("/v1/webhooks", responses=ADDED, openapi_extra={
     **REQUIRES_KEY, "requestBody": {"required": True, "content": {"application/json": {
         "schema": {"type": "object", "required": ["url"], "properties": {
-            "url": {"type": "string"},
-            "events": {"type": "array", "items": {"enum": list(webhooks.EVENT_TYPES)},
-                       "description": "default: all"}}}}}}})
+            "url": {**url_schema(webhooks.MAX_URL_LENGTH), "description": (
+                "not a loopback, private or link-local address unless "
+                "OPENIMAGINE_ALLOW_PRIVATE_URLS")},
+            "events": {"anyOf": [{"type": "array", "minItems": 1,
+                                  "items": {"enum": list(webhooks.EVENT_TYPES)}},
+                                 {"type": "null"}],
+                       "description": "default (or null): all"}}}}}}})
 async def add_webhook(request: Request) -> JSONResponse:
     """Register a webhook endpoint; its signing secret is in this answer only."""
     raw = await request.body()
@@ -67,7 +79,7 @@ async def add_webhook(request: Request) -> JSONResponse:
 
 
 @router.get("/v1/webhooks", responses=envelope_schema({"type": "object", "properties": {
-    "webhooks": {"type": "array", "items": ENDPOINT}}}), openapi_extra=REQUIRES_KEY)
+    "webhooks": {"type": "array", "items": ENDPOINT}}}, 401, 429), openapi_extra=REQUIRES_KEY)
 async def list_webhooks(request: Request) -> JSONResponse:
     """The caller's webhook endpoints (without their secrets)."""
     def listing(ctx: AppContext, principal: Principal) -> dict[str, Any]:
@@ -78,7 +90,8 @@ async def list_webhooks(request: Request) -> JSONResponse:
 
 
 @router.get("/v1/webhooks/default/secret", responses=envelope_schema({
-    "type": "object", "properties": {"key": {"type": "string", "example": "whsec_..."}}}),
+    "type": "object", "properties": {"key": {"type": "string", "example": "whsec_..."}}},
+    401, 429),
     openapi_extra=REQUIRES_KEY)
 async def default_secret(request: Request) -> JSONResponse:
     """The account's default secret: it signs the deliveries to tasks' ``callback_url``."""
@@ -88,9 +101,10 @@ async def default_secret(request: Request) -> JSONResponse:
     return ok(await authenticated(request, secret, writes=True))
 
 
-@router.delete("/v1/webhooks/{webhook_id}", responses=envelope_schema({
-    "type": "object", "properties": {"id": {"type": "string"}, "deleted": {"const": True}}}),
-    openapi_extra=REQUIRES_KEY)
+@router.delete("/v1/webhooks/{webhook_id}", operation_id="remove_webhook",
+               responses=envelope_schema({"type": "object", "properties": {
+                   "id": {"type": "string"}, "deleted": {"const": True}}}, 401, 404, 429),
+               openapi_extra=REQUIRES_KEY)
 async def remove_webhook(request: Request, webhook_id: str) -> JSONResponse:
     """Remove an endpoint: nothing more is sent to it (its log stays readable until then)."""
     def remove(ctx: AppContext, principal: Principal) -> dict[str, Any]:
@@ -100,29 +114,32 @@ async def remove_webhook(request: Request, webhook_id: str) -> JSONResponse:
     return ok(await authenticated(request, remove, writes=True))
 
 
-@router.get("/v1/webhooks/{webhook_id}/deliveries", responses=envelope_schema({
+@router.get("/v1/webhooks/{webhook_id}/deliveries", operation_id="webhook_deliveries",
+            responses=envelope_schema({
     "type": "object", "properties": {
         "deliveries": {"type": "array", "items": DELIVERY}, "has_more": {"type": "boolean"},
-        "next": {"type": ["integer", "null"], "description": "pass as after= for the next page"}}}),
+        "next": {"type": ["integer", "null"], "description": "pass as after= for the next page"}}},
+    400, 401, 404, 429),
     openapi_extra={**REQUIRES_KEY, "parameters": [
         {"name": "limit", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST,
                     "default": DEFAULT_LIST}},
-        {"name": "after", "in": "query", "required": False, "schema": {"type": "integer"}}]})
+        {"name": "after", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 0}}]})
 async def webhook_deliveries(request: Request, webhook_id: str) -> JSONResponse:
     """An endpoint's deliveries (``default``: those to tasks' ``callback_url``), newest
     first, each with every try: time, HTTP status, latency, next try."""
     params = request.query_params
     limit, after = params.get("limit", str(DEFAULT_LIST)), params.get("after")
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST:
+    count, since = whole_number(limit), None if after is None else whole_number(after)
+    if count is None or not 1 <= count <= MAX_LIST:
         raise InvalidRequest(f"limit must be from 1 to {MAX_LIST}")
-    if after is not None and not after.isdigit():
+    if after is not None and since is None:
         raise InvalidRequest("after must be the id of a delivery")
 
     def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
         rows, more = webhooks.deliveries(ctx.db, principal.account_id, webhook_id,
-                                         limit=int(limit),
-                                         after=int(after) if after is not None else None)
+                                         limit=count, after=since)
         return {"deliveries": rows, "has_more": more,
                 "next": rows[-1]["id"] if more else None}
 

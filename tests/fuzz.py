@@ -115,7 +115,11 @@ def main() -> int:
             server = subprocess.Popen([str(BIN / "openimagine"), "serve"], env=env,
                                       stdout=log, stderr=subprocess.STDOUT)
             try:
-                wait_ready(base, server)
+                try:
+                    wait_ready(base, server)
+                except SystemExit:
+                    print(log_path.read_text(errors="replace")[-5000:], file=sys.stderr)
+                    raise
                 command = schemathesis_command(base, key)
                 print("fuzz:", shlex.join(command).replace(key, "oi_..."), flush=True)
                 hooks = Path(__file__).with_name("fuzz_hooks.py")

@@ -8,16 +8,33 @@ import json
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from openimagine.api.app import create_app
-from openimagine.services import accounts
+from openimagine.api.observe import Accounting
+from openimagine.services import accounts, lifecycle
+from openimagine.services.metrics import FinishedTotals
+from openimagine.store import migrate
+from openimagine.store.db import Database
+from openimagine.store.models import Task
+from openimagine.timeutil import utcnow
 
-from conftest import Server, Spawned, auth, make_settings, submit_task
+from conftest import (
+    TASK_PRICE,
+    Server,
+    Spawned,
+    auth,
+    make_principal,
+    make_settings,
+    submit_task,
+)
+from scaleout import pg_url  # noqa: F401 - fixture (the PostgreSQL case)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -82,9 +99,12 @@ def test_metrics_count_tasks_credits_webhooks_and_requests(
     assert value(before, "openimagine_queue_oldest_age_seconds", model="nobody") > 0
     assert value(before, "openimagine_queue_oldest_age_seconds", model="preview") == 0
     assert value(before, "openimagine_tasks_running", model="preview") == 0
-    assert value(before, "openimagine_credits_debited_total") == 2 * 40 + 10 + 5
-    assert value(before, "openimagine_credits_refunded_total") == 10
-    assert value(before, "openimagine_credits_granted_total") == 1000
+    debited, refunded = "openimagine_credits_debited_total", "openimagine_credits_refunded_total"
+    assert value(before, debited, model="preview") == 2 * 40
+    assert value(before, debited, model="broken") == 10
+    assert value(before, debited, model="nobody") == 5  # charged, still waiting
+    assert value(before, refunded, model="broken") == 10
+    assert value(before, refunded, model="preview") == 0
     assert value(before, "openimagine_webhook_deliveries_total", outcome="delivered") == 0
     assert value(before, "openimagine_webhook_deliveries_pending") == 0
     assert value(before, "openimagine_database_up") == 1
@@ -121,6 +141,62 @@ def test_metrics_count_tasks_credits_webhooks_and_requests(
     # Route templates only: no task id (nor any raw path) in a label.
     labels = {label for _, pairs in after for _, label in pairs}
     assert not [label for label in labels if "task_" in label or "nothing" in label]
+
+
+def _finish(db: Database, task_id: str, *, ok: bool) -> None:
+    claim = lifecycle.claim_next(db, owner="test", model="preview", lease_seconds=60,
+                                 task_id=task_id)
+    assert claim is not None
+    if ok:
+        lifecycle.complete(db, claim, outputs=[], seeds=[])
+    else:
+        lifecycle.fail(db, claim, message="Generation failed", detail="test")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_finished_totals_read_incrementally_equal_a_full_read(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    db = Database(make_settings(tmp_path).resolved_database_url if backend == "sqlite"
+                  else request.getfixturevalue("pg_url"))
+    migrate.upgrade(db)
+    principal = make_principal(db, credits=100_000)
+
+    def aged(task_id: str, hours: float) -> str:
+        with db.write() as session:
+            session.execute(update(Task).where(Task.id == task_id).values(
+                created_at=utcnow() - timedelta(hours=hours)))
+        return task_id
+
+    def totals(incremental: FinishedTotals, now: datetime) -> tuple[dict, dict]:
+        with db.read() as session:
+            return (incremental.read(session, db, now),
+                    FinishedTotals().read(session, db, now))
+
+    try:
+        old_done = [aged(submit_task(db, principal), 3) for _ in range(3)]
+        old_waiting = aged(submit_task(db, principal), 2)
+        for task_id in old_done:
+            _finish(db, task_id, ok=task_id != old_done[0])
+        _finish(db, submit_task(db, principal), ok=True)  # recent
+        incremental = FinishedTotals()
+        now = utcnow()
+        first, full = totals(incremental, now)
+        assert first == full
+        assert first[("preview", "completed")][0] == 3 and first[("preview", "failed")][0] == 1
+        assert incremental.waiting == {old_waiting}
+        # The old task ends, more arrive and end, the horizon moves past the recent ones.
+        _finish(db, old_waiting, ok=False)
+        for n in range(2):
+            _finish(db, submit_task(db, principal), ok=n == 0)
+        later, full = totals(incremental, now + timedelta(hours=1))
+        assert later == full
+        assert later[("preview", "completed")][0] == 4 and later[("preview", "failed")][0] == 3
+        assert later[("preview", "failed")][4] == 3 * TASK_PRICE  # refunded
+        assert incremental.waiting == set()
+        again, full = totals(incremental, now + timedelta(hours=1))
+        assert again == later == full
+    finally:
+        db.dispose()
 
 
 def test_metrics_answer_loopback_only_without_a_token(tmp_path: Path) -> None:
@@ -199,6 +275,15 @@ def test_request_ids_and_one_json_access_line_per_request(
     assert (forwarded["route"], forwarded["status"]) == ("/metrics", 403)
     assert forwarded["client"] == "203.0.113.9"
     # uvicorn's own access line would repeat each request: it is off.
+    assert 'HTTP/1.1"' not in spawned.log.read_text()
+
+
+def test_the_access_log_can_be_turned_off(spawn_server: Callable[..., Spawned]) -> None:
+    spawned = spawn_server(access_log="false")
+    answer = httpx.get(f"{spawned.base_url}/v1/models")
+    assert answer.status_code == 401 and answer.headers["x-request-id"]
+    time.sleep(3 * Accounting.FLUSH_SECONDS)
+    assert not _access_lines(spawned)
     assert 'HTTP/1.1"' not in spawned.log.read_text()
 
 

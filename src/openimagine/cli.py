@@ -112,7 +112,7 @@ def serve(
     from openimagine.api.observe import log_access_lines
     from openimagine.api.serving import uvicorn_options
 
-    log_access_lines()
+    log_access_lines(settings.access_log)
 
     uvicorn.run(application, **uvicorn_options(settings))
 

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = ""
     # Bearer token GET /metrics asks for; without it /metrics answers loopback only.
     metrics_token: str | None = None
+    # One JSON line per request on stderr (``openimagine serve``).
+    access_log: bool = True
 
     # Work.
     workers: int = Field(1, ge=0)

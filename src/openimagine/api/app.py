@@ -77,7 +77,6 @@ class OpenImagineAPI(FastAPI):
         await fastpath.answer(found[0], scope, receive, send)
 
 
-
 def install_openapi(app: FastAPI, routes: list[BaseRoute]) -> None:
     """The document of ``routes``, plus the Bearer scheme the /v1 operations name."""
 
@@ -156,6 +155,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
                 except Exception:
                     log.exception("worker pool did not stop cleanly")
             hub_task.cancel()
+            app.accounting.flush()  # the access lines still waiting
             if stop_delivering is not None:
                 await asyncio.to_thread(stop_delivering)
             ctx.executor.shutdown(wait=False)

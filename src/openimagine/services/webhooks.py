@@ -34,6 +34,7 @@ from openimagine.inputs.refs import url_problem as http_url_problem
 from openimagine.store.db import Database, rows_changed
 from openimagine.store.models import (
     Account,
+    DeliveryStatus,
     Task,
     WebhookAttempt,
     WebhookDelivery,
@@ -182,8 +183,8 @@ def _own_endpoint(session: Session, account: int, endpoint_id: str) -> WebhookEn
 def _stop_endpoint(session: Session, endpoint_id: str) -> None:
     """Nothing more goes to the endpoint: its waiting deliveries are cancelled."""
     session.execute(update(WebhookDelivery).where(
-        WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "pending")
-        .values(status="cancelled", next_attempt_at=None, lease_owner=None))
+        WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == DeliveryStatus.PENDING)
+        .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None, lease_owner=None))
 
 
 def remove_endpoint(db: Database, account: int, endpoint_id: str) -> None:
@@ -260,7 +261,7 @@ def enqueue(session: Session, task_id: str, status: str) -> int:
     for endpoint_id, url in targets:
         session.add(WebhookDelivery(
             event_id=event_id, event_type=kind, account_id=task.account_id, task_id=task_id,
-            endpoint_id=endpoint_id, url=url, status="pending", attempts=0,
+            endpoint_id=endpoint_id, url=url, status=DeliveryStatus.PENDING, attempts=0,
             next_attempt_at=now, created_at=now))
     return len(targets)
 
@@ -295,7 +296,7 @@ def has_due(db: Database, first_delay: float = 0.0) -> bool:
     write lock to find nothing."""
     with db.connect() as connection:
         return connection.execute(select(WebhookDelivery.id).where(
-            WebhookDelivery.status == "pending",
+            WebhookDelivery.status == DeliveryStatus.PENDING,
             _due(utcnow(), first_delay)).limit(1)).first() is not None
 
 
@@ -304,7 +305,7 @@ def claim_due(db: Database, *, owner: str, lease_seconds: float,
     """Take the longest-due delivery for one try, with one atomic statement; while
     the lease lasts no other process takes it."""
     now = utcnow()
-    due = (WebhookDelivery.status == "pending", _due(now, first_delay))
+    due = (WebhookDelivery.status == DeliveryStatus.PENDING, _due(now, first_delay))
     candidate = (select(WebhookDelivery.id).where(*due)
                  .order_by(WebhookDelivery.next_attempt_at).limit(1)
                  .with_for_update(skip_locked=True))
@@ -351,11 +352,11 @@ def record(db: Database, due: Due, outcome: Outcome, *, schedule: Sequence[float
     now = utcnow()
     next_at: datetime | None = None
     if outcome.delivered:
-        status = "delivered"
+        status = DeliveryStatus.DELIVERED
     elif outcome.status_code == 410 or due.attempt >= len(schedule):
-        status = "failed"
+        status = DeliveryStatus.FAILED
     else:
-        status = "pending"
+        status = DeliveryStatus.PENDING
         wait = schedule[due.attempt]
         if outcome.retry_after is not None:
             wait = max(wait, min(outcome.retry_after, MAX_RETRY_AFTER))
@@ -368,7 +369,7 @@ def record(db: Database, due: Due, outcome: Outcome, *, schedule: Sequence[float
         # Fenced: a process whose lease ran out (another took the row over) only logs.
         changed = rows_changed(session.execute(update(WebhookDelivery).where(
             WebhookDelivery.id == due.id, WebhookDelivery.lease_owner == due.owner,
-            WebhookDelivery.attempts == due.attempt, WebhookDelivery.status == "pending")
+            WebhookDelivery.attempts == due.attempt, WebhookDelivery.status == DeliveryStatus.PENDING)
             .values(status=status, next_attempt_at=next_at, lease_owner=None)))
         if outcome.status_code == 410 and due.endpoint_id is not None:
             session.execute(update(WebhookEndpoint).where(
@@ -383,8 +384,8 @@ def cancel(db: Database, due: Due) -> None:
     with db.write() as session:
         session.execute(update(WebhookDelivery).where(
             WebhookDelivery.id == due.id, WebhookDelivery.lease_owner == due.owner,
-            WebhookDelivery.status == "pending")
-            .values(status="cancelled", next_attempt_at=None, lease_owner=None))
+            WebhookDelivery.status == DeliveryStatus.PENDING)
+            .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None, lease_owner=None))
 
 
 # --- the log --------------------------------------------------------------------------
@@ -423,5 +424,5 @@ def deliveries(db: Database, account: int, endpoint_id: str | None, *, limit: in
     return [{"id": row.id, "event_id": row.event_id, "type": row.event_type,
              "task_id": row.task_id, "url": row.url, "status": row.status,
              "created_at": _time(row.created_at),
-             "next_attempt_at": _time(row.next_attempt_at) if row.status == "pending" else None,
+             "next_attempt_at": _time(row.next_attempt_at) if row.status == DeliveryStatus.PENDING else None,
              "attempts": tries[row.id]} for row in page], len(rows) > limit

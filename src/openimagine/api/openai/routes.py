@@ -258,7 +258,7 @@ async def download_content(request: Request, video_id: str) -> Response:
     task = await authenticated(request, find, writes=False)
     if task.files_expired_at is not None:
         raise NotFound(_expired(task, "its content is no longer available"))
-    if task.status != "completed" or not task.outputs:
+    if task.status != TaskStatus.COMPLETED or not task.outputs:
         raise NotFound(f"Video {video_id} has no content: it is "
                        f"{video_object(task, None)['status']}")
     key = task.outputs[0] if variant == "video" else tasks.still_key(task.id, variant)

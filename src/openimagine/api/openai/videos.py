@@ -30,6 +30,7 @@ from openimagine.patterns import int_range
 from openimagine.services.lifecycle import CANCELLED
 from openimagine.services.retention import expires_at as files_expire_at
 from openimagine.store.db import Record
+from openimagine.store.models import TaskStatus
 
 MAX_PROMPT = 32000
 MAX_SECONDS = 60
@@ -42,8 +43,8 @@ SECONDS_PATTERN = f"^(?:{int_range(1, MAX_SECONDS)})?$"
 SIZE, SECONDS = re.compile(SIZE_PATTERN), re.compile(SECONDS_PATTERN)
 # When a request gives no size: OpenAI's default is portrait 720x1280.
 DEFAULT_RATIO = "9:16"
-STATUS = {"pending": "queued", "processing": "in_progress", "completed": "completed",
-          "failed": "failed"}
+STATUS = {TaskStatus.PENDING: "queued", TaskStatus.PROCESSING: "in_progress",
+          TaskStatus.COMPLETED: "completed", TaskStatus.FAILED: "failed"}
 ERROR_CODES = {
     "Inappropriate content, please try another prompt.": "moderation_blocked",
     "File type not supported": "invalid_input",
@@ -167,16 +168,16 @@ def video_object(task: Record, model: Model | None,
         resolution = task.resolution or (settings.resolution if settings else 480)
         width, height = frame_size(task.ratio, resolution)
         seconds = task.duration or (settings.duration if settings else 0)
-    failed = task.status == "failed"
+    failed = task.status == TaskStatus.FAILED
     message = task.error_message or "video build failed"
     return {
         "id": task.id,
         "object": "video",
         "model": task.model,
         "status": STATUS.get(task.status, task.status),
-        "progress": 100 if task.status == "completed" else task.progress,
+        "progress": 100 if task.status == TaskStatus.COMPLETED else task.progress,
         "created_at": _epoch(task.created_at),
-        "completed_at": _epoch(task.finished_at) if task.status == "completed" else None,
+        "completed_at": _epoch(task.finished_at) if task.status == TaskStatus.COMPLETED else None,
         "expires_at": _epoch(files_expire_at(task.finished_at, task.files_expired_at,
                                              retention)),
         "prompt": task.prompt,
@@ -190,7 +191,7 @@ def video_object(task: Record, model: Model | None,
 
 def poll_after_ms(task: Record) -> int:
     """About the time left: the elapsed time scaled by the progress still to go."""
-    if task.status == "processing" and task.progress and task.started_at is not None:
+    if task.status == TaskStatus.PROCESSING and task.progress and task.started_at is not None:
         elapsed = max(0.0, time.time() - task.started_at.timestamp())
         left = elapsed * (100 - task.progress) / task.progress
         return int(min(POLL_AFTER_MAX_MS, max(POLL_AFTER_MIN_MS, left * 1000)))

@@ -16,6 +16,7 @@ from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.services import accounts, tasks
 from openimagine.services.accounts import Principal
+from openimagine.settings import PLANS
 
 router = APIRouter()
 
@@ -26,7 +27,7 @@ ACCOUNT_SCHEMA = envelope_schema(
         "type": "object",
         "properties": {
             "account": {"type": "string"},
-            "plan": {"enum": ["free", "pro", "enterprise"]},
+            "plan": {"enum": list(PLANS)},
             "balance": {"type": "integer", "description": "credits"},
             "price": {"type": "integer",
                       "description": "credits per generation of the default model"},

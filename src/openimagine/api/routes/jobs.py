@@ -21,11 +21,12 @@ from openimagine.api.stream import stream_response
 from openimagine.errors import Conflict, InvalidRequest, NotFound
 from openimagine.services import lifecycle, tasks
 from openimagine.services.accounts import Principal
+from openimagine.store.models import TaskStatus
 
 router = APIRouter()
 
 MAX_LIST, DEFAULT_LIST = 100, 20
-STATUSES = ("pending", "processing", "completed", "failed")
+STATUSES = tuple(str(status) for status in TaskStatus)
 
 
 def cancel_task(ctx: AppContext, principal: Principal, task_id: str) -> dict[str, Any]:

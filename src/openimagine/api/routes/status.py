@@ -23,6 +23,7 @@ from openimagine.errors import InvalidRequest, NotFound
 from openimagine.services import tasks
 from openimagine.services.accounts import Principal
 from openimagine.store.db import Record
+from openimagine.store.models import TaskStatus
 
 router = APIRouter()
 
@@ -31,7 +32,7 @@ STATUS_SCHEMA = envelope_schema(
         "type": "object",
         "properties": {
             "task_id": {"type": "string"},
-            "status": {"enum": ["pending", "processing", "completed", "failed"]},
+            "status": {"enum": [str(status) for status in TaskStatus]},
             "created_at": {"type": "string", "format": "date-time"},
             "consumed_credits": {"type": "integer"},
             "error_message": {"type": ["string", "null"]},

@@ -16,6 +16,7 @@ from openimagine.errors import InvalidRequest
 from openimagine.inputs.refs import url_schema
 from openimagine.services import webhooks
 from openimagine.services.accounts import Principal
+from openimagine.store.models import DeliveryStatus
 
 router = APIRouter()
 
@@ -40,7 +41,7 @@ DELIVERY = {"type": "object", "properties": {
     "id": {"type": "integer"}, "event_id": {"type": "string", "description": "webhook-id"},
     "type": {"enum": list(webhooks.EVENT_TYPES)}, "task_id": {"type": "string"},
     "url": {"type": "string"},
-    "status": {"enum": ["pending", "delivered", "failed", "cancelled"]},
+    "status": {"enum": [str(status) for status in DeliveryStatus]},
     "created_at": {"type": "string", "format": "date-time"},
     "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
     "attempts": {"type": "array", "items": ATTEMPT}}}

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from openimagine.catalog import Catalog, Model
 from openimagine.engines.base import Engine
 from openimagine.moderation import load_policy
-from openimagine.services import idempotency, lifecycle, retention
+from openimagine.services import lifecycle, retention
 from openimagine.settings import Settings
 from openimagine.storage import Storage
 from openimagine.store.db import Database
@@ -30,6 +30,7 @@ from openimagine.worker.deliverer import start_deliverer
 from openimagine.worker.dispatch import WakeupDispatcher
 from openimagine.worker.heartbeat import run_with_heartbeat
 from openimagine.worker.runner import Outcome, Runner, create_model_engine
+from openimagine.worker.sweeper import Sweeper, sweep_interval
 
 log = logging.getLogger("openimagine.worker")
 
@@ -99,17 +100,13 @@ class WorkerPool:
                 waiter.cancel()
 
     async def _reaper(self, stop: asyncio.Event) -> None:
-        interval = max(0.2, min(self.settings.heartbeat_seconds, 5.0))
+        sweeper = Sweeper(self.settings, self.db, self.wakeups)  # no messages to publish again
+        interval = sweep_interval(self.settings)
         while not stop.is_set():
             try:
-                requeued, failed = await asyncio.to_thread(
-                    lifecycle.reap_expired, self.db, max_attempts=self.settings.max_attempts,
-                    on_requeue=self.wakeups.notify)
-                if requeued or failed:
-                    log.warning("expired leases: %d re-queued, %d failed", requeued, failed)
-                await asyncio.to_thread(idempotency.forget_expired, self.db)
+                await asyncio.to_thread(sweeper.sweep)
             except Exception:
-                log.exception("reaper failed; trying again")
+                log.exception("sweeper failed; trying again")
             await self._sleep_until(stop, interval)
 
     async def _janitor(self, stop: asyncio.Event) -> None:

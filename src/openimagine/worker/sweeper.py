@@ -1,9 +1,10 @@
-"""The Celery workers' sweeper: a thread in every worker process that keeps the
-queues honest against the database, every few seconds.
+"""The sweeper keeps the queues honest against the database, every few seconds:
+a thread in every Celery worker process, a coroutine's rounds in the embedded
+pool (which has no messages to lose, so step 2 is the Celery workers' only).
 
 1. Expired leases (a worker died mid-task) go back to pending and are
    published again; tasks out of attempts fail and are refunded
-   (``lifecycle.reap_expired``).
+   (``lifecycle.reap_expired``). Expired idempotency keys are forgotten.
 2. Pending tasks whose message may have been lost (the API could not publish,
    the broker lost it) are published again, when
    - the model's queue holds fewer ready messages than there are pending
@@ -41,7 +42,7 @@ def sweep_interval(settings: Settings) -> float:
 
 class Sweeper:
     def __init__(self, settings: Settings, db: Database, dispatcher: Dispatcher,
-                 queue_depth: Callable[[str], int | None],
+                 queue_depth: Callable[[str], int | None] | None = None,
                  storage: Storage | None = None) -> None:
         self.settings = settings
         self.db = db
@@ -55,9 +56,16 @@ class Sweeper:
         requeued, failed = lifecycle.reap_expired(
             self.db, max_attempts=self.settings.max_attempts, on_requeue=self.dispatcher.notify)
         idempotency.forget_expired(self.db)
+        republished = 0 if self.queue_depth is None else self._republish(self.queue_depth)
+        if requeued or failed or republished:
+            log.warning("sweeper: %d expired lease(s) re-queued, %d failed, %d pending task(s) "
+                        "published again", requeued, failed, republished)
+        return requeued, failed, republished
+
+    def _republish(self, queue_depth: Callable[[str], int | None]) -> int:
         republished = 0
         for model, pending in lifecycle.pending_by_model(self.db).items():
-            ready = self.queue_depth(model)
+            ready = queue_depth(model)
             # Unknown depth (broker unreachable): assume every message may be missing.
             missing = pending if ready is None else pending - ready
             stale = lifecycle.take_stale_pending(
@@ -66,10 +74,7 @@ class Sweeper:
             for task_id in stale:
                 self.dispatcher.notify(task_id, model)
             republished += len(stale)
-        if requeued or failed or republished:
-            log.warning("sweeper: %d expired lease(s) re-queued, %d failed, %d pending task(s) "
-                        "published again", requeued, failed, republished)
-        return requeued, failed, republished
+        return republished
 
     def run(self, stop: threading.Event) -> None:
         interval = sweep_interval(self.settings)

@@ -93,6 +93,10 @@ def _add(into: Totals, more: Totals) -> Totals:
     return into
 
 
+def _negated(totals: Totals) -> Totals:
+    return {key: [-value for value in values] for key, values in totals.items()}
+
+
 @contextmanager
 def _snapshot(db: Database) -> Iterator[Session]:
     """One read transaction that sees one state of the database throughout."""
@@ -132,10 +136,15 @@ class FinishedTotals:
             window = [Task.created_at < horizon]
             if self.horizon is not None:
                 window.append(Task.created_at >= self.horizon)
-            _add(closed, _finished(session, db, *window))
+            recent = _finished(session, db, Task.created_at >= horizon)
+            if self.horizon is None:
+                # Every finished task, less the recent ones: one pass over the table,
+                # several times quicker than walking the index for the older ones.
+                _add(closed, _add(_finished(session, db), _negated(recent)))
+            else:
+                _add(closed, _finished(session, db, *window))
             waiting |= set(session.scalars(select(Task.id).where(
                 Task.status.in_(UNFINISHED), *window)))
-            recent = _finished(session, db, Task.created_at >= horizon)
             self.horizon, self.closed, self.waiting = horizon, closed, waiting
         return _add({key: list(values) for key, values in closed.items()}, recent)
 

@@ -1,11 +1,13 @@
-"""JSON request bodies, read the one safe way for every route of both faces, and
-their text trimmed the one way."""
+"""JSON request bodies and query parameters, read the one safe way for every route of
+both faces, and their text trimmed the one way."""
 
 from __future__ import annotations
 
 import json
 import unicodedata
 from typing import Any
+
+from starlette.requests import Request
 
 from openimagine.errors import InvalidRequest
 from openimagine.patterns import char_class
@@ -53,6 +55,18 @@ def json_object(raw: bytes, refusal: str = "The request body must be a JSON obje
     if not isinstance(body, dict):
         raise InvalidRequest(refusal)
     return body
+
+
+def query(request: Request, *names: str) -> dict[str, str]:
+    """The query parameters ``names`` that the request gives. One given twice is 400:
+    which would be meant? (``query_params.get`` would quietly take the last.)"""
+    found: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name in names:
+            if name in found:
+                raise InvalidRequest(f"The {name} parameter must be given once")
+            found[name] = value
+    return found
 
 
 def whole_number(text: str) -> int | None:

@@ -21,7 +21,7 @@ from openimagine.api.auth import (
     authenticated,
     run_blocking,
 )
-from openimagine.api.bodies import json_object, parse_json, whole_number
+from openimagine.api.bodies import json_object, parse_json, query, whole_number
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import event_stream
 from openimagine.api.fastpath import path_tail, valid_task_id, wanted_task_id
@@ -220,7 +220,7 @@ LIST_PARAMETERS = [
             openapi_extra={**REQUIRES_KEY, "parameters": LIST_PARAMETERS})
 async def list_videos(request: Request) -> Response:
     """The caller's video jobs, newest first (``order=asc``: oldest), ``after`` a cursor."""
-    params = request.query_params
+    params = query(request, "after", "limit", "order")
     limit_text = params.get("limit", str(DEFAULT_LIST))
     limit = whole_number(limit_text)
     if limit is None or not 1 <= limit <= MAX_LIST:
@@ -247,7 +247,7 @@ async def list_videos(request: Request) -> Response:
                  "schema": {"enum": list(VARIANTS), "default": "video"}}]})
 async def download_content(request: Request, video_id: str) -> Response:
     """The MP4 (Range requests work), its WebP thumbnail or its JPEG spritesheet."""
-    variant = request.query_params.get("variant", "video")
+    variant = query(request, "variant").get("variant", "video")
     if variant not in VARIANTS:
         raise BadField("variant", "variant must be video, thumbnail or spritesheet")
 

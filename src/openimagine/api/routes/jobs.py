@@ -13,7 +13,7 @@ from openimagine.api.auth import (
     REQUIRES_KEY,
     authenticated,
 )
-from openimagine.api.bodies import parse_json, whole_number
+from openimagine.api.bodies import parse_json, query, whole_number
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_errors, envelope_schema, event_stream, ok
 from openimagine.api.routes.status import STATUS_SCHEMA, TASK_ID_SCHEMA, caller_task
@@ -82,8 +82,8 @@ TASKS_SCHEMA = envelope_schema({
 ]})
 async def list_tasks(request: Request) -> JSONResponse:
     """The caller's tasks, newest first, a page at a time (``next`` → ``after``)."""
-    params = request.query_params
-    status = params.get("status") or None
+    params = query(request, "status", "limit", "after")
+    status = params.get("status")  # "" too must be one of them
     limit = params.get("limit", str(DEFAULT_LIST))
     after = params.get("after") or None
 
@@ -114,7 +114,7 @@ STREAM_DOC = event_stream(
 async def status_stream(request: Request) -> Response:
     """A task's status as it changes (server-sent events), until it is final."""
     ctx = get_context(request)
-    task = await caller_task(ctx, request, request.query_params.get("task_id"))
+    task = await caller_task(ctx, request, query(request, "task_id").get("task_id"))
     assert ctx.hub is not None
     return stream_response(ctx.hub, task,
                            lambda row: tasks.task_view(row, ctx.storage))

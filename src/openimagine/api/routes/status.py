@@ -15,7 +15,7 @@ from openimagine.api.auth import (
     require_principal_and_task_async,
     run_blocking,
 )
-from openimagine.api.bodies import parse_json
+from openimagine.api.bodies import parse_json, query
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_errors, envelope_schema, ok
 from openimagine.api.fastpath import valid_task_id, wanted_task_id
@@ -92,7 +92,7 @@ TASK_ID_PARAMETER = {
 async def status_get(request: Request) -> JSONResponse:
     """A task's status; completed tasks list freshly signed video URLs."""
     ctx = get_context(request)
-    return ok(await _status(ctx, request, request.query_params.get("task_id")))
+    return ok(await _status(ctx, request, query(request, "task_id").get("task_id")))
 
 
 @router.post("/v1/status", responses={
@@ -110,7 +110,7 @@ async def status_post(request: Request) -> JSONResponse:
         body = parse_json(raw, empty={})  # after the key and the rate limit
         task_id = body.get("task_id") if isinstance(body, dict) else None
         if task_id is None:
-            task_id = request.query_params.get("task_id")
+            task_id = query(request, "task_id").get("task_id")
         wanted = wanted_task_id(task_id)
         if not wanted:
             raise InvalidRequest("The task_id parameter is required")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from openimagine.api.auth import REQUIRES_KEY, authenticated
-from openimagine.api.bodies import json_object, whole_number
+from openimagine.api.bodies import json_object, query, whole_number
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest
@@ -130,7 +130,7 @@ async def remove_webhook(request: Request, webhook_id: str) -> JSONResponse:
 async def webhook_deliveries(request: Request, webhook_id: str) -> JSONResponse:
     """An endpoint's deliveries (``default``: those to tasks' ``callback_url``), newest
     first, each with every try: time, HTTP status, latency, next try."""
-    params = request.query_params
+    params = query(request, "limit", "after")
     limit, after = params.get("limit", str(DEFAULT_LIST)), params.get("after")
     count, since = whole_number(limit), None if after is None else whole_number(after)
     if count is None or not 1 <= count <= MAX_LIST:

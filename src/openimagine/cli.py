@@ -17,7 +17,8 @@ import logging
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -189,6 +190,22 @@ def _run_worker_per_model(names: list[str], workers: int | None) -> int:
     return max(child.wait() for child in children)
 
 
+T = TypeVar("T")
+
+
+def with_accounts(action: Callable[[Any, Database], T]) -> T:
+    """``action(services.accounts, db)``; an unknown account or key, or a bad value,
+    is one line and exit 1."""
+    with server_extra():
+        from openimagine.services import accounts
+
+    db = open_db(load_settings())
+    try:
+        return action(accounts, db)
+    except (AccountNotFound, KeyNotFound, ValueError) as exc:
+        fail(str(exc))
+
+
 @accounts_app.command("create")
 def accounts_create(
     name: str,
@@ -197,14 +214,8 @@ def accounts_create(
     json_output: JsonOption = False,
 ) -> None:
     """Create an account and its first API key (printed once)."""
-    with server_extra():
-        from openimagine.services import accounts
-
-    db = open_db(load_settings())
-    try:
-        account, key = accounts.create_account(db, name, plan=plan, credits=credits)
-    except ValueError as exc:
-        fail(str(exc))
+    account, key = with_accounts(
+        lambda accounts, db: accounts.create_account(db, name, plan=plan, credits=credits))
     if json_output:
         print_json({"account": {"name": account.name, "plan": account.plan,
                                 "balance": credits}, "api_key": key})
@@ -216,14 +227,7 @@ def accounts_create(
 @accounts_app.command("show")
 def accounts_show(name: str, json_output: JsonOption = False) -> None:
     """Plan, balance and usage of an account."""
-    with server_extra():
-        from openimagine.services import accounts
-
-    db = open_db(load_settings())
-    try:
-        info = accounts.summary(db, name=name)
-    except AccountNotFound as exc:
-        fail(str(exc))
+    info = with_accounts(lambda accounts, db: accounts.summary(db, name=name))
     if json_output:
         print_json(info)
         return
@@ -236,28 +240,14 @@ def accounts_show(name: str, json_output: JsonOption = False) -> None:
 @accounts_app.command("set-plan")
 def accounts_set_plan(name: str, plan: str) -> None:
     """Move an account to another plan."""
-    with server_extra():
-        from openimagine.services import accounts
-
-    db = open_db(load_settings())
-    try:
-        accounts.set_plan(db, name, plan)
-    except (AccountNotFound, ValueError) as exc:
-        fail(str(exc))
+    with_accounts(lambda accounts, db: accounts.set_plan(db, name, plan))
     console.print(f"'{name}' is now on the {plan} plan.")
 
 
 @keys_app.command("create")
 def keys_create(name: str, json_output: JsonOption = False) -> None:
     """Add an API key to an account (printed once)."""
-    with server_extra():
-        from openimagine.services import accounts
-
-    db = open_db(load_settings())
-    try:
-        key = accounts.create_key(db, name)
-    except AccountNotFound as exc:
-        fail(str(exc))
+    key = with_accounts(lambda accounts, db: accounts.create_key(db, name))
     if json_output:
         print_json({"account": name, "api_key": key})
     else:
@@ -267,14 +257,7 @@ def keys_create(name: str, json_output: JsonOption = False) -> None:
 @keys_app.command("list")
 def keys_list(name: str, json_output: JsonOption = False) -> None:
     """The keys of an account, by prefix."""
-    with server_extra():
-        from openimagine.services import accounts
-
-    db = open_db(load_settings())
-    try:
-        keys = accounts.list_keys(db, name)
-    except AccountNotFound as exc:
-        fail(str(exc))
+    keys: list[Any] = with_accounts(lambda accounts, db: accounts.list_keys(db, name))
     if json_output:
         print_json([{"prefix": k.prefix, "created_at": k.created_at,
                      "revoked": k.revoked_at is not None} for k in keys])
@@ -288,28 +271,14 @@ def keys_list(name: str, json_output: JsonOption = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_prefix: str) -> None:
     """Revoke the key that starts with KEY_PREFIX (at once, for every API process)."""
-    with server_extra():
-        from openimagine.services import accounts
-
-    db = open_db(load_settings())
-    try:
-        prefix = accounts.revoke_key(db, key_prefix)
-    except KeyNotFound as exc:
-        fail(str(exc))
+    prefix = with_accounts(lambda accounts, db: accounts.revoke_key(db, key_prefix))
     console.print(f"Revoked {prefix}…")
 
 
 @credits_app.command("grant")
 def credits_grant(name: str, amount: int, json_output: JsonOption = False) -> None:
     """Add AMOUNT credits to an account."""
-    with server_extra():
-        from openimagine.services import accounts
-
-    db = open_db(load_settings())
-    try:
-        balance = accounts.grant_credits(db, name, amount)
-    except (AccountNotFound, ValueError) as exc:
-        fail(str(exc))
+    balance = with_accounts(lambda accounts, db: accounts.grant_credits(db, name, amount))
     if json_output:
         print_json({"account": name, "balance": balance})
     else:

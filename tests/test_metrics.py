@@ -120,6 +120,7 @@ def test_metrics_count_tasks_credits_webhooks_and_requests(
     assert client.get(f"/v1/videos/{done[1]}/content", headers=auth(key)).status_code == 200
     assert client.get("/v1/tasks", headers=auth("oi_wrong")).status_code == 401
     assert client.get(f"/nothing/{done[0]}").status_code == 404
+    assert client.request("PROPFIND", "/v1/status").status_code == 405
     after = scrape(server.base_url)
 
     def delta(name: str, **labels: str) -> float:
@@ -133,6 +134,7 @@ def test_metrics_count_tasks_credits_webhooks_and_requests(
                  status="200") == 1
     assert delta(requests, method="GET", route="/v1/tasks", status="401") == 1
     assert delta(requests, method="GET", route="unmatched", status="404") == 1
+    assert delta(requests, method="other", route="/v1/status", status="405") == 1  # any token
     assert delta(requests, method="GET", route="/metrics", status="200") == 1  # ``before``
     latency = "openimagine_http_request_duration_seconds"
     assert delta(f"{latency}_count", method="GET", route="/v1/status") == 4

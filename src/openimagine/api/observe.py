@@ -53,6 +53,8 @@ REQUEST_ID_HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 # Route label of a request no route matched (404s): never the raw path.
 UNMATCHED = "unmatched"
+# Method labels; any other token a client sends is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds: a cached status poll to a long upload.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0)
@@ -180,7 +182,9 @@ class Accounting:
             seconds = time.perf_counter() - start
             route = route_of(scope)
             if self.metrics is not None:
-                self.metrics.observe(scope["method"], route, status, seconds)
+                method = scope["method"]
+                self.metrics.observe(method if method in METHODS else "other", route, status,
+                                     seconds)
             if self.log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 self._lines.append((time.time(), scope["method"], route, scope["path"], status,

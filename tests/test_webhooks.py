@@ -239,6 +239,16 @@ def test_retry_after_is_honoured(hooks_server: Server) -> None:
         verified([first, second], endpoint["secret"])
 
 
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("120", 120.0), (" 7 ", 7.0), ("²", None), ("1²", None), ("soon", None), ("", None)])
+def test_a_receivers_retry_after_is_read_as_ascii_seconds_or_ignored(
+        header: str, seconds: float | None) -> None:
+    # A receiver's odd header (a Unicode digit passes str.isdigit) must not stop delivery.
+    from openimagine.worker.deliverer import retry_after_seconds
+
+    assert retry_after_seconds(header) == seconds
+
+
 def test_a_receiver_that_never_answers_in_time_counts_as_a_failed_try(
         start_server: Callable[..., Server]) -> None:
     server = start_server(allow_private_urls=True, webhook_retry_schedule="0,0.2",

@@ -4,11 +4,21 @@ the server checks text with, so the documented ``pattern`` and the check agree.
 The patterns use only what ECMA-262, Python's ``re`` and Rust's regex crates
 read alike: classes, ``\\uXXXX`` escapes for the Basic Multilingual Plane and
 literal characters beyond it, alternation, no lookaround.
+
+``whole_number`` is the one check of "a count written in digits" (query
+parameters, headers from other servers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+
+
+def whole_number(text: str) -> int | None:
+    """``text`` as a whole number, or None when it is not ASCII digits: ``str.isdigit``
+    alone lets "²" through to ``int``, which refuses it."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
 
 # Space and format characters exist only in these planes (0: BMP, 1: SMP, 14: SSP).
 TEXT_PLANES = (0, 1, 14)

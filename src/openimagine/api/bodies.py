@@ -69,12 +69,6 @@ def query(request: Request, *names: str) -> dict[str, str]:
     return found
 
 
-def whole_number(text: str) -> int | None:
-    """``text`` (a query parameter) as a whole number, or None when it is not ASCII
-    digits: ``str.isdigit`` alone lets "²" through to ``int``, which refuses it."""
-    return int(text) if text.isascii() and text.isdigit() else None
-
-
 def _blank(char: str) -> bool:
     # Cf: zero-width space and joiners, BOM, bidi marks: invisible, so a prompt of
     # nothing else is as empty as one of spaces (and must not be billed).

@@ -21,6 +21,7 @@ from openimagine.inputs.refs import (
     is_data_uri,
     url_problem,
 )
+from openimagine.patterns import whole_number
 from openimagine.settings import Settings
 
 # The whole fetch, redirects included, must finish within this many times
@@ -290,8 +291,9 @@ def _fetch_one(
         if encoding not in ("", "identity"):
             raise FetchFailed(f"unrequested content-encoding {encoding!r}")
         declared = response.headers.get("content-length")
-        if declared is not None and declared.strip().isdigit():
-            if int(declared) > settings.fetch_max_bytes:
+        size = None if declared is None else whole_number(declared.strip())
+        if size is not None:
+            if size > settings.fetch_max_bytes:
                 raise FetchFailed(f"content-length {declared} over {settings.fetch_max_bytes}")
         body = bytearray()
         for chunk in response.iter_raw():

@@ -29,6 +29,7 @@ from standardwebhooks.webhooks import Webhook
 from openimagine import __version__
 from openimagine.inputs.fetch import AddressPolicy, guarded_transport
 from openimagine.inputs.refs import FetchFailed
+from openimagine.patterns import whole_number
 from openimagine.services import tasks, webhooks
 from openimagine.settings import Settings
 from openimagine.storage import Storage
@@ -79,8 +80,9 @@ def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = whole_number(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -21,7 +21,7 @@ from openimagine.api.auth import (
     authenticated,
     run_blocking,
 )
-from openimagine.api.bodies import json_object, parse_json, query, whole_number
+from openimagine.api.bodies import json_object, parse_json, query
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import event_stream
 from openimagine.api.fastpath import path_tail, valid_task_id, wanted_task_id
@@ -41,6 +41,7 @@ from openimagine.api.routes.status import caller_task
 from openimagine.api.stream import stream_response
 from openimagine.api.submit import submit_task
 from openimagine.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from openimagine.patterns import whole_number
 from openimagine.services import idempotency, lifecycle, tasks, webhooks
 from openimagine.services.accounts import Principal
 from openimagine.storage import LocalStorage

@@ -13,12 +13,13 @@ from openimagine.api.auth import (
     REQUIRES_KEY,
     authenticated,
 )
-from openimagine.api.bodies import parse_json, query, whole_number
+from openimagine.api.bodies import parse_json, query
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_errors, envelope_schema, event_stream, ok
 from openimagine.api.routes.status import STATUS_SCHEMA, TASK_ID_SCHEMA, caller_task
 from openimagine.api.stream import stream_response
 from openimagine.errors import Conflict, InvalidRequest, NotFound
+from openimagine.patterns import whole_number
 from openimagine.services import lifecycle, tasks
 from openimagine.services.accounts import Principal
 from openimagine.store.models import TaskStatus

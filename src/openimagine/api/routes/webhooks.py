@@ -9,11 +9,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from openimagine.api.auth import REQUIRES_KEY, authenticated
-from openimagine.api.bodies import json_object, query, whole_number
+from openimagine.api.bodies import json_object, query
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, ok
 from openimagine.errors import InvalidRequest
 from openimagine.inputs.refs import url_schema
+from openimagine.patterns import whole_number
 from openimagine.services import webhooks
 from openimagine.services.accounts import Principal
 from openimagine.store.models import DeliveryStatus

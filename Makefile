@@ -29,9 +29,11 @@ test: $(VENV)/.installed-test
 fuzz: $(VENV)/.installed-test
 	$(BIN)/python tests/fuzz.py
 
+# Pinned: another ruff may format differently, and lint must not change under us.
 lint: $(VENV)/.installed-test
-	$(BIN)/python -m pip install --quiet ruff mypy
+	$(BIN)/python -m pip install --quiet ruff==0.17.6 mypy==2.4.1
 	$(BIN)/ruff check --select F,I src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src/openimagine --ignore-missing-imports
 
 bench: $(VENV)/.installed-test

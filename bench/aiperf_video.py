@@ -31,8 +31,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from api_bench import free_port, wait_ready
 
-PROMPTS = ["a lighthouse in a storm", "a cat on the moon", "a paper boat on a river",
-           "a city at night in the rain", "a fox running through snow"]
+PROMPTS = [
+    "a lighthouse in a storm",
+    "a cat on the moon",
+    "a paper boat on a river",
+    "a city at night in the rain",
+    "a fox running through snow",
+]
 # The tokenizer is only counted with; any small vocabulary does.
 MAKE_TOKENIZER = """
 import sys
@@ -57,31 +62,71 @@ def main() -> None:
         root = Path(folder)
         prompts = root / "prompts.jsonl"
         prompts.write_text("".join(json.dumps({"text": text}) + "\n" for text in PROMPTS))
-        subprocess.run([aiperf_python, "-c", MAKE_TOKENIZER, str(root / "tokenizer"), *PROMPTS],
-                       check=True)
+        subprocess.run(
+            [aiperf_python, "-c", MAKE_TOKENIZER, str(root / "tokenizer"), *PROMPTS], check=True
+        )
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMAGINE_")}
-        env.update(OPENIMAGINE_DATA_DIR=str(root / "data"), OPENIMAGINE_PORT=str(port),
-                   OPENIMAGINE_DURATION="2", OPENIMAGINE_RESOLUTION="240",
-                   OPENIMAGINE_WORKERS=str(args.concurrency),
-                   OPENIMAGINE_RATE_LIMITS="pro=100000")
+        env.update(
+            OPENIMAGINE_DATA_DIR=str(root / "data"),
+            OPENIMAGINE_PORT=str(port),
+            OPENIMAGINE_DURATION="2",
+            OPENIMAGINE_RESOLUTION="240",
+            OPENIMAGINE_WORKERS=str(args.concurrency),
+            OPENIMAGINE_RATE_LIMITS="pro=100000",
+        )
         cli = [sys.executable, "-m", "openimagine"]
-        created = subprocess.run([*cli, "accounts", "create", "aiperf", "--plan", "pro",
-                                  "--credits", "100000", "--json"], env=env, check=True,
-                                 capture_output=True, text=True)
+        created = subprocess.run(
+            [
+                *cli,
+                "accounts",
+                "create",
+                "aiperf",
+                "--plan",
+                "pro",
+                "--credits",
+                "100000",
+                "--json",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         key = json.loads(created.stdout)["api_key"]
-        server = subprocess.Popen([*cli, "serve"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [*cli, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(f"{base}/healthz", server)
-            command = [args.aiperf, "profile", "--endpoint-type", "video_generation",
-                       "--url", base, "--model", "preview", "--api-key", key,
-                       "--input-file", str(prompts), "--custom-dataset-type", "single_turn",
-                       "--tokenizer", str(root / "tokenizer"), "--download-video-content",
-                       "--request-count", str(args.requests),
-                       "--concurrency", str(args.concurrency), "--ui-type", "none",
-                       "--artifact-dir", str(root / "artifacts")]
+            command = [
+                args.aiperf,
+                "profile",
+                "--endpoint-type",
+                "video_generation",
+                "--url",
+                base,
+                "--model",
+                "preview",
+                "--api-key",
+                key,
+                "--input-file",
+                str(prompts),
+                "--custom-dataset-type",
+                "single_turn",
+                "--tokenizer",
+                str(root / "tokenizer"),
+                "--download-video-content",
+                "--request-count",
+                str(args.requests),
+                "--concurrency",
+                str(args.concurrency),
+                "--ui-type",
+                "none",
+                "--artifact-dir",
+                str(root / "artifacts"),
+            ]
             print("$", " ".join(command).replace(key, "$KEY"), flush=True)
             subprocess.run(command, check=True, cwd=root)
         finally:
@@ -89,10 +134,23 @@ def main() -> None:
             server.wait(timeout=30)
         exported = next((root / "artifacts").rglob("profile_export_aiperf.json"))
         summary = json.loads(exported.read_text())
-    print(json.dumps({name: summary.get(name) for name in (
-        "request_count", "completed_request_count", "error_request_count",
-        "request_error_rate", "request_latency", "request_throughput")
-        if name in summary}, indent=2))
+    print(
+        json.dumps(
+            {
+                name: summary.get(name)
+                for name in (
+                    "request_count",
+                    "completed_request_count",
+                    "error_request_count",
+                    "request_error_rate",
+                    "request_latency",
+                    "request_throughput",
+                )
+                if name in summary
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

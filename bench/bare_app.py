@@ -13,7 +13,11 @@ PAYLOAD = {
         "created_at": "2026-11-29T12:00:00Z",
         "consumed_credits": 40,
         "error_message": None,
-        "request": {"mode": "fun", "prompt": "a beautiful landscape with mountains", "ratio": "1:1"},
+        "request": {
+            "mode": "fun",
+            "prompt": "a beautiful landscape with mountains",
+            "ratio": "1:1",
+        },
         "response": [],
         "progress": 100,
     },

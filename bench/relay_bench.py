@@ -49,14 +49,18 @@ concurrency = 1
 def run_batch(client: httpx.Client, key: str, model: str, tasks: int) -> float:
     headers = {"Authorization": f"Bearer {key}"}
     started = time.monotonic()
-    ids = [client.post("/v1/generate", headers=headers,
-                       json={"prompt": f"clip {n}", "model": model}).json()["data"]["task_id"]
-           for n in range(tasks)]
+    ids = [
+        client.post(
+            "/v1/generate", headers=headers, json={"prompt": f"clip {n}", "model": model}
+        ).json()["data"]["task_id"]
+        for n in range(tasks)
+    ]
     waiting = set(ids)
     while waiting:
         for task_id in list(waiting):
-            data = client.get("/v1/status", params={"task_id": task_id},
-                              headers=headers).json()["data"]
+            data = client.get("/v1/status", params={"task_id": task_id}, headers=headers).json()[
+                "data"
+            ]
             if data["status"] == "failed":
                 sys.exit(f"{model}: task {task_id} failed: {data['error_message']}")
             if data["status"] == "completed":
@@ -71,22 +75,32 @@ def main() -> None:
     parser.add_argument("--job-seconds", type=float, default=3.0)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as folder, FakeUpstream(
-            "openai", FakeConfig(job_seconds=args.job_seconds)) as upstream:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        FakeUpstream("openai", FakeConfig(job_seconds=args.job_seconds)) as upstream,
+    ):
         models = Path(folder) / "models.toml"
         models.write_text(MODELS.format(url=upstream.base_url, tasks=args.tasks))
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMAGINE_")}
-        env.update(OPENIMAGINE_DATA_DIR=f"{folder}/data", OPENIMAGINE_PORT=str(port),
-                   OPENIMAGINE_MODELS_FILE=str(models),
-                   OPENIMAGINE_RATE_LIMITS="pro=100000")
+        env.update(
+            OPENIMAGINE_DATA_DIR=f"{folder}/data",
+            OPENIMAGINE_PORT=str(port),
+            OPENIMAGINE_MODELS_FILE=str(models),
+            OPENIMAGINE_RATE_LIMITS="pro=100000",
+        )
         cli = [sys.executable, "-m", "openimagine"]
-        created = subprocess.run([*cli, "accounts", "create", "bench", "--plan", "pro",
-                                  "--credits", "100000", "--json"], env=env, check=True,
-                                 capture_output=True, text=True)
+        created = subprocess.run(
+            [*cli, "accounts", "create", "bench", "--plan", "pro", "--credits", "100000", "--json"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         key = created.stdout.split('"api_key": "')[1].split('"')[0]
-        server = subprocess.Popen([*cli, "serve"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [*cli, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(f"{base}/healthz", server)
@@ -99,12 +113,15 @@ def main() -> None:
 
     sequential = args.tasks * args.job_seconds
     print(f"{args.tasks} relayed tasks, upstream {args.job_seconds:g} s a job, one worker process")
-    print(f"  one at a time (concurrency 1):    {narrow:6.2f} s   "
-          f"(upstream alone: {sequential:g} s)")
+    print(
+        f"  one at a time (concurrency 1):    {narrow:6.2f} s   (upstream alone: {sequential:g} s)"
+    )
     print(f"  side by side (concurrency {args.tasks}):  {wide:6.2f} s")
     print(f"  ratio side by side / one at a time: {wide / narrow:.3f}")
-    print(f"  gateway time beyond the upstream's, side by side: "
-          f"{wide - args.job_seconds:.2f} s for the whole batch")
+    print(
+        f"  gateway time beyond the upstream's, side by side: "
+        f"{wide - args.job_seconds:.2f} s for the whole batch"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,12 @@ from api_bench import free_port, start_process, wait_ready  # noqa: E402
 
 CLI = [sys.executable, "-m", "openimagine"]
 # Small clips, so that two servers keep up on a shared two-core machine.
-CLIP = {"OPENIMAGINE_DURATION": "2", "OPENIMAGINE_FPS": "12", "OPENIMAGINE_RESOLUTION": "256",
-        "OPENIMAGINE_WORKERS": "1"}
+CLIP = {
+    "OPENIMAGINE_DURATION": "2",
+    "OPENIMAGINE_FPS": "12",
+    "OPENIMAGINE_RESOLUTION": "256",
+    "OPENIMAGINE_WORKERS": "1",
+}
 
 
 def noise_png() -> str:
@@ -62,8 +66,12 @@ def disk_bytes(folder: Path) -> int:
 
 
 def task_folders(files: Path) -> int:
-    return sum(1 for part in ("inputs", "outputs") if (files / part).is_dir()
-               for _ in (files / part).iterdir())
+    return sum(
+        1
+        for part in ("inputs", "outputs")
+        if (files / part).is_dir()
+        for _ in (files / part).iterdir()
+    )
 
 
 class Side:
@@ -74,21 +82,35 @@ class Side:
         self.data = root / name
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMAGINE_")}
         self.env.update(CLIP, OPENIMAGINE_DATA_DIR=str(self.data), **settings)
-        created = subprocess.run([*CLI, "accounts", "create", "bench", "--plan", "enterprise",
-                                  "--credits", "100000000", "--json"], env=self.env, check=True,
-                                 capture_output=True, text=True)
+        created = subprocess.run(
+            [
+                *CLI,
+                "accounts",
+                "create",
+                "bench",
+                "--plan",
+                "enterprise",
+                "--credits",
+                "100000000",
+                "--json",
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         headers = {"Authorization": f"Bearer {json.loads(created.stdout)['api_key']}"}
         port = free_port()
         process = start_process(stack, [*CLI, "serve", "--port", str(port)], self.env)
         url = f"http://127.0.0.1:{port}"
         wait_ready(f"{url}/healthz", process)
-        self.client = stack.enter_context(httpx.Client(base_url=url, headers=headers,
-                                                       timeout=30))
+        self.client = stack.enter_context(httpx.Client(base_url=url, headers=headers, timeout=30))
         self.submitted: list[str] = []
 
     def submit(self, image: str) -> None:
-        answer = self.client.post("/v1/generate", json={"prompt": "a lighthouse in a storm",
-                                                        "images": [image]})
+        answer = self.client.post(
+            "/v1/generate", json={"prompt": "a lighthouse in a storm", "images": [image]}
+        )
         answer.raise_for_status()
         self.submitted.append(answer.json()["data"]["task_id"])
 
@@ -101,29 +123,43 @@ class Side:
 
     def sample(self) -> tuple[int, int, float, float]:
         files = self.data / "files"
-        return (self.completed(), task_folders(files), disk_bytes(files) / 1e6,
-                disk_bytes(self.data) / 1e6)
+        return (
+            self.completed(),
+            task_folders(files),
+            disk_bytes(files) / 1e6,
+            disk_bytes(self.data) / 1e6,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=90.0, help="how long tasks are sent")
     parser.add_argument("--rate", type=float, default=1.0, help="tasks per second, each side")
-    parser.add_argument("--retention", type=float, default=10.0,
-                        help="seconds finished tasks keep their files (as days on the server)")
+    parser.add_argument(
+        "--retention",
+        type=float,
+        default=10.0,
+        help="seconds finished tasks keep their files (as days on the server)",
+    )
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     args = parser.parse_args()
     days = args.retention / 86400
 
     with tempfile.TemporaryDirectory(prefix="oi-retention-") as tmp, ExitStack() as stack:
         root = Path(tmp)
-        sides = [Side("kept", root, stack),
-                 Side("retention", root, stack, OPENIMAGINE_RETENTION_DAYS=f"{days:.10f}")]
-        print(f"retention {args.retention:g} s (OPENIMAGINE_RETENTION_DAYS={days:.10f}), "
-              f"{args.rate:g} task/s on each side for {args.seconds:g} s; each task: one "
-              f"stored PNG input (~75 KB) and two {CLIP['OPENIMAGINE_DURATION']} s videos")
-        header = (f"{'t (s)':>6} | {'side':<9} {'sent':>5} {'done':>5} {'folders':>8} "
-                  f"{'files MB':>9} {'data MB':>8}")
+        sides = [
+            Side("kept", root, stack),
+            Side("retention", root, stack, OPENIMAGINE_RETENTION_DAYS=f"{days:.10f}"),
+        ]
+        print(
+            f"retention {args.retention:g} s (OPENIMAGINE_RETENTION_DAYS={days:.10f}), "
+            f"{args.rate:g} task/s on each side for {args.seconds:g} s; each task: one "
+            f"stored PNG input (~75 KB) and two {CLIP['OPENIMAGINE_DURATION']} s videos"
+        )
+        header = (
+            f"{'t (s)':>6} | {'side':<9} {'sent':>5} {'done':>5} {'folders':>8} "
+            f"{'files MB':>9} {'data MB':>8}"
+        )
         print(header)
         print("-" * len(header))
         started = time.monotonic()
@@ -135,8 +171,11 @@ def main() -> None:
                 for side in sides:
                     done, folders, files_mb, data_mb = side.sample()
                     rows[side.name].append(files_mb)
-                    print(f"{now - started:6.0f} | {side.name:<9} {len(side.submitted):5d} "
-                          f"{done:5d} {folders:8d} {files_mb:9.2f} {data_mb:8.2f}", flush=True)
+                    print(
+                        f"{now - started:6.0f} | {side.name:<9} {len(side.submitted):5d} "
+                        f"{done:5d} {folders:8d} {files_mb:9.2f} {data_mb:8.2f}",
+                        flush=True,
+                    )
                 next_sample += args.every
             due = started + sent / args.rate
             if now >= due:
@@ -149,19 +188,25 @@ def main() -> None:
         time.sleep(min(5.0, args.retention))
         for side in sides:
             done, folders, files_mb, data_mb = side.sample()
-            print(f"{time.monotonic() - started:6.0f} | {side.name:<9} {len(side.submitted):5d} "
-                  f"{done:5d} {folders:8d} {files_mb:9.2f} {data_mb:8.2f}  (end)")
+            print(
+                f"{time.monotonic() - started:6.0f} | {side.name:<9} {len(side.submitted):5d} "
+                f"{done:5d} {folders:8d} {files_mb:9.2f} {data_mb:8.2f}  (end)"
+            )
         kept, expiring = sides
         first = expiring.status(expiring.submitted[0])
-        print(f"\nfirst task, retention side: status {first['status']}, "
-              f"files_expired={first.get('files_expired', False)}, response={first['response']}")
+        print(
+            f"\nfirst task, retention side: status {first['status']}, "
+            f"files_expired={first.get('files_expired', False)}, response={first['response']}"
+        )
         # Under load, once a retention and a janitor round have passed:
         steady = int((args.retention + 2) / args.every) + 1
         late = rows["retention"][steady:]
         if late:
-            print(f"stored files under load after {steady * args.every:g} s: with retention "
-                  f"{min(late):.2f}-{max(late):.2f} MB; kept forever "
-                  f"{rows['kept'][steady]:.2f} -> {rows['kept'][-1]:.2f} MB")
+            print(
+                f"stored files under load after {steady * args.every:g} s: with retention "
+                f"{min(late):.2f}-{max(late):.2f} MB; kept forever "
+                f"{rows['kept'][steady]:.2f} -> {rows['kept'][-1]:.2f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -45,14 +45,20 @@ from openimagine.store.models import Task
 
 import scratch
 
-POSTGRES_ADMIN_URL = os.environ.get("OPENIMAGINE_BENCH_POSTGRES_URL",
-                                    "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "OPENIMAGINE_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 AMQP_URL = os.environ.get("OPENIMAGINE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 CLI = [sys.executable, "-m", "openimagine"]
 # Tiny clips: the benchmark measures dispatch and the API, not rendering.
-COMMON = {"OPENIMAGINE_PRICE": "1", "OPENIMAGINE_RATE_LIMITS": "enterprise=100000000",
-          "OPENIMAGINE_DURATION": "0.5", "OPENIMAGINE_FPS": "8",
-          "OPENIMAGINE_RESOLUTION": "64", "OPENIMAGINE_SECRET_KEY": "bench-secret-0123456789"}
+COMMON = {
+    "OPENIMAGINE_PRICE": "1",
+    "OPENIMAGINE_RATE_LIMITS": "enterprise=100000000",
+    "OPENIMAGINE_DURATION": "0.5",
+    "OPENIMAGINE_FPS": "8",
+    "OPENIMAGINE_RESOLUTION": "64",
+    "OPENIMAGINE_SECRET_KEY": "bench-secret-0123456789",
+}
 
 
 class Setup:
@@ -62,12 +68,27 @@ class Setup:
         self.name = name
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMAGINE_")}
         self.env.update(COMMON, OPENIMAGINE_DATA_DIR=str(root / name), **settings)
-        self.database_url = settings.get("OPENIMAGINE_DATABASE_URL",
-                                         f"sqlite:///{(root / name / 'openimagine.db').resolve()}")
+        self.database_url = settings.get(
+            "OPENIMAGINE_DATABASE_URL", f"sqlite:///{(root / name / 'openimagine.db').resolve()}"
+        )
         self.stack = stack
-        created = subprocess.run([*CLI, "accounts", "create", "bench", "--plan", "enterprise",
-                                  "--credits", "100000000", "--json"], env=self.env, check=True,
-                                 capture_output=True, text=True)
+        created = subprocess.run(
+            [
+                *CLI,
+                "accounts",
+                "create",
+                "bench",
+                "--plan",
+                "enterprise",
+                "--credits",
+                "100000000",
+                "--json",
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         self.headers = {"Authorization": f"Bearer {json.loads(created.stdout)['api_key']}"}
         self.url = ""
 
@@ -81,13 +102,15 @@ class Setup:
         wait_ready(f"{self.url}/healthz", process)
 
     def run_task(self, client: httpx.Client, prompt: str) -> str:
-        response = client.post(f"{self.url}/v1/generate", json={"prompt": prompt},
-                               headers=self.headers)
+        response = client.post(
+            f"{self.url}/v1/generate", json={"prompt": prompt}, headers=self.headers
+        )
         task_id = response.json()["data"]["task_id"]
         deadline = time.monotonic() + 120
         while True:
-            status = client.get(f"{self.url}/v1/status", params={"task_id": task_id},
-                                headers=self.headers).json()["data"]["status"]
+            status = client.get(
+                f"{self.url}/v1/status", params={"task_id": task_id}, headers=self.headers
+            ).json()["data"]["status"]
             if status in ("completed", "failed"):
                 return task_id
             if time.monotonic() > deadline:
@@ -102,12 +125,14 @@ class Setup:
         db = Database(self.database_url)
         try:
             with db.read() as session:
-                rows = session.execute(select(Task.created_at, Task.started_at)
-                                       .where(Task.id.in_(task_ids))).all()
+                rows = session.execute(
+                    select(Task.created_at, Task.started_at).where(Task.id.in_(task_ids))
+                ).all()
         finally:
             db.dispose()
-        return [(started - created).total_seconds() * 1000 for created, started in rows], \
-            task_ids[-1]
+        return [(started - created).total_seconds() * 1000 for created, started in rows], task_ids[
+            -1
+        ]
 
 
 def summary(values: list[float]) -> str:
@@ -129,26 +154,31 @@ def main() -> None:
     throughput: dict[str, dict] = {}
     try:
         with ExitStack() as stack:
-            pg_embedded = stack.enter_context(scratch.postgres_database(POSTGRES_ADMIN_URL,
-                                                                        "oi_bench"))
-            pg_celery = stack.enter_context(scratch.postgres_database(POSTGRES_ADMIN_URL,
-                                                                      "oi_bench"))
+            pg_embedded = stack.enter_context(
+                scratch.postgres_database(POSTGRES_ADMIN_URL, "oi_bench")
+            )
+            pg_celery = stack.enter_context(
+                scratch.postgres_database(POSTGRES_ADMIN_URL, "oi_bench")
+            )
             amqp = stack.enter_context(scratch.rabbitmq_vhost(AMQP_URL, "oi_bench"))
 
             sqlite = Setup("embedded-sqlite", root, stack)
             sqlite.serve()
-            postgres = Setup("embedded-postgres", root, stack,
-                             OPENIMAGINE_DATABASE_URL=pg_embedded)
+            postgres = Setup("embedded-postgres", root, stack, OPENIMAGINE_DATABASE_URL=pg_embedded)
             postgres.serve()
-            celery = Setup("celery-postgres", root, stack, OPENIMAGINE_DATABASE_URL=pg_celery,
-                           OPENIMAGINE_BROKER_URL=amqp)
+            celery = Setup(
+                "celery-postgres",
+                root,
+                stack,
+                OPENIMAGINE_DATABASE_URL=pg_celery,
+                OPENIMAGINE_BROKER_URL=amqp,
+            )
             celery.serve("--no-worker")
             celery.start("worker")
 
             completed: dict[str, str] = {}
             for setup in (sqlite, postgres, celery):
-                latencies[setup.name], completed[setup.name] = setup.dispatch_latencies(
-                    args.tasks)
+                latencies[setup.name], completed[setup.name] = setup.dispatch_latencies(args.tasks)
             for setup in (sqlite, postgres):
                 url = f"{setup.url}/v1/status?task_id={completed[setup.name]}"
                 wrk(url, 2, setup.headers)  # warm up
@@ -159,19 +189,24 @@ def main() -> None:
 
     print(f"dispatch latency, submit -> claimed (ms), {args.tasks} tasks one after another")
     print(f"{'':34} {'median':>8} {'p90':>8} {'max':>8}")
-    labels = {"embedded-sqlite": "embedded, SQLite (wakeup event)",
-              "embedded-postgres": "embedded, PostgreSQL",
-              "celery-postgres": "Celery on RabbitMQ, PostgreSQL"}
+    labels = {
+        "embedded-sqlite": "embedded, SQLite (wakeup event)",
+        "embedded-postgres": "embedded, PostgreSQL",
+        "celery-postgres": "Celery on RabbitMQ, PostgreSQL",
+    }
     for name, values in latencies.items():
         print(f"{labels[name]:34} {summary(values)}")
     print()
-    print(f"GET /v1/status of a completed task (wrk: {THREADS} thread, {CONNECTIONS} connections, "
-          f"{args.seconds} s, best of 2)")
+    print(
+        f"GET /v1/status of a completed task (wrk: {THREADS} thread, {CONNECTIONS} connections, "
+        f"{args.seconds} s, best of 2)"
+    )
     print(f"{'':34} {'req/s':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for name in ("embedded-sqlite", "embedded-postgres"):
         result = throughput[name]
-        print(f"{labels[name]:34} {result['rps']:8.0f} {result['p99_ms']:8.2f} "
-              f"{result['non_2xx']:8d}")
+        print(
+            f"{labels[name]:34} {result['rps']:8.0f} {result['p99_ms']:8.2f} {result['non_2xx']:8d}"
+        )
 
 
 if __name__ == "__main__":

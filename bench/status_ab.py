@@ -48,8 +48,12 @@ def main() -> None:
                 side = ab.Deployment(name, root, stack, PYTHONPATH=str(Path(src).resolve()))
                 port = ab.free_port()
                 log = (root / f"{name}.log").open("w")  # the access lines go somewhere real
-                process = subprocess.Popen([*ab.CLI, "serve", "--port", str(port)], env=side.env,
-                                           stdout=subprocess.DEVNULL, stderr=log)
+                process = subprocess.Popen(
+                    [*ab.CLI, "serve", "--port", str(port)],
+                    env=side.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
                 stack.callback(lambda p=process: (p.terminate(), p.wait(timeout=30)))
                 side.url = f"http://127.0.0.1:{port}"
                 ab.wait_ready(f"{side.url}/healthz", process)
@@ -64,27 +68,36 @@ def main() -> None:
                 for name, (url, headers, pid) in targets.items():
                     used = cpu_seconds(pid)
                     result = ab.wrk(url, args.seconds, headers)
-                    result["cpu_us"] = ((cpu_seconds(pid) - used)
-                                        / (result["rps"] * args.seconds) * 1e6)
+                    result["cpu_us"] = (
+                        (cpu_seconds(pid) - used) / (result["rps"] * args.seconds) * 1e6
+                    )
                     runs[name].append(result)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"wrk: {ab.THREADS} thread, {ab.CONNECTIONS} connections, {args.seconds:g} s per run, "
-          f"{args.rounds} alternating rounds")
-    print(f"{'':16} {'best req/s':>10} {'median':>8} {'p99 ms':>7} {'CPU us/req':>10}  "
-          "req/s per round")
+    print(
+        f"wrk: {ab.THREADS} thread, {ab.CONNECTIONS} connections, {args.seconds:g} s per run, "
+        f"{args.rounds} alternating rounds"
+    )
+    print(
+        f"{'':16} {'best req/s':>10} {'median':>8} {'p99 ms':>7} {'CPU us/req':>10}  "
+        "req/s per round"
+    )
     for name, results in runs.items():
         best = max(results, key=lambda r: r["rps"])
         middle = len(results) // 2
-        print(f"{name:16} {best['rps']:10.0f} {sorted(r['rps'] for r in results)[middle]:8.0f} "
-              f"{best['p99_ms']:7.2f} {sorted(r['cpu_us'] for r in results)[middle]:10.1f}  "
-              + " ".join(f"{r['rps']:.0f}" for r in results))
+        print(
+            f"{name:16} {best['rps']:10.0f} {sorted(r['rps'] for r in results)[middle]:8.0f} "
+            f"{best['p99_ms']:7.2f} {sorted(r['cpu_us'] for r in results)[middle]:10.1f}  "
+            + " ".join(f"{r['rps']:.0f}" for r in results)
+        )
     for kind in ("status", "videos"):
         before, after = runs[f"before {kind}"], runs[f"after {kind}"]
         middle = len(before) // 2
-        print(f"after / before, {kind}: best req/s "
-              f"{max(r['rps'] for r in after) / max(r['rps'] for r in before):.3f}, median CPU "
-              f"per request {sorted(r['cpu_us'] for r in after)[middle] / sorted(r['cpu_us'] for r in before)[middle]:.3f}")
+        print(
+            f"after / before, {kind}: best req/s "
+            f"{max(r['rps'] for r in after) / max(r['rps'] for r in before):.3f}, median CPU "
+            f"per request {sorted(r['cpu_us'] for r in after)[middle] / sorted(r['cpu_us'] for r in before)[middle]:.3f}"
+        )
 
 
 if __name__ == "__main__":

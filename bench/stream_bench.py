@@ -37,8 +37,13 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-async def follow(client: httpx.AsyncClient, task_id: str, opened: asyncio.Event,
-                 counter: list[int], finals: list[float]) -> None:
+async def follow(
+    client: httpx.AsyncClient,
+    task_id: str,
+    opened: asyncio.Event,
+    counter: list[int],
+    finals: list[float],
+) -> None:
     async with client.stream("GET", "/v1/status/stream", params={"task_id": task_id}) as answer:
         if answer.status_code != 200:
             raise RuntimeError(f"stream refused: {answer.status_code}")
@@ -53,15 +58,20 @@ async def follow(client: httpx.AsyncClient, task_id: str, opened: asyncio.Event,
 async def run(base: str, key: str, pid: int, streams: int, task_ids: list[str]) -> None:
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=streams + 10)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
-                                 timeout=httpx.Timeout(120, connect=60)) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, limits=limits, timeout=httpx.Timeout(120, connect=60)
+    ) as client:
         idle = rss_mib(pid)
         opened = asyncio.Event()
         counter = [0, streams]
         finals: list[float] = []
         started = time.monotonic()
-        followers = [asyncio.create_task(follow(client, task_ids[n % len(task_ids)], opened,
-                                                counter, finals)) for n in range(streams)]
+        followers = [
+            asyncio.create_task(
+                follow(client, task_ids[n % len(task_ids)], opened, counter, finals)
+            )
+            for n in range(streams)
+        ]
         await asyncio.wait_for(opened.wait(), 300)
         open_seconds = time.monotonic() - started
         await asyncio.sleep(3)  # let the server settle with every stream open
@@ -75,8 +85,9 @@ async def run(base: str, key: str, pid: int, streams: int, task_ids: list[str]) 
         # A connection per cancel: a kept-alive one can be closed by the server's
         # keep-alive timer just as the next request goes out, while this busy
         # process reads 2,000 streams (seen as a rare ReadError).
-        async with httpx.AsyncClient(base_url=base, headers={**headers, "Connection": "close"},
-                                     timeout=60) as other:
+        async with httpx.AsyncClient(
+            base_url=base, headers={**headers, "Connection": "close"}, timeout=60
+        ) as other:
             for task_id in task_ids:
                 answer = await other.post("/v1/cancel", json={"task_id": task_id})
                 assert answer.status_code == 200, answer.text
@@ -86,8 +97,10 @@ async def run(base: str, key: str, pid: int, streams: int, task_ids: list[str]) 
     print(f"{streams} open streams over {len(task_ids)} tasks on one API process")
     print(f"  opened in                      {open_seconds:8.2f} s")
     print(f"  server RSS idle                {idle:8.1f} MiB")
-    print(f"  server RSS with streams open   {loaded:8.1f} MiB "
-          f"(+{(loaded - idle) * 1024 / streams:.1f} KiB a stream)")
+    print(
+        f"  server RSS with streams open   {loaded:8.1f} MiB "
+        f"(+{(loaded - idle) * 1024 / streams:.1f} KiB a stream)"
+    )
     print(f"  a status poll meanwhile        {poll_ms:8.1f} ms")
     print(f"  final events received          {len(finals):8d} of {streams}")
     print(f"  {len(task_ids)} cancels, one after another {cancelled - cancel_started:8.2f} s")
@@ -105,23 +118,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="openimagine-streams-") as folder:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMAGINE_")}
-        env.update(OPENIMAGINE_DATA_DIR=f"{folder}/data", OPENIMAGINE_PORT=str(port),
-                   OPENIMAGINE_RATE_LIMITS="enterprise=100000000",
-                   OPENIMAGINE_MAX_IN_FLIGHT=f"enterprise={args.tasks + 10}")
+        env.update(
+            OPENIMAGINE_DATA_DIR=f"{folder}/data",
+            OPENIMAGINE_PORT=str(port),
+            OPENIMAGINE_RATE_LIMITS="enterprise=100000000",
+            OPENIMAGINE_MAX_IN_FLIGHT=f"enterprise={args.tasks + 10}",
+        )
         cli = [sys.executable, "-m", "openimagine"]
-        created = subprocess.run([*cli, "accounts", "create", "bench", "--plan", "enterprise",
-                                  "--credits", "100000000", "--json"], env=env, check=True,
-                                 capture_output=True, text=True)
+        created = subprocess.run(
+            [
+                *cli,
+                "accounts",
+                "create",
+                "bench",
+                "--plan",
+                "enterprise",
+                "--credits",
+                "100000000",
+                "--json",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         key = json.loads(created.stdout)["api_key"]
         log = Path(folder) / "server.log"
-        server = subprocess.Popen([*cli, "serve", "--no-worker"], env=env,
-                                  stdout=log.open("w"), stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [*cli, "serve", "--no-worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(f"{base}/healthz", server)
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as c:
-                task_ids = [c.post("/v1/generate", json={"prompt": f"clip {n}"}).json()[
-                    "data"]["task_id"] for n in range(args.tasks)]
+                task_ids = [
+                    c.post("/v1/generate", json={"prompt": f"clip {n}"}).json()["data"]["task_id"]
+                    for n in range(args.tasks)
+                ]
             asyncio.run(run(base, key, server.pid, args.streams, task_ids))
         except BaseException:
             print(f"the server said:\n{log.read_text()[-3000:]}", file=sys.stderr)

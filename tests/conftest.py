@@ -48,17 +48,22 @@ def free_port() -> int:
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"data_dir": tmp_path / "data", "secret_key": "test-secret-key-0123456789",
-                              **FAST}
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "secret_key": "test-secret-key-0123456789",
+        **FAST,
+    }
     values.update(overrides)
     return Settings(**values)
 
 
-def make_account(db: Database, *, name: str | None = None, plan: str = "pro",
-                 credits: int = 1000) -> str:
+def make_account(
+    db: Database, *, name: str | None = None, plan: str = "pro", credits: int = 1000
+) -> str:
     """A new account; returns its API key."""
-    _, key = accounts.create_account(db, name or f"acct-{os.urandom(4).hex()}", plan=plan,
-                                     credits=credits)
+    _, key = accounts.create_account(
+        db, name or f"acct-{os.urandom(4).hex()}", plan=plan, credits=credits
+    )
     return key
 
 
@@ -67,8 +72,7 @@ def make_principal(db: Database, credits: int = 1000) -> Principal:
     name = f"acct-{os.urandom(4).hex()}"
     make_account(db, name=name, credits=credits)
     with db.read() as session:
-        row = session.execute(select(Account.id, Account.plan)
-                              .where(Account.name == name)).one()
+        row = session.execute(select(Account.id, Account.plan).where(Account.name == name)).one()
     return Principal(account_id=row.id, plan=row.plan)
 
 
@@ -77,15 +81,29 @@ TASK_ENGINE = "preview"
 TASK_PRICE = 40
 
 
-def submit_task(db: Database, principal: Principal, prompt: str = "a red fox in the snow", *,
-                engine: str = TASK_ENGINE, price: int = TASK_PRICE) -> str:
+def submit_task(
+    db: Database,
+    principal: Principal,
+    prompt: str = "a red fox in the snow",
+    *,
+    engine: str = TASK_ENGINE,
+    price: int = TASK_PRICE,
+) -> str:
     """A task submitted through the service layer (debit and row in one transaction)."""
-    return tasks.submit(db, principal, tasks.NewTask(prompt, "normal", "1:1", []),
-                        task_id=tasks.new_task_id(), model=engine, engine=engine, price=price)
+    return tasks.submit(
+        db,
+        principal,
+        tasks.NewTask(prompt, "normal", "1:1", []),
+        task_id=tasks.new_task_id(),
+        model=engine,
+        engine=engine,
+        price=price,
+    )
 
 
-def race_submissions(db: Database, principals: list[Principal], attempts: int,
-                     **caps: int | None) -> Counter[str]:
+def race_submissions(
+    db: Database, principals: list[Principal], attempts: int, **caps: int | None
+) -> Counter[str]:
     """``attempts`` submissions of ``submit_task``'s kind from 16 threads at once (the
     first 16 released together), round the ``principals``; outcomes by kind: "ok",
     "429" (the account's in-flight cap), "503" (the model's queue cap)."""
@@ -95,10 +113,16 @@ def race_submissions(db: Database, principals: list[Principal], attempts: int,
         if n < 16:
             barrier.wait()
         try:
-            tasks.submit(db, principals[n % len(principals)],
-                         tasks.NewTask(f"race {n}", "normal", "1:1", []),
-                         task_id=tasks.new_task_id(), model=TASK_ENGINE, engine=TASK_ENGINE,
-                         price=TASK_PRICE, **caps)
+            tasks.submit(
+                db,
+                principals[n % len(principals)],
+                tasks.NewTask(f"race {n}", "normal", "1:1", []),
+                task_id=tasks.new_task_id(),
+                model=TASK_ENGINE,
+                engine=TASK_ENGINE,
+                price=TASK_PRICE,
+                **caps,
+            )
             return "ok"
         except TooManyTasks:
             return "429"
@@ -112,17 +136,25 @@ def race_submissions(db: Database, principals: list[Principal], attempts: int,
 def expire_lease(db: Database, task_id: str) -> None:
     """Make the lease run out now (as if the worker stopped heartbeating long ago)."""
     with db.write() as session:
-        session.execute(update(Task).where(Task.id == task_id)
-                        .values(lease_expires_at=utcnow() - timedelta(seconds=5)))
+        session.execute(
+            update(Task)
+            .where(Task.id == task_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=5))
+        )
 
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def wait_for_task(client: httpx.Client, key: str, task_id: str, *,
-                  until: tuple[str, ...] = ("completed", "failed"),
-                  timeout: float = 60.0) -> dict:
+def wait_for_task(
+    client: httpx.Client,
+    key: str,
+    task_id: str,
+    *,
+    until: tuple[str, ...] = ("completed", "failed"),
+    timeout: float = 60.0,
+) -> dict:
     """Poll ``/v1/status`` until the task reaches one of ``until``; returns ``data``."""
     deadline = time.monotonic() + timeout
     data: dict = {}
@@ -155,10 +187,18 @@ class Server:
         return wait_for_task(self.client, key, task_id, **kwargs)
 
 
-def _serve_in_thread(settings: Settings, run_workers: bool | None) -> tuple[str, Callable[[], None]]:
+def _serve_in_thread(
+    settings: Settings, run_workers: bool | None
+) -> tuple[str, Callable[[], None]]:
     app = create_app(settings, run_workers=run_workers)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
-                            access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -208,8 +248,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     stops: list[Callable[[], None]] = []
 
     def start(run_workers: bool | None = None, **overrides: Any) -> Server:
-        server = launch_server(make_settings(tmp_path, port=free_port(), **overrides),
-                               run_workers)
+        server = launch_server(make_settings(tmp_path, port=free_port(), **overrides), run_workers)
         stops.append(server.stop)
         return server
 
@@ -269,10 +308,17 @@ def openimagine_env(data_dir: Path, **settings: Any) -> dict[str, str]:
 
 def run_cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """``python -m openimagine ARGS`` as a real subprocess."""
-    result = subprocess.run([sys.executable, "-m", "openimagine", *args], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "openimagine", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"openimagine {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"openimagine {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -285,8 +331,12 @@ def spawn_server(tmp_path: Path) -> Iterator[Callable[..., Spawned]]:
         port = settings.pop("port", None) or free_port()
         env = openimagine_env(data_dir or tmp_path / "data", port=port, **settings)
         log = tmp_path / f"serve-{port}-{len(spawned)}.log"
-        process = subprocess.Popen([sys.executable, "-m", "openimagine", "serve", *args], env=env,
-                                   stdout=log.open("w"), stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "openimagine", "serve", *args],
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         base_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:

@@ -70,9 +70,22 @@ def server_env(data_dir: Path, port: int) -> dict[str, str]:
 
 def create_key(env: dict[str, str]) -> str:
     out = subprocess.run(
-        [str(BIN / "openimagine"), "accounts", "create", "fuzz", "--plan", "enterprise",
-         "--credits", str(BIG), "--json"],
-        env=env, check=True, capture_output=True, text=True).stdout
+        [
+            str(BIN / "openimagine"),
+            "accounts",
+            "create",
+            "fuzz",
+            "--plan",
+            "enterprise",
+            "--credits",
+            str(BIG),
+            "--json",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)["api_key"]
 
 
@@ -92,11 +105,17 @@ def wait_ready(base: str, server: subprocess.Popen, seconds: float = 60) -> None
 
 def schemathesis_command(base: str, key: str) -> list[str]:
     command = [
-        str(BIN / "schemathesis"), "run", f"{base}/openapi.json",
-        "--checks", "all",
-        "--header", f"Authorization: Bearer {key}",
-        "--max-examples", os.environ.get("FUZZ_EXAMPLES", "25"),
-        "--request-timeout", "30",
+        str(BIN / "schemathesis"),
+        "run",
+        f"{base}/openapi.json",
+        "--checks",
+        "all",
+        "--header",
+        f"Authorization: Bearer {key}",
+        "--max-examples",
+        os.environ.get("FUZZ_EXAMPLES", "25"),
+        "--request-timeout",
+        "30",
         "--no-color",
     ]
     if os.environ.get("FUZZ_SEED"):
@@ -112,8 +131,9 @@ def main() -> int:
         key = create_key(env)
         log_path = Path(tmp) / "server.log"
         with log_path.open("wb") as log:
-            server = subprocess.Popen([str(BIN / "openimagine"), "serve"], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT)
+            server = subprocess.Popen(
+                [str(BIN / "openimagine"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
             try:
                 try:
                     wait_ready(base, server)
@@ -123,8 +143,9 @@ def main() -> int:
                 command = schemathesis_command(base, key)
                 print("fuzz:", shlex.join(command).replace(key, "oi_..."), flush=True)
                 hooks = Path(__file__).with_name("fuzz_hooks.py")
-                code = subprocess.call(command, env={**os.environ,
-                                                     "SCHEMATHESIS_HOOKS": str(hooks)})
+                code = subprocess.call(
+                    command, env={**os.environ, "SCHEMATHESIS_HOOKS": str(hooks)}
+                )
             finally:
                 server.send_signal(signal.SIGTERM)
                 try:

@@ -39,8 +39,9 @@ def postgres_database(admin_url: str, prefix: str = "oi_test") -> Iterator[str]:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001 - any failure means: no PostgreSQL here
         engine.dispose()
-        raise Unavailable("PostgreSQL",
-                          f"{admin.render_as_string(hide_password=True)}: {exc}") from exc
+        raise Unavailable(
+            "PostgreSQL", f"{admin.render_as_string(hide_password=True)}: {exc}"
+        ) from exc
     try:
         yield admin.set(database=name).render_as_string(hide_password=False)
     finally:
@@ -73,8 +74,9 @@ def rabbitmq_vhost(amqp_url: str, prefix: str = "oi_test") -> Iterator[str]:
         _rabbitmqctl("add_vhost", vhost)
         _rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
     except (subprocess.SubprocessError, OSError) as exc:
-        raise Unavailable("RabbitMQ",
-                          f"cannot create a virtual host with rabbitmqctl: {exc}") from exc
+        raise Unavailable(
+            "RabbitMQ", f"cannot create a virtual host with rabbitmqctl: {exc}"
+        ) from exc
     try:
         yield f"{amqp_url.rstrip('/')}/{vhost}"
     finally:

@@ -24,7 +24,8 @@ from conftest import (
 
 
 def test_account_shows_plan_balance_rate_limit_and_recent_usage(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(rate_limits="free=100,pro=1000,enterprise=5000")
     key = server.account(plan="pro", credits=200)
     ids = [server.generate(key).json()["data"]["task_id"] for _ in range(3)]
@@ -46,8 +47,9 @@ def test_account_shows_plan_balance_rate_limit_and_recent_usage(
     recent = data["usage"]["recent_tasks"]
     assert {t["task_id"] for t in recent} == set(ids)
     assert all(t["status"] == "completed" and t["created_at"].endswith("Z") for t in recent)
-    assert [t["created_at"] for t in recent] == sorted((t["created_at"] for t in recent),
-                                                       reverse=True)
+    assert [t["created_at"] for t in recent] == sorted(
+        (t["created_at"] for t in recent), reverse=True
+    )
 
 
 def test_account_lists_at_most_ten_recent_tasks_of_its_own(server: Server) -> None:
@@ -72,10 +74,15 @@ def test_account_needs_a_key(server: Server) -> None:
 
 def test_account_figures_are_exact_after_debits_and_refunds(server: Server) -> None:
     key = server.account(name="mixed-usage", plan="pro", credits=400)
-    ids = [server.generate(key, prompt=prompt).json()["data"]["task_id"]
-           for prompt in ("a calm lake", "jailbait", "a red fox")]  # the second is refused
+    ids = [
+        server.generate(key, prompt=prompt).json()["data"]["task_id"]
+        for prompt in ("a calm lake", "jailbait", "a red fox")
+    ]  # the second is refused
     assert [server.wait(key, task_id)["status"] for task_id in ids] == [
-        "completed", "failed", "completed"]
+        "completed",
+        "failed",
+        "completed",
+    ]
 
     data = server.client.get("/v1/account", headers=auth(key)).json()["data"]
     assert data["balance"] == 400 - 2 * 40
@@ -107,12 +114,17 @@ def test_usage_is_counted_through_every_transition_whoever_makes_it(tmp_path: Pa
         assert lifecycle.reap_expired(db, max_attempts=3) == (1, 0)
         next_claim()  # left running
         with db.write() as session:  # an operator's fix by hand
-            session.execute(text("UPDATE tasks SET status = 'completed' WHERE id = "
-                                 "(SELECT id FROM tasks WHERE status = 'pending' LIMIT 1)"))
+            session.execute(
+                text(
+                    "UPDATE tasks SET status = 'completed' WHERE id = "
+                    "(SELECT id FROM tasks WHERE status = 'pending' LIMIT 1)"
+                )
+            )
         assert_usage_matches_history(db, principal.account_id)
         assert_usage_matches_history(db, other.account_id)
-        usage = [accounts.summary(db, account_id=who.account_id)["usage"]
-                 for who in (principal, other)]
+        usage = [
+            accounts.summary(db, account_id=who.account_id)["usage"] for who in (principal, other)
+        ]
         assert [sum(u["tasks"].values()) for u in usage] == [6, 1]
         # Seven debits, one refund (whichever account the failed claim was of).
         assert sum(u["credits_spent"] for u in usage) == 6 * 40
@@ -123,13 +135,24 @@ def test_usage_is_counted_through_every_transition_whoever_makes_it(tmp_path: Pa
 def assert_usage_matches_history(db: Database, account_id: int) -> None:
     """The kept counters equal a count of the account's tasks and ledger."""
     with db.read() as session:
-        counted = dict(session.execute(select(Task.status, func.count())
-                                       .where(Task.account_id == account_id)
-                                       .group_by(Task.status)).all())
-        spent = -int(session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0))
-                                    .where(LedgerEntry.account_id == account_id,
-                                           LedgerEntry.kind.in_(("debit", "refund")))) or 0)
+        counted = dict(
+            session.execute(
+                select(Task.status, func.count())
+                .where(Task.account_id == account_id)
+                .group_by(Task.status)
+            ).all()
+        )
+        spent = -int(
+            session.scalar(
+                select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+                    LedgerEntry.account_id == account_id, LedgerEntry.kind.in_(("debit", "refund"))
+                )
+            )
+            or 0
+        )
     usage = accounts.summary(db, account_id=account_id)["usage"]
-    assert usage["tasks"] == {status: counted.get(status, 0)
-                              for status in ("pending", "processing", "completed", "failed")}
+    assert usage["tasks"] == {
+        status: counted.get(status, 0)
+        for status in ("pending", "processing", "completed", "failed")
+    }
     assert usage["credits_spent"] == spent

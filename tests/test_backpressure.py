@@ -40,9 +40,16 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 def submit(db: Database, principal: Principal, **caps: int | None) -> str:
-    return tasks.submit(db, principal, tasks.NewTask("a fox", "normal", "1:1", []),
-                        task_id=tasks.new_task_id(), model=TASK_ENGINE, engine=TASK_ENGINE,
-                        price=PRICE, **caps)
+    return tasks.submit(
+        db,
+        principal,
+        tasks.NewTask("a fox", "normal", "1:1", []),
+        task_id=tasks.new_task_id(),
+        model=TASK_ENGINE,
+        engine=TASK_ENGINE,
+        price=PRICE,
+        **caps,
+    )
 
 
 def finish_one(db: Database) -> None:
@@ -54,16 +61,21 @@ def finish_one(db: Database) -> None:
 
 def task_and_debit_counts(db: Database) -> tuple[int, int]:
     with db.read() as session:
-        return (session.scalar(select(func.count()).select_from(Task)) or 0,
-                session.scalar(select(func.count()).select_from(LedgerEntry)
-                               .where(LedgerEntry.kind == "debit")) or 0)
+        return (
+            session.scalar(select(func.count()).select_from(Task)) or 0,
+            session.scalar(
+                select(func.count()).select_from(LedgerEntry).where(LedgerEntry.kind == "debit")
+            )
+            or 0,
+        )
 
 
 # --- the in-flight cap ---------------------------------------------------------------------
 
 
 def test_the_plan_caps_unfinished_tasks_and_a_finished_one_frees_a_place(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False)
     key = server.account(name="small", plan="free", credits=1000)
     assert [server.generate(key).status_code for _ in range(2)] == [200, 200]
@@ -86,13 +98,15 @@ def test_the_plan_caps_unfinished_tasks_and_a_finished_one_frees_a_place(
 
 
 def test_the_cap_counts_running_tasks_and_is_per_account(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False, max_in_flight="pro=2")
     first, second = server.account(plan="pro"), server.account(plan="pro")
     assert server.generate(first).status_code == 200
     # Running still counts: a claimed task is unfinished.
-    assert lifecycle.claim_next(server.db, owner="w", model=TASK_ENGINE,
-                                lease_seconds=60) is not None
+    assert (
+        lifecycle.claim_next(server.db, owner="w", model=TASK_ENGINE, lease_seconds=60) is not None
+    )
     assert server.generate(first).status_code == 200
     assert server.generate(first).status_code == 429
     # Another account of the same plan has its own places.
@@ -129,7 +143,8 @@ def test_max_in_flight_is_set_per_plan_in_the_environment_form() -> None:
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_debits_nothing(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False, max_queue=2)
     keys = [server.account(name=f"q{n}") for n in range(3)]
     assert [server.generate(key).status_code for key in keys[:2]] == [200, 200]
@@ -143,17 +158,21 @@ def test_a_full_queue_answers_503_with_retry_after_and_debits_nothing(
     assert task_and_debit_counts(server.db) == (2, 2)
 
     # Running tasks are not waiting: a claim makes room.
-    assert lifecycle.claim_next(server.db, owner="w", model=TASK_ENGINE,
-                                lease_seconds=60) is not None
+    assert (
+        lifecycle.claim_next(server.db, owner="w", model=TASK_ENGINE, lease_seconds=60) is not None
+    )
     assert server.generate(keys[2]).status_code == 200
 
 
 def test_each_model_of_a_models_file_has_its_own_queue_cap(
-        start_server: Callable[..., Server], tmp_path: Path) -> None:
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
     path = tmp_path / "models.toml"
-    path.write_text('default = "small"\n'
-                    '[models.small]\nengine = "preview"\nmax_queue = 1\n'
-                    '[models.big]\nengine = "preview"\n')
+    path.write_text(
+        'default = "small"\n'
+        '[models.small]\nengine = "preview"\nmax_queue = 1\n'
+        '[models.big]\nengine = "preview"\n'
+    )
     server = start_server(run_workers=False, models_file=path)
     key = server.account()
     assert server.generate(key).status_code == 200
@@ -182,13 +201,15 @@ def test_max_queue_in_the_models_file_is_checked(tmp_path: Path) -> None:
 
 
 def test_the_openai_face_answers_the_caps_in_its_own_error_shape(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False)
     key = server.account(plan="free")
 
     def create() -> httpx.Response:
-        return server.client.post("/v1/videos", json={"prompt": "a fox in the snow"},
-                                  headers=auth(key))
+        return server.client.post(
+            "/v1/videos", json={"prompt": "a fox in the snow"}, headers=auth(key)
+        )
 
     assert [create().status_code for _ in range(2)] == [200, 200]
     refused = create()

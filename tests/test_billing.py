@@ -33,8 +33,9 @@ def image_bytes(fmt: str) -> bytes:
 
 
 def data_uri(fmt: str, subtype: str | None = None) -> str:
-    return (f"data:image/{subtype or fmt.lower()};base64,"
-            + base64.b64encode(image_bytes(fmt)).decode())
+    return (
+        f"data:image/{subtype or fmt.lower()};base64," + base64.b64encode(image_bytes(fmt)).decode()
+    )
 
 
 def account_id(server: Server, name: str) -> int:
@@ -44,9 +45,13 @@ def account_id(server: Server, name: str) -> int:
 
 def ledger(server: Server, name: str) -> list[LedgerEntry]:
     with server.db.read() as session:
-        return list(session.scalars(
-            select(LedgerEntry).where(LedgerEntry.account_id == account_id(server, name))
-            .order_by(LedgerEntry.id)))
+        return list(
+            session.scalars(
+                select(LedgerEntry)
+                .where(LedgerEntry.account_id == account_id(server, name))
+                .order_by(LedgerEntry.id)
+            )
+        )
 
 
 def assert_ledger_consistent(server: Server, name: str) -> None:
@@ -59,8 +64,12 @@ def assert_ledger_consistent(server: Server, name: str) -> None:
     kinds = Counter((entry.task_id, entry.kind) for entry in entries if entry.task_id)
     assert all(count == 1 for count in kinds.values()), kinds
     with server.db.read() as session:
-        tasks = {t.id: t for t in session.scalars(
-            select(Task).where(Task.account_id == account_id(server, name)))}
+        tasks = {
+            t.id: t
+            for t in session.scalars(
+                select(Task).where(Task.account_id == account_id(server, name))
+            )
+        }
     for task_id, task in tasks.items():
         assert kinds[(task_id, "debit")] == 1, task_id
         debit = next(e for e in entries if e.task_id == task_id and e.kind == "debit")
@@ -99,8 +108,9 @@ def test_the_price_is_debited_at_submission(start_server: Callable[..., Server])
     key = server.account(name="payer", credits=100)
     task_id = submit(server, key)
     assert balance(server, "payer") == 93
-    data = server.client.get("/v1/status", params={"task_id": task_id},
-                             headers=auth(key)).json()["data"]
+    data = server.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key)).json()[
+        "data"
+    ]
     assert data["status"] == "pending"
     assert data["consumed_credits"] == 7
     debits = [e for e in ledger(server, "payer") if e.kind == "debit"]
@@ -174,8 +184,9 @@ def image_host() -> Iterator[str]:
         httpd.server_close()
 
 
-def assert_refunded(server: Server, key: str, name: str, task_id: str, message: str,
-                    credits: int) -> None:
+def assert_refunded(
+    server: Server, key: str, name: str, task_id: str, message: str, credits: int
+) -> None:
     data = server.wait(key, task_id)
     assert data["status"] == "failed", data
     assert data["error_message"] == message
@@ -207,17 +218,25 @@ def test_an_unreachable_image_url_is_refunded(start_server: Callable[..., Server
     assert_refunded(server, key, "offline", task_id, NETWORK, 100)
 
 
-def test_an_image_url_answering_404_is_refunded(start_server: Callable[..., Server],
-                                                image_host: str) -> None:
+def test_an_image_url_answering_404_is_refunded(
+    start_server: Callable[..., Server], image_host: str
+) -> None:
     server = start_server(allow_private_urls=True)
     key = server.account(name="gone", credits=100)
     task_id = submit(server, key, images=[f"{image_host}/missing.png"])
     assert_refunded(server, key, "gone", task_id, NETWORK, 100)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x.png", "http://10.0.0.1/x.png",
-                                 "http://169.254.169.254/latest/meta-data/",
-                                 "http://[::1]/x.png", "http://localhost/x.png"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x.png",
+        "http://10.0.0.1/x.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/x.png",
+        "http://localhost/x.png",
+    ],
+)
 def test_a_private_address_is_refused_and_refunded(server: Server, url: str) -> None:
     key = server.account(name="ssrf", credits=100)
     task_id = submit(server, key, images=[url])
@@ -225,7 +244,8 @@ def test_a_private_address_is_refused_and_refunded(server: Server, url: str) -> 
 
 
 def test_a_private_address_is_refused_even_when_it_serves_an_image(
-        server: Server, image_host: str) -> None:
+    server: Server, image_host: str
+) -> None:
     """allow_private_urls is off by default: a loopback image host is never fetched."""
     key = server.account(name="ssrf-live", credits=100)
     task_id = submit(server, key, images=[f"{image_host}/cat.png"])
@@ -248,8 +268,9 @@ def test_bytes_that_lie_about_their_type_are_refunded(server: Server) -> None:
 def test_a_truncated_png_is_refunded(server: Server) -> None:
     key = server.account(name="truncated", credits=100)
     truncated = image_bytes("PNG")[:40]
-    task_id = submit(server, key,
-                     images=["data:image/png;base64," + base64.b64encode(truncated).decode()])
+    task_id = submit(
+        server, key, images=["data:image/png;base64," + base64.b64encode(truncated).decode()]
+    )
     assert_refunded(server, key, "truncated", task_id, UNSUPPORTED, 100)
 
 
@@ -307,8 +328,9 @@ def test_concurrent_submissions_never_overdraw(start_server: Callable[..., Serve
             client.get("/healthz")
             barrier.wait(timeout=30)
             try:
-                results[index] = client.post("/v1/generate", json={"prompt": f"race {index}"},
-                                             headers=auth(key))
+                results[index] = client.post(
+                    "/v1/generate", json={"prompt": f"race {index}"}, headers=auth(key)
+                )
             except BaseException as exc:  # noqa: BLE001 - reported below
                 results[index] = exc
 
@@ -331,14 +353,18 @@ def test_concurrent_submissions_never_overdraw(start_server: Callable[..., Serve
     assert summary["balance"] == 0
     assert summary["usage"]["tasks"]["pending"] == 5
     with server.db.read() as session:
-        count = session.scalar(select(func.count()).select_from(Task)
-                               .where(Task.account_id == account_id(server, name)))
+        count = session.scalar(
+            select(func.count())
+            .select_from(Task)
+            .where(Task.account_id == account_id(server, name))
+        )
     assert count == 5
     assert_ledger_consistent(server, name)
 
 
 def test_concurrent_submissions_from_two_keys_share_one_balance(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False, price=40)
     first = server.account(name="shared", credits=120)
     second = accounts.create_key(server.db, "shared")
@@ -354,8 +380,7 @@ def test_concurrent_submissions_from_two_keys_share_one_balance(
             with lock:
                 codes.append(code)
 
-    threads = [threading.Thread(target=fire, args=(first if i % 2 else second,))
-               for i in range(12)]
+    threads = [threading.Thread(target=fire, args=(first if i % 2 else second,)) for i in range(12)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -91,8 +91,7 @@ def test_an_unknown_plan_is_a_clean_error_and_creates_nothing(env: dict[str, str
 
 
 def test_showing_an_unknown_account_is_a_clean_error(env: dict[str, str]) -> None:
-    assert_clean_error(run_cli(env, "accounts", "show", "nobody", "--json", check=False),
-                       "nobody")
+    assert_clean_error(run_cli(env, "accounts", "show", "nobody", "--json", check=False), "nobody")
 
 
 def test_credits_grant_adds_to_the_balance(env: dict[str, str]) -> None:
@@ -112,7 +111,8 @@ def test_credits_grant_adds_to_the_balance(env: dict[str, str]) -> None:
 
 
 def test_keys_create_list_and_revoke_against_a_running_server(
-        tmp_path: Path, env: dict[str, str], spawn_server: Callable[..., Spawned]) -> None:
+    tmp_path: Path, env: dict[str, str], spawn_server: Callable[..., Spawned]
+) -> None:
     first_key = create(env, "acme", "--plan", "pro", "--credits", "100")["api_key"]
     created = json.loads(run_cli(env, "keys", "create", "acme", "--json").stdout)
     second_key = created["api_key"]
@@ -135,14 +135,17 @@ def test_keys_create_list_and_revoke_against_a_running_server(
     server = spawn_server(tmp_path / "data")
     client = httpx.Client(base_url=server.base_url, timeout=30)
     try:
+
         def answer(key: str) -> int:
-            return client.get("/v1/status", params={"task_id": "task_doesnotexist"},
-                              headers=auth(key)).status_code
+            return client.get(
+                "/v1/status", params={"task_id": "task_doesnotexist"}, headers=auth(key)
+            ).status_code
 
         assert answer(first_key) == 404 and answer(second_key) == 404  # both valid
         run_cli(env, "keys", "revoke", keys[1]["prefix"])
-        response = client.get("/v1/status", params={"task_id": "task_doesnotexist"},
-                              headers=auth(second_key))
+        response = client.get(
+            "/v1/status", params={"task_id": "task_doesnotexist"}, headers=auth(second_key)
+        )
         assert response.status_code == 401  # at once, in the running server
         assert response.json()["error"] == "UNAUTHORIZED"
         assert answer(first_key) == 404  # the account's other key still works
@@ -160,8 +163,9 @@ def test_keys_create_list_and_revoke_against_a_running_server(
 # --- the database and where it lives -----------------------------------------------------
 
 
-def test_db_upgrade_creates_the_database_and_is_idempotent(tmp_path: Path,
-                                                            env: dict[str, str]) -> None:
+def test_db_upgrade_creates_the_database_and_is_idempotent(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     first = run_cli(env, "db", "upgrade")
     second = run_cli(env, "db", "upgrade")
     for result in (first, second):
@@ -169,8 +173,10 @@ def test_db_upgrade_creates_the_database_and_is_idempotent(tmp_path: Path,
     database = tmp_path / "data" / "openimagine.db"
     assert database.is_file()
     with sqlite3.connect(database) as connection:
-        tables = {row[0] for row in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
         versions = connection.execute("SELECT version_num FROM alembic_version").fetchall()
     assert {"accounts", "api_keys", "ledger_entries", "tasks"} <= tables
     assert len(versions) == 1
@@ -217,8 +223,7 @@ def test_every_command_honours_the_database_url(tmp_path: Path) -> None:
 def test_an_unreachable_database_is_a_clean_error(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where a folder should be")
-    env = openimagine_env(tmp_path / "data",
-                          database_url=f"sqlite:///{blocker}/sub/openimagine.db")
+    env = openimagine_env(tmp_path / "data", database_url=f"sqlite:///{blocker}/sub/openimagine.db")
     for args in (("accounts", "show", "acme"), ("db", "upgrade")):
         assert_clean_error(run_cli(env, *args, check=False), "cannot open the database")
 
@@ -227,7 +232,8 @@ def test_an_unreachable_database_is_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_first_serve_on_loopback_creates_a_local_account_and_prints_a_working_key(
-        tmp_path: Path, spawn_server: Callable[..., Spawned]) -> None:
+    tmp_path: Path, spawn_server: Callable[..., Spawned]
+) -> None:
     data = tmp_path / "data"
     first = spawn_server(data)
     log = first.log.read_text()
@@ -242,8 +248,9 @@ def test_first_serve_on_loopback_creates_a_local_account_and_prints_a_working_ke
 
     client = httpx.Client(base_url=first.base_url, timeout=30)
     try:
-        response = client.post("/v1/generate", json={"prompt": "a paper boat on a river"},
-                               headers=auth(key))
+        response = client.post(
+            "/v1/generate", json={"prompt": "a paper boat on a river"}, headers=auth(key)
+        )
         assert response.status_code == 200, response.text
         task_id = response.json()["data"]["task_id"]
         assert wait_for_task(client, key, task_id, timeout=90)["status"] == "completed"
@@ -262,12 +269,14 @@ def test_first_serve_on_loopback_creates_a_local_account_and_prints_a_working_ke
 
 
 def test_serve_does_not_create_a_local_account_when_one_exists(
-        tmp_path: Path, spawn_server: Callable[..., Spawned]) -> None:
+    tmp_path: Path, spawn_server: Callable[..., Spawned]
+) -> None:
     data = tmp_path / "data"
     create(openimagine_env(data), "ops", "--credits", "1")
     server = spawn_server(data)
     assert not KEY.search(server.log.read_text())
     server.stop()
     assert account_count(data / "openimagine.db") == 1
-    assert_clean_error(run_cli(openimagine_env(data), "accounts", "show", "local",
-                               check=False), "local")
+    assert_clean_error(
+        run_cli(openimagine_env(data), "accounts", "show", "local", check=False), "local"
+    )

@@ -32,8 +32,9 @@ def assert_one_error_line(result: object) -> str:
 def test_generate_wait_out_prints_the_paths_of_two_mp4s(server: Server, tmp_path: Path) -> None:
     env = client_env(tmp_path, server.base_url, server.account())
     out = tmp_path / "videos"
-    result = run_cli(env, "generate", PROMPT, "--mode", "fun", "--ratio", "9:16", "--wait",
-                     "--out", str(out))
+    result = run_cli(
+        env, "generate", PROMPT, "--mode", "fun", "--ratio", "9:16", "--wait", "--out", str(out)
+    )
     paths = [Path(line) for line in result.stdout.splitlines() if line.strip()]
     assert len(paths) == 2, result.stdout
     for path in paths:
@@ -44,17 +45,27 @@ def test_generate_wait_out_prints_the_paths_of_two_mp4s(server: Server, tmp_path
 
 def test_out_implies_wait_and_json_lists_the_files(server: Server, tmp_path: Path) -> None:
     key = server.account()
-    result = run_cli(client_env(tmp_path, "http://127.0.0.1:1", "oi_ignored"), "generate", PROMPT,
-                     "--out", str(tmp_path / "v"), "--json",
-                     "--base-url", server.base_url, "--api-key", key)
+    result = run_cli(
+        client_env(tmp_path, "http://127.0.0.1:1", "oi_ignored"),
+        "generate",
+        PROMPT,
+        "--out",
+        str(tmp_path / "v"),
+        "--json",
+        "--base-url",
+        server.base_url,
+        "--api-key",
+        key,
+    )
     data = json.loads(result.stdout)
     assert data["status"] == "completed" and len(data["response"]) == 2
     assert [Path(p).name for p in data["files"]] == [f"{data['task_id']}-{n}.mp4" for n in (1, 2)]
     assert all(Path(p).is_file() for p in data["files"])
 
 
-def test_generate_without_wait_prints_the_task_id_and_status_reads_it(server: Server,
-                                                                      tmp_path: Path) -> None:
+def test_generate_without_wait_prints_the_task_id_and_status_reads_it(
+    server: Server, tmp_path: Path
+) -> None:
     key = server.account()
     env = client_env(tmp_path, server.base_url, key)
     task_id = run_cli(env, "generate", PROMPT).stdout.strip()
@@ -80,18 +91,24 @@ def test_a_bad_key_is_one_error_line(server: Server, tmp_path: Path) -> None:
     assert_one_error_line(run_cli(env, "status", "task_x", check=False))
 
 
-def test_a_missing_key_unknown_task_and_bad_input_are_one_error_line(server: Server,
-                                                                     tmp_path: Path) -> None:
+def test_a_missing_key_unknown_task_and_bad_input_are_one_error_line(
+    server: Server, tmp_path: Path
+) -> None:
     line = assert_one_error_line(
-        run_cli(client_env(tmp_path, server.base_url, None), "status", "task_x", check=False))
+        run_cli(client_env(tmp_path, server.base_url, None), "status", "task_x", check=False)
+    )
     assert "no API key" in line
     env = client_env(tmp_path, server.base_url, server.account())
-    assert "not found" in assert_one_error_line(
-        run_cli(env, "status", "task_unknown", check=False)).lower()
+    assert (
+        "not found"
+        in assert_one_error_line(run_cli(env, "status", "task_unknown", check=False)).lower()
+    )
     assert "ratio" in assert_one_error_line(
-        run_cli(env, "generate", PROMPT, "--ratio", "4:3", check=False))
+        run_cli(env, "generate", PROMPT, "--ratio", "4:3", check=False)
+    )
     assert "neither" in assert_one_error_line(
-        run_cli(env, "generate", PROMPT, "--image", str(tmp_path / "nope.png"), check=False))
+        run_cli(env, "generate", PROMPT, "--image", str(tmp_path / "nope.png"), check=False)
+    )
 
 
 def test_a_server_that_is_down_is_one_error_line(tmp_path: Path) -> None:
@@ -100,8 +117,9 @@ def test_a_server_that_is_down_is_one_error_line(tmp_path: Path) -> None:
     assert "cannot reach" in line
 
 
-def test_a_failed_task_is_one_error_line(start_server: Callable[..., Server],
-                                         tmp_path: Path) -> None:
+def test_a_failed_task_is_one_error_line(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
     server = start_server(engine="test-fail")
     env = client_env(tmp_path, server.base_url, server.account())
     result = run_cli(env, "generate", PROMPT, "--wait", check=False)

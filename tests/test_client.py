@@ -42,10 +42,16 @@ from openimagine.store.db import Database
 from conftest import Server, _serve_in_thread, free_port, make_account, make_settings
 
 PROMPT = "a beautiful landscape with mountains"
-STATUS_DATA = {"task_id": "task_scripted", "status": "completed", "created_at": "2026-11-29T12:00:00Z",
-               "consumed_credits": 40, "error_message": None,
-               "request": {"mode": "fun", "prompt": PROMPT, "ratio": "1:1"},
-               "response": ["http://cdn.invalid/1.mp4"], "progress": 100}
+STATUS_DATA = {
+    "task_id": "task_scripted",
+    "status": "completed",
+    "created_at": "2026-11-29T12:00:00Z",
+    "consumed_credits": 40,
+    "error_message": None,
+    "request": {"mode": "fun", "prompt": PROMPT, "ratio": "1:1"},
+    "response": ["http://cdn.invalid/1.mp4"],
+    "progress": 100,
+}
 
 
 def client_for(server: Server, key: str, **kwargs: Any) -> Client:
@@ -61,12 +67,20 @@ def assert_playable_mp4(path: Path) -> None:
 
 # --- the happy path -----------------------------------------------------------
 
-def test_generate_and_wait_then_download_writes_playable_mp4s(server: Server,
-                                                              tmp_path: Path) -> None:
+
+def test_generate_and_wait_then_download_writes_playable_mp4s(
+    server: Server, tmp_path: Path
+) -> None:
     seen: list[Task] = []
     with client_for(server, server.account()) as client:
-        task = client.generate_and_wait(PROMPT, mode="fun", ratio="16:9", timeout=120,
-                                        poll_interval=0.1, on_progress=seen.append)
+        task = client.generate_and_wait(
+            PROMPT,
+            mode="fun",
+            ratio="16:9",
+            timeout=120,
+            poll_interval=0.1,
+            on_progress=seen.append,
+        )
         assert task.status == "completed" and task.completed and task.done
         assert task.task_id.startswith("task_") and len(task.response) == 2
         assert task.progress == 100 and task.consumed_credits == 40
@@ -102,8 +116,9 @@ def test_a_local_image_file_is_sent_as_a_data_uri(server: Server, tmp_path: Path
     assert echoed.startswith(server.base_url + "/files/")
 
 
-def test_a_missing_or_foreign_local_image_is_refused_before_sending(server: Server,
-                                                                   tmp_path: Path) -> None:
+def test_a_missing_or_foreign_local_image_is_refused_before_sending(
+    server: Server, tmp_path: Path
+) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     client = client_for(server, server.account())
@@ -124,7 +139,8 @@ def test_download_by_task_id(server: Server, tmp_path: Path) -> None:
 
 
 def test_download_fetches_fresh_urls_when_the_signed_ones_expired(
-        start_server: Callable[..., Server], tmp_path: Path) -> None:
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
     server = start_server(url_ttl_seconds=2)
     with client_for(server, server.account()) as client:
         task = client.generate_and_wait(PROMPT, timeout=120, poll_interval=0.1)
@@ -135,8 +151,9 @@ def test_download_fetches_fresh_urls_when_the_signed_ones_expired(
         assert path.read_bytes()[4:8] == b"ftyp"
 
 
-def test_key_and_base_url_come_from_the_environment(server: Server,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_and_base_url_come_from_the_environment(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OPENIMAGINE_API_KEY", server.account())
     monkeypatch.setenv("OPENIMAGINE_BASE_URL", server.base_url + "/")
     with Client() as client:
@@ -148,6 +165,7 @@ def test_key_and_base_url_come_from_the_environment(server: Server,
 
 
 # --- every exception from a real server response --------------------------------
+
 
 def test_errors_map_from_real_server_responses(start_server: Callable[..., Server]) -> None:
     server = start_server(max_body_bytes=2000)
@@ -217,6 +235,7 @@ def test_a_slow_task_raises_a_timeout_error(start_server: Callable[..., Server])
 
 # --- retries, against a tiny scripted HTTP server ---------------------------------
 
+
 @dataclass
 class Scripted:
     """A real HTTP server answering from a script of (status, headers, body)."""
@@ -232,10 +251,14 @@ def _ok(data: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
     return 200, {}, {"code": 200, "message": "success", "data": data}
 
 
-def _error(status: int, error: str, message: str,
-           **headers: str) -> tuple[int, dict[str, str], dict[str, Any]]:
-    return status, {k.replace("_", "-"): v for k, v in headers.items()}, {
-        "code": status, "message": message, "error": error}
+def _error(
+    status: int, error: str, message: str, **headers: str
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    return (
+        status,
+        {k.replace("_", "-"): v for k, v in headers.items()},
+        {"code": status, "message": message, "error": error},
+    )
 
 
 @pytest.fixture
@@ -312,10 +335,13 @@ def test_retries_give_up_after_max_retries(scripted: Scripted) -> None:
 
 
 def test_generate_retries_with_one_idempotency_key_so_it_never_bills_twice(
-        scripted: Scripted) -> None:
+    scripted: Scripted,
+) -> None:
     with Client(api_key="oi_test", base_url=scripted.base_url, max_retries=2) as client:
-        scripted.script = [_error(503, "SERVICE_UNAVAILABLE", "Service unavailable"),
-                           _ok({"task_id": "task_after_503"})]
+        scripted.script = [
+            _error(503, "SERVICE_UNAVAILABLE", "Service unavailable"),
+            _ok({"task_id": "task_after_503"}),
+        ]
         assert client.generate(PROMPT).task_id == "task_after_503"
         assert [hit[0] for hit in scripted.hits] == ["POST", "POST"]
         first_key = scripted.keys[0]
@@ -326,9 +352,11 @@ def test_generate_retries_with_one_idempotency_key_so_it_never_bills_twice(
         # same task instead of making a second one.
         scripted.hits.clear()
         scripted.keys.clear()
-        scripted.script = [_error(500, "INTERNAL_ERROR", "Internal server error"),
-                           _error(409, "CONFLICT", "still being handled"),
-                           _ok({"task_id": "task_once"})]
+        scripted.script = [
+            _error(500, "INTERNAL_ERROR", "Internal server error"),
+            _error(409, "CONFLICT", "still being handled"),
+            _ok({"task_id": "task_once"}),
+        ]
         assert client.generate(PROMPT).task_id == "task_once"
         assert len(scripted.hits) == 3 and len(set(scripted.keys)) == 1
         assert scripted.keys[0] != first_key  # a new submit, a new key
@@ -343,8 +371,9 @@ def test_generate_retries_with_one_idempotency_key_so_it_never_bills_twice(
 
 def test_an_error_only_in_the_envelope_is_still_an_error(scripted: Scripted) -> None:
     # Some servers answer HTTP 200 and put the error in the body's "code".
-    scripted.script = [(200, {}, {"code": 402, "message": "Insufficient credits",
-                                  "error": "INSUFFICIENT_CREDITS"})]
+    scripted.script = [
+        (200, {}, {"code": 402, "message": "Insufficient credits", "error": "INSUFFICIENT_CREDITS"})
+    ]
     with (
         Client(api_key="oi_test", base_url=scripted.base_url, max_retries=0) as client,
         pytest.raises(InsufficientCreditsError, match="Insufficient credits"),
@@ -383,12 +412,17 @@ def test_the_client_waits_out_a_server_that_is_briefly_down(tmp_path: Path) -> N
 
 
 def test_with_no_retries_a_down_server_is_a_connection_error() -> None:
-    with Client(api_key="oi_test", base_url=f"http://127.0.0.1:{free_port()}",
-                max_retries=0) as client, pytest.raises(APIConnectionError, match="cannot reach"):
+    with (
+        Client(
+            api_key="oi_test", base_url=f"http://127.0.0.1:{free_port()}", max_retries=0
+        ) as client,
+        pytest.raises(APIConnectionError, match="cannot reach"),
+    ):
         client.status("task_x")
 
 
 # --- the async client ---------------------------------------------------------------
+
 
 def test_async_client_generates_waits_and_downloads(server: Server, tmp_path: Path) -> None:
     key = server.account()
@@ -399,8 +433,9 @@ def test_async_client_generates_waits_and_downloads(server: Server, tmp_path: Pa
 
     async def main() -> tuple[Task, list[Path], Task]:
         async with AsyncClient(api_key=key, base_url=server.base_url) as client:
-            task = await client.generate_and_wait(PROMPT, mode="spicy", timeout=120,
-                                                  poll_interval=0.1, on_progress=on_progress)
+            task = await client.generate_and_wait(
+                PROMPT, mode="spicy", timeout=120, poll_interval=0.1, on_progress=on_progress
+            )
             paths = await client.download(task, tmp_path)
             again = await client.status(task.task_id)
             with pytest.raises(NotFoundError):
@@ -427,8 +462,9 @@ def test_async_client_honours_retry_after(scripted: Scripted) -> None:
 
 def test_async_client_maps_errors(server: Server) -> None:
     async def main() -> None:
-        async with AsyncClient(api_key="oi_wrong_key", base_url=server.base_url,
-                               max_retries=0) as client:
+        async with AsyncClient(
+            api_key="oi_wrong_key", base_url=server.base_url, max_retries=0
+        ) as client:
             await client.status("task_x")
 
     with pytest.raises(AuthenticationError):

@@ -58,11 +58,16 @@ variations = 1
 price = 10
 """
 SETTINGS: dict[str, Any] = {
-    "engine": "test-sleep", "test_sleep_seconds": 0.2,
-    "duration": 0.5, "fps": 8, "resolution": 64,
+    "engine": "test-sleep",
+    "test_sleep_seconds": 0.2,
+    "duration": 0.5,
+    "fps": 8,
+    "resolution": 64,
     # Short enough for the takeover to happen within seconds, long enough that a
     # heartbeat delayed by a busy 2-core machine does not lose a healthy lease.
-    "lease_seconds": 5, "heartbeat_seconds": 0.5, "redispatch_seconds": 2,
+    "lease_seconds": 5,
+    "heartbeat_seconds": 0.5,
+    "redispatch_seconds": 2,
     "rate_limits": "free=100,pro=100000,enterprise=100000",
     "secret_key": "cluster-secret-0123456789",
     # The webhook receivers are on loopback; their tries half a second apart.
@@ -131,19 +136,24 @@ class Cluster:
 
     def spawn(self, name: str, *args: str, env: dict[str, str]) -> Process:
         log = self.root / f"{name}.log"
-        process = subprocess.Popen([sys.executable, "-m", "openimagine", *args], env=env,
-                                   stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                   # A group of its own: a test kills a worker together
-                                   # with its forked child.
-                                   start_new_session=True,
-                                   preexec_fn=_die_with_pytest)  # noqa: PLW1509 - one syscall
+        process = subprocess.Popen(
+            [sys.executable, "-m", "openimagine", *args],
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            # A group of its own: a test kills a worker together
+            # with its forked child.
+            start_new_session=True,
+            preexec_fn=_die_with_pytest,
+        )  # noqa: PLW1509 - one syscall
         return Process(process, log)
 
     def start_api(self, index: int) -> Process:
         for _ in range(3):
             port = free_port()
-            api = self.spawn(f"api{index}", "serve", "--no-worker",
-                             env=self.env(f"api{index}", port=port))
+            api = self.spawn(
+                f"api{index}", "serve", "--no-worker", env=self.env(f"api{index}", port=port)
+            )
             api.base_url = f"http://127.0.0.1:{port}"
             # Another test run on this machine may take the free port first.
             deadline = time.monotonic() + 60
@@ -157,9 +167,12 @@ class Cluster:
         return api
 
     def start_worker(self, index: int, *args: str, **overrides: Any) -> Process:
-        worker = self.spawn(f"worker{index}-{len(self.workers)}", "worker",
-                            *(args or ("--models", LOCAL)),
-                            env=self.env(f"worker{index}", **overrides))
+        worker = self.spawn(
+            f"worker{index}-{len(self.workers)}",
+            "worker",
+            *(args or ("--models", LOCAL)),
+            env=self.env(f"worker{index}", **overrides),
+        )
         self.workers.append(worker)
         return worker
 
@@ -192,8 +205,9 @@ class Cluster:
 
     def ledger(self, task_id: str) -> list[str]:
         with self.db.read() as session:
-            return sorted(session.scalars(select(LedgerEntry.kind)
-                                          .where(LedgerEntry.task_id == task_id)))
+            return sorted(
+                session.scalars(select(LedgerEntry.kind).where(LedgerEntry.task_id == task_id))
+            )
 
     def balance(self, name: str) -> int:
         with self.db.read() as session:
@@ -203,8 +217,11 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while True:
             with self.db.read() as session:
-                open_ = session.scalars(select(Task.id).where(
-                    Task.id.in_(task_ids), Task.status.in_(("pending", "processing")))).all()
+                open_ = session.scalars(
+                    select(Task.id).where(
+                        Task.id.in_(task_ids), Task.status.in_(("pending", "processing"))
+                    )
+                ).all()
             if not open_:
                 return
             if time.monotonic() > deadline:
@@ -223,10 +240,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         upstream = FakeUpstream("xai", FakeConfig(job_seconds=0.5)).start()
         models = root / "models.toml"
         models.write_text(MODELS.format(upstream=upstream.base_url))
-        settings = {**SETTINGS, "database_url": pg_url, "broker_url": amqp_url,
-                    "models_file": models,
-                    "ratelimit_url": redis_url, "ratelimit_prefix": redis_prefix(),
-                    "storage_dir": root / "shared-storage"}
+        settings = {
+            **SETTINGS,
+            "database_url": pg_url,
+            "broker_url": amqp_url,
+            "models_file": models,
+            "ratelimit_url": redis_url,
+            "ratelimit_prefix": redis_prefix(),
+            "storage_dir": root / "shared-storage",
+        }
         cluster = Cluster(root, settings, db)
         try:
             for index in (1, 2):
@@ -243,8 +265,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def submit(base_url: str, key: str, prompt: str) -> httpx.Response:
-    return httpx.post(f"{base_url}/v1/generate", json={"prompt": prompt}, headers=auth(key),
-                      timeout=30)
+    return httpx.post(
+        f"{base_url}/v1/generate", json={"prompt": prompt}, headers=auth(key), timeout=30
+    )
 
 
 def completions(workers: list[Process], task_id: str) -> list[int]:
@@ -257,12 +280,14 @@ def completions(workers: list[Process], task_id: str) -> list[int]:
 def test_the_worker_process_imports_no_gpu_library_before_it_forks() -> None:
     # The main process of ``openimagine worker`` imports this much; CUDA must only
     # ever be initialised in the forked children, where the engine is created.
-    probe = ("import sys, openimagine.cli, openimagine.worker.celery_app; "
-             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            timeout=120, check=True)
+    probe = (
+        "import sys, openimagine.cli, openimagine.worker.celery_app; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
-
 
 
 def test_twenty_tasks_submitted_to_both_apis_each_run_exactly_once(cluster: Cluster) -> None:
@@ -289,8 +314,12 @@ def test_twenty_tasks_submitted_to_both_apis_each_run_exactly_once(cluster: Clus
 
     # Whichever replica is asked, the files written by whichever worker download.
     for api in cluster.apis:
-        status = httpx.get(f"{api.base_url}/v1/status", params={"task_id": task_ids[0]},
-                           headers=auth(key), timeout=30).json()["data"]
+        status = httpx.get(
+            f"{api.base_url}/v1/status",
+            params={"task_id": task_ids[0]},
+            headers=auth(key),
+            timeout=30,
+        ).json()["data"]
         assert status["status"] == "completed" and status["response"][0].startswith(api.base_url)
         video = httpx.get(status["response"][1], timeout=30)
         assert video.status_code == 200 and video.content[4:8] == b"ftyp"
@@ -302,15 +331,17 @@ def test_a_free_accounts_limit_is_one_limit_across_both_apis(cluster: Cluster) -
     with httpx.Client(timeout=30) as client:
         for n in range(100):
             api = cluster.apis[n % 2]
-            response = client.get(f"{api.base_url}/v1/status", params={"task_id": "task_nope"},
-                                  headers=auth(key))
+            response = client.get(
+                f"{api.base_url}/v1/status", params={"task_id": "task_nope"}, headers=auth(key)
+            )
             assert response.status_code == 404, (n, response.status_code, response.text)
             remaining.append(int(response.headers["X-RateLimit-Remaining"]))
         assert remaining[-1] == 0 and remaining[0] == 99
         assert remaining == sorted(remaining, reverse=True)  # one counter, counting down
         for api in cluster.apis:  # the 101st and 102nd, whichever replica they reach
-            over = client.get(f"{api.base_url}/v1/status", params={"task_id": "task_nope"},
-                              headers=auth(key))
+            over = client.get(
+                f"{api.base_url}/v1/status", params={"task_id": "task_nope"}, headers=auth(key)
+            )
             assert over.status_code == 429, over.text
             assert over.json()["error"] == "RATE_LIMITED"
             assert int(over.headers["Retry-After"]) >= 1
@@ -328,15 +359,19 @@ def test_concurrent_submissions_on_both_apis_never_overdraw(cluster: Cluster) ->
     assert cluster.balance("low-balance") == 0
     with cluster.db.read() as session:
         account_id = session.scalar(select(Account.id).where(Account.name == "low-balance"))
-        debits = session.scalars(select(LedgerEntry.amount).where(
-            LedgerEntry.account_id == account_id, LedgerEntry.kind == "debit")).all()
+        debits = session.scalars(
+            select(LedgerEntry.amount).where(
+                LedgerEntry.account_id == account_id, LedgerEntry.kind == "debit"
+            )
+        ).all()
         task_ids = list(session.scalars(select(Task.id).where(Task.account_id == account_id)))
     assert debits == [-PRICE] * 5 and len(task_ids) == 5
     cluster.wait_finished(task_ids)  # leave no work behind for the next test
 
 
 def test_a_task_whose_message_could_not_be_published_still_runs(
-        cluster: Cluster, start_server: Callable[..., Server]) -> None:
+    cluster: Cluster, start_server: Callable[..., Server]
+) -> None:
     # An API replica whose broker is unreachable: it accepts the task (the row is
     # the truth) and cannot publish; the workers' sweeper publishes it later.
     # With a broker URL set, ``serve`` runs no worker of its own either.
@@ -373,8 +408,7 @@ def test_duplicate_messages_for_a_finished_task_do_nothing(cluster: Cluster) -> 
         assert time.monotonic() < deadline, "the duplicate messages were not consumed"
         time.sleep(0.1)
     after = cluster.task(task_id)
-    assert (after.status, after.attempts, after.finished_at) == (
-        "completed", 1, before.finished_at)
+    assert (after.status, after.attempts, after.finished_at) == ("completed", 1, before.finished_at)
     assert sum(completions(cluster.workers, task_id)) == 1
     assert cluster.ledger(task_id) == ["debit"]
 
@@ -427,8 +461,9 @@ def test_a_worker_stopped_mid_task_gives_it_back_at_once(cluster: Cluster) -> No
     first, second = cluster.live_workers()
 
     key = make_account(cluster.db, name="graceful", credits=10 * PRICE)
-    task_id = submit(cluster.apis[0].base_url, key, "a kite over the dunes").json()[
-        "data"]["task_id"]
+    task_id = submit(cluster.apis[0].base_url, key, "a kite over the dunes").json()["data"][
+        "task_id"
+    ]
     deadline = time.monotonic() + 60
     while (row := cluster.task(task_id)).status != "processing" or row.lease_owner is None:
         assert time.monotonic() < deadline, f"never started: {row.status}"
@@ -442,7 +477,8 @@ def test_a_worker_stopped_mid_task_gives_it_back_at_once(cluster: Cluster) -> No
     os.kill(victim.process.pid, signal.SIGTERM)  # the main process, not its group
     while (row := cluster.task(task_id)).lease_owner in (first_owner, None):
         assert time.monotonic() - stopped_at < cluster.settings["lease_seconds"], (
-            f"not handed over before the lease expired: {row.status}\n{victim.text()[-3000:]}")
+            f"not handed over before the lease expired: {row.status}\n{victim.text()[-3000:]}"
+        )
         time.sleep(0.05)
     victim.process.wait(timeout=sleep_seconds - 2)  # it did not finish the clip first
 
@@ -456,8 +492,7 @@ def test_a_worker_stopped_mid_task_gives_it_back_at_once(cluster: Cluster) -> No
     assert f"task {task_id}: released" in victim.text()
 
 
-def test_a_task_running_on_a_celery_worker_is_cancelled_from_another_api(
-        cluster: Cluster) -> None:
+def test_a_task_running_on_a_celery_worker_is_cancelled_from_another_api(cluster: Cluster) -> None:
     """Cancel through one replica while a worker process elsewhere renders: the task
     ends failed "Task cancelled", refunded once, and that worker stops the engine at
     its next heartbeat instead of rendering on (the workers here sleep 10 s a task)."""
@@ -470,8 +505,12 @@ def test_a_task_running_on_a_celery_worker_is_cancelled_from_another_api(
         assert time.monotonic() < deadline, "never started"
         time.sleep(0.05)
     cancelled_at = time.monotonic()
-    answer = httpx.post(f"{cluster.apis[1].base_url}/v1/cancel", json={"task_id": task_id},
-                        headers=auth(key), timeout=30)
+    answer = httpx.post(
+        f"{cluster.apis[1].base_url}/v1/cancel",
+        json={"task_id": task_id},
+        headers=auth(key),
+        timeout=30,
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json()["data"]["error_message"] == "Task cancelled"
     assert cluster.ledger(task_id) == ["debit", "refund"]
@@ -486,7 +525,8 @@ def test_a_task_running_on_a_celery_worker_is_cancelled_from_another_api(
 
 
 def test_a_relay_model_runs_on_its_own_celery_worker_next_to_the_local_model(
-        cluster: Cluster) -> None:
+    cluster: Cluster,
+) -> None:
     """``openimagine worker`` without --models serves every model, a Celery worker
     each: the relay's tasks run there while the local model's go to its queue."""
     both = cluster.start_worker(9, "--models", f"relay,{LOCAL}")
@@ -497,9 +537,15 @@ def test_a_relay_model_runs_on_its_own_celery_worker_next_to_the_local_model(
         time.sleep(0.1)
     key = make_account(cluster.db, name="relay-user", plan="pro", credits=1000)
     api = cluster.apis[0].base_url
-    relayed = [httpx.post(f"{api}/v1/generate", json={"prompt": f"a comet {n}", "model": "relay"},
-                          headers=auth(key), timeout=30).json()["data"]["task_id"]
-               for n in range(3)]
+    relayed = [
+        httpx.post(
+            f"{api}/v1/generate",
+            json={"prompt": f"a comet {n}", "model": "relay"},
+            headers=auth(key),
+            timeout=30,
+        ).json()["data"]["task_id"]
+        for n in range(3)
+    ]
     local = submit(api, key, "a harbour at dawn").json()["data"]["task_id"]
     cluster.wait_finished([*relayed, local])
     for task_id in relayed:
@@ -518,31 +564,42 @@ def test_a_relay_model_runs_on_its_own_celery_worker_next_to_the_local_model(
 
 def deliveries_of(cluster: Cluster, task_id: str) -> list[WebhookDelivery]:
     with cluster.db.read() as session:
-        return list(session.scalars(select(WebhookDelivery)
-                                    .where(WebhookDelivery.task_id == task_id)))
+        return list(
+            session.scalars(select(WebhookDelivery).where(WebhookDelivery.task_id == task_id))
+        )
 
 
 def test_webhooks_from_the_cluster_are_retried_with_one_webhook_id_and_verify(
-        cluster: Cluster) -> None:
+    cluster: Cluster,
+) -> None:
     """A task accepted by one replica, run by a Celery worker, announced by whichever
     process claims the delivery: a receiver that fails twice gets the third try,
     the same webhook-id each time, and no try is ever sent twice."""
     key = make_account(cluster.db, name="hooked", credits=10 * PRICE)
     first, second = (api.base_url for api in cluster.apis[:2])
-    with WebhookReceiver(answers=[500, 500]) as endpoint_receiver, \
-            WebhookReceiver(answers=[503, 500]) as callback_receiver, \
-            httpx.Client(timeout=30) as client:
-        endpoint = client.post(f"{second}/v1/webhooks", json={"url": endpoint_receiver.url},
-                               headers=auth(key)).json()["data"]
-        response = client.post(f"{first}/v1/generate", headers=auth(key), json={
-            "prompt": "a lantern on a jetty", "callback_url": callback_receiver.url})
+    with (
+        WebhookReceiver(answers=[500, 500]) as endpoint_receiver,
+        WebhookReceiver(answers=[503, 500]) as callback_receiver,
+        httpx.Client(timeout=30) as client,
+    ):
+        endpoint = client.post(
+            f"{second}/v1/webhooks", json={"url": endpoint_receiver.url}, headers=auth(key)
+        ).json()["data"]
+        response = client.post(
+            f"{first}/v1/generate",
+            headers=auth(key),
+            json={"prompt": "a lantern on a jetty", "callback_url": callback_receiver.url},
+        )
         task_id = response.json()["data"]["task_id"]
         cluster.wait_finished([task_id])
-        default = client.get(f"{second}/v1/webhooks/default/secret",
-                             headers=auth(key)).json()["data"]["key"]
+        default = client.get(f"{second}/v1/webhooks/default/secret", headers=auth(key)).json()[
+            "data"
+        ]["key"]
 
-        for receiver, secret in ((endpoint_receiver, endpoint["secret"]),
-                                 (callback_receiver, default)):
+        for receiver, secret in (
+            (endpoint_receiver, endpoint["secret"]),
+            (callback_receiver, default),
+        ):
             tries = receiver.wait_for(3, timeout=60)
             assert tries[2].answered == 200
             assert len({t.webhook_id for t in tries}) == 1
@@ -551,27 +608,35 @@ def test_webhooks_from_the_cluster_are_retried_with_one_webhook_id_and_verify(
             assert events[0]["data"]["task_id"] == task_id
         time.sleep(2)  # delivered once each: no process sends a fourth try
         assert len(endpoint_receiver.received) == len(callback_receiver.received) == 3
-        log = client.get(f"{first}/v1/webhooks/{endpoint['id']}/deliveries",
-                         headers=auth(key)).json()["data"]["deliveries"]
+        log = client.get(
+            f"{first}/v1/webhooks/{endpoint['id']}/deliveries", headers=auth(key)
+        ).json()["data"]["deliveries"]
         assert [a["status_code"] for a in log[0]["attempts"]] == [500, 500, 200]
         assert {row.status for row in deliveries_of(cluster, task_id)} == {"delivered"}
 
 
 def test_a_webhook_whose_receiver_was_down_arrives_after_every_process_was_killed(
-        cluster: Cluster) -> None:
+    cluster: Cluster,
+) -> None:
     """The receiver is down when the task ends; then every API and worker process is
     SIGKILLed (nothing cleans up); the receiver comes up and one API replica
     restarts: the event arrives, once, with its webhook-id. Leaves one API only."""
     key = make_account(cluster.db, name="hooked-crash", credits=10 * PRICE)
     receiver = WebhookReceiver(port=free_port())  # not started: down
-    response = httpx.post(f"{cluster.apis[0].base_url}/v1/generate", headers=auth(key),
-                          json={"prompt": "a storm at sea", "callback_url": receiver.url},
-                          timeout=30)
+    response = httpx.post(
+        f"{cluster.apis[0].base_url}/v1/generate",
+        headers=auth(key),
+        json={"prompt": "a storm at sea", "callback_url": receiver.url},
+        timeout=30,
+    )
     task_id = response.json()["data"]["task_id"]
     cluster.wait_finished([task_id])
     deadline = time.monotonic() + 60
-    while not (rows := deliveries_of(cluster, task_id)) or rows[0].attempts < 1 or (
-            rows[0].lease_owner is not None):
+    while (
+        not (rows := deliveries_of(cluster, task_id))
+        or rows[0].attempts < 1
+        or (rows[0].lease_owner is not None)
+    ):
         assert time.monotonic() < deadline, rows
         time.sleep(0.05)
     for process in cluster.apis + cluster.workers:
@@ -583,8 +648,11 @@ def test_a_webhook_whose_receiver_was_down_arrives_after_every_process_was_kille
     with receiver:
         api = cluster.start_api(3)
         (delivery,) = receiver.wait_for(1, timeout=90)
-        event = delivery.verify(httpx.get(f"{api.base_url}/v1/webhooks/default/secret",
-                                          headers=auth(key), timeout=30).json()["data"]["key"])
+        event = delivery.verify(
+            httpx.get(
+                f"{api.base_url}/v1/webhooks/default/secret", headers=auth(key), timeout=30
+            ).json()["data"]["key"]
+        )
         assert (event["type"], event["data"]["task_id"]) == ("task.completed", task_id)
         assert delivery.webhook_id == row.event_id
         time.sleep(1.5)

@@ -44,8 +44,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 @pytest.fixture(scope="module")
 def profiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("profiles") / "profiles.toml"
-    path.write_text("".join(f"[{family}.{mode}]\nsteps = 2\n" for family in FAMILIES
-                            for mode in ("fun", "normal", "spicy")))
+    path.write_text(
+        "".join(
+            f"[{family}.{mode}]\nsteps = 2\n"
+            for family in FAMILIES
+            for mode in ("fun", "normal", "spicy")
+        )
+    )
     return path
 
 
@@ -65,19 +70,23 @@ def download_and_probe(server: Server, url: str, tmp_path: Path) -> dict:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_text_to_video_over_http(family: str, start_server: Callable[..., Server],
-                                 models: Callable[[str], Path], profiles: Path,
-                                 tmp_path: Path) -> None:
+def test_text_to_video_over_http(
+    family: str,
+    start_server: Callable[..., Server],
+    models: Callable[[str], Path],
+    profiles: Path,
+    tmp_path: Path,
+) -> None:
     """The seed's curl request on a real pipeline: two MP4s of the planned frames and size."""
-    server = start_server(engine=family, model_path=models(f"{family}-t2v"), profiles=profiles,
-                          **CLIP)
+    server = start_server(
+        engine=family, model_path=models(f"{family}-t2v"), profiles=profiles, **CLIP
+    )
     key = server.account()
     response = server.generate(key, mode="fun", ratio="16:9")
     assert response.status_code == 200, response.text
     data = server.wait(key, response.json()["data"]["task_id"], timeout=300)
     assert data["status"] == "completed", data
-    expected = plan(FAMILIES[family], "16:9", explicit={"duration", "fps", "resolution"},
-                    **CLIP)  # type: ignore[arg-type]
+    expected = plan(FAMILIES[family], "16:9", explicit={"duration", "fps", "resolution"}, **CLIP)  # type: ignore[arg-type]
     assert len(data["response"]) == 2
     for url in data["response"]:
         info = download_and_probe(server, url, tmp_path)
@@ -87,19 +96,27 @@ def test_text_to_video_over_http(family: str, start_server: Callable[..., Server
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_image_to_video_over_http(family: str, start_server: Callable[..., Server],
-                                  models: Callable[[str], Path], profiles: Path,
-                                  tmp_path: Path) -> None:
+def test_image_to_video_over_http(
+    family: str,
+    start_server: Callable[..., Server],
+    models: Callable[[str], Path],
+    profiles: Path,
+    tmp_path: Path,
+) -> None:
     """An image task runs the image-to-video pipeline and keeps the requested ratio."""
-    server = start_server(engine=family, model_path=models(f"{family}-t2v"),
-                          i2v_model_path=models(f"{family}-i2v"), profiles=profiles, **CLIP)
+    server = start_server(
+        engine=family,
+        model_path=models(f"{family}-t2v"),
+        i2v_model_path=models(f"{family}-i2v"),
+        profiles=profiles,
+        **CLIP,
+    )
     key = server.account()
     response = server.generate(key, mode="normal", ratio="1:1", images=[png_data_uri()])
     assert response.status_code == 200, response.text
     data = server.wait(key, response.json()["data"]["task_id"], timeout=300)
     assert data["status"] == "completed", data
-    expected = plan(FAMILIES[family], "1:1", explicit={"duration", "fps", "resolution"},
-                    **CLIP)  # type: ignore[arg-type]
+    expected = plan(FAMILIES[family], "1:1", explicit={"duration", "fps", "resolution"}, **CLIP)  # type: ignore[arg-type]
     rw, rh = ratio_parts("1:1")
     for url in data["response"]:
         info = download_and_probe(server, url, tmp_path)
@@ -108,11 +125,12 @@ def test_image_to_video_over_http(family: str, start_server: Callable[..., Serve
 
 
 def test_engine_without_an_image_model_refuses_images_at_submission(
-        start_server: Callable[..., Server], models: Callable[[str], Path],
-        profiles: Path) -> None:
+    start_server: Callable[..., Server], models: Callable[[str], Path], profiles: Path
+) -> None:
     """No image-to-video model: an image task is a 400 before any credit is taken."""
-    server = start_server(engine="wan", model_path=models("wan-t2v"), profiles=profiles,
-                          run_workers=False, **CLIP)
+    server = start_server(
+        engine="wan", model_path=models("wan-t2v"), profiles=profiles, run_workers=False, **CLIP
+    )
     key = server.account(credits=100)
     response = server.generate(key, images=[png_data_uri()])
     assert response.status_code == 400

@@ -16,8 +16,13 @@ import pytest
 from openimagine.media.mp4 import probe_mp4
 from openimagine.testing.fake_upstreams import FakeConfig, FakeUpstream
 
-XAI_BODY = {"model": "grok-imagine-video", "prompt": "a cat on the moon", "duration": 2,
-            "aspect_ratio": "16:9", "resolution": "480p"}
+XAI_BODY = {
+    "model": "grok-imagine-video",
+    "prompt": "a cat on the moon",
+    "duration": 2,
+    "aspect_ratio": "16:9",
+    "resolution": "480p",
+}
 OPENAI_FORM = {"prompt": "a cat on the moon", "model": "wan", "seconds": "4", "size": "832x480"}
 FINAL = {"done", "failed", "expired", "completed"}
 
@@ -65,8 +70,9 @@ def xai_job(client: httpx.Client, up: FakeUpstream, **body: Any) -> httpx.Respon
 # ---------------------------------------------------------------------- xai
 
 
-def test_xai_happy_path_serves_mp4_with_moov_at_end(fake: Callable[..., FakeUpstream],
-                                                    tmp_path: Path) -> None:
+def test_xai_happy_path_serves_mp4_with_moov_at_end(
+    fake: Callable[..., FakeUpstream], tmp_path: Path
+) -> None:
     up = fake("xai")
     with httpx.Client() as client:
         created = client.post(f"{up.base_url}/videos/generations", json=XAI_BODY)
@@ -101,8 +107,12 @@ def test_xai_happy_path_serves_mp4_with_moov_at_end(fake: Callable[..., FakeUpst
 def test_xai_validation_errors_use_xai_shape(fake: Callable[..., FakeUpstream]) -> None:
     up = fake("xai")
     bad: list[dict[str, Any]] = [
-        {"prompt": ""}, {"duration": 20}, {"aspect_ratio": "21:9"}, {"resolution": "1080p"},
-        {"image": {"url": "data:,x"}, "reference_images": [{"url": "data:,y"}]}]
+        {"prompt": ""},
+        {"duration": 20},
+        {"aspect_ratio": "21:9"},
+        {"resolution": "1080p"},
+        {"image": {"url": "data:,x"}, "reference_images": [{"url": "data:,y"}]},
+    ]
     with httpx.Client() as client:
         for change in bad:
             answer = client.post(f"{up.base_url}/videos/generations", json={**XAI_BODY, **change})
@@ -135,8 +145,9 @@ def test_xai_moderated_failed_and_expired(fake: Callable[..., FakeUpstream]) -> 
 def test_xai_503_then_success_with_retry_after(fake: Callable[..., FakeUpstream]) -> None:
     up = fake("xai", create_failures=2)
     with httpx.Client() as client:
-        answers = [client.post(f"{up.base_url}/videos/generations", json=XAI_BODY)
-                   for _ in range(3)]
+        answers = [
+            client.post(f"{up.base_url}/videos/generations", json=XAI_BODY) for _ in range(3)
+        ]
     assert [a.status_code for a in answers] == [503, 503, 200]
     assert answers[0].headers["retry-after"] == "1"
     assert answers[0].json() == {"code": "Service unavailable", "error": answers[0].json()["error"]}
@@ -181,20 +192,27 @@ def test_control_endpoints(fake: Callable[..., FakeUpstream]) -> None:
 # ---------------------------------------------------------------------- openai
 
 
-def test_openai_multipart_create_with_input_reference(fake: Callable[..., FakeUpstream],
-                                                      tmp_path: Path) -> None:
+def test_openai_multipart_create_with_input_reference(
+    fake: Callable[..., FakeUpstream], tmp_path: Path
+) -> None:
     up = fake("openai", api_key="sk-x")
     headers = {"Authorization": "Bearer sk-x"}
     image = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
     with httpx.Client(headers=headers) as client:
-        created = client.post(f"{up.base_url}/videos", files={
-            **multipart(OPENAI_FORM), "input_reference": ("start.png", image, "image/png")})
+        created = client.post(
+            f"{up.base_url}/videos",
+            files={**multipart(OPENAI_FORM), "input_reference": ("start.png", image, "image/png")},
+        )
         assert created.status_code == 200, created.text
         video = created.json()
         assert video["id"].startswith("video_") and video["object"] == "video"
         assert video["status"] == "queued" and video["progress"] == 0
         assert {k: video[k] for k in ("model", "seconds", "size", "prompt")} == {
-            "model": "wan", "seconds": "4", "size": "832x480", "prompt": "a cat on the moon"}
+            "model": "wan",
+            "seconds": "4",
+            "size": "832x480",
+            "prompt": "a cat on the moon",
+        }
         assert isinstance(video["created_at"], int)
         early = client.get(f"{up.base_url}/videos/{video['id']}/content")
         assert early.status_code == 404 and early.json()["error"]["code"] == "not_found"
@@ -213,8 +231,16 @@ def test_openai_multipart_create_with_input_reference(fake: Callable[..., FakeUp
         assert client.get(f"{up.base_url}/videos/{video['id']}").status_code == 404
 
     stats = up.stats()
-    assert stats["requests"] == [{**OPENAI_FORM, "input_reference": {
-        "filename": "start.png", "content_type": "image/png", "size": len(image)}}]
+    assert stats["requests"] == [
+        {
+            **OPENAI_FORM,
+            "input_reference": {
+                "filename": "start.png",
+                "content_type": "image/png",
+                "size": len(image),
+            },
+        }
+    ]
     assert stats["auth"] == ["Bearer sk-x"] and stats["downloads"] == 2
 
 
@@ -266,15 +292,17 @@ def test_openai_failed_with_500_body_and_moderation(fake: Callable[..., FakeUpst
         assert body["status"] == "failed" and body["error"]["code"] == "internal_error"
 
         up.configure(outcome="ok", failed_http_status=200)
-        banned = client.post(f"{up.base_url}/videos",
-                             files=multipart({**OPENAI_FORM, "prompt": "a forbidden scene"})).json()
+        banned = client.post(
+            f"{up.base_url}/videos", files=multipart({**OPENAI_FORM, "prompt": "a forbidden scene"})
+        ).json()
         _, moderated = poll_until_final(client, f"{up.base_url}/videos/{banned['id']}")
     assert moderated.status_code == 200
     assert moderated.json()["error"]["code"] == "content_policy_violation"
 
 
-def test_openai_variant_not_video_and_mpeg4(fake: Callable[..., FakeUpstream],
-                                            tmp_path: Path) -> None:
+def test_openai_variant_not_video_and_mpeg4(
+    fake: Callable[..., FakeUpstream], tmp_path: Path
+) -> None:
     up = fake("openai", outcome="not_video", job_seconds=0.2)
     with httpx.Client() as client:
         html = client.post(f"{up.base_url}/videos", files=multipart(OPENAI_FORM)).json()
@@ -314,9 +342,23 @@ def test_poll_delay_and_in_flight(fake: Callable[..., FakeUpstream]) -> None:
 
 def test_cli_serves_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "openimagine.testing.fake_upstreams", "--flavor", "openai",
-         "--port", "0", "--job-seconds", "0.2", "--api-key", "cli-key"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "openimagine.testing.fake_upstreams",
+            "--flavor",
+            "openai",
+            "--port",
+            "0",
+            "--job-seconds",
+            "0.2",
+            "--api-key",
+            "cli-key",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()

@@ -31,8 +31,9 @@ PER_REQUEST = {b"x-request-id", b"date"}
 
 
 def _finish(db: Database, task_id: str, *, ok: bool) -> None:
-    claim = lifecycle.claim_next(db, owner="test", model="preview", lease_seconds=60,
-                                 task_id=task_id)
+    claim = lifecycle.claim_next(
+        db, owner="test", model="preview", lease_seconds=60, task_id=task_id
+    )
     assert claim is not None
     if ok:
         lifecycle.complete(db, claim, outputs=[f"outputs/{task_id}_0.mp4"], seeds=[7])
@@ -82,13 +83,15 @@ async def _answer(app: OpenImagineAPI, method: str, url: str, headers: dict) -> 
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.request(method, url, headers=headers)
-    kept = [(name, value) for name, value in response.headers.raw
-            if name.lower() not in PER_REQUEST]
+    kept = [
+        (name, value) for name, value in response.headers.raw if name.lower() not in PER_REQUEST
+    ]
     return response.status_code, kept, response.content
 
 
-def test_the_fast_path_answers_as_the_router_does(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fast_path_answers_as_the_router_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = make_settings(tmp_path)
     db = Database(settings.resolved_database_url)
     migrate.upgrade(db)
@@ -117,9 +120,14 @@ def test_the_fast_path_answers_as_the_router_does(tmp_path: Path,
     cases = _requests(key, other_key, tasks)
 
     async def run_all() -> list[tuple[str, tuple, tuple]]:
-        return [(f"{method} {url} {headers}", await _answer(fast, method, url, headers),
-                 await _answer(routed, method, url, headers))
-                for method, url, headers in cases]
+        return [
+            (
+                f"{method} {url} {headers}",
+                await _answer(fast, method, url, headers),
+                await _answer(routed, method, url, headers),
+            )
+            for method, url, headers in cases
+        ]
 
     try:
         results = asyncio.run(run_all())

@@ -136,12 +136,12 @@ def test_missing_signature_or_expiry_is_403(video: tuple[Server, str]) -> None:
 
 
 @pytest.mark.parametrize("expires", ["\u00b2", "\u0661\u0662", "9" * 5000, "-1", "1e9", " 1"])
-def test_an_expiry_that_is_not_a_plain_number_is_403_not_500(server: Server,
-                                                              expires: str) -> None:
+def test_an_expiry_that_is_not_a_plain_number_is_403_not_500(server: Server, expires: str) -> None:
     """Anyone can send these without a key: a Unicode digit, an Arabic-Indic number or
     5000 nines (past int()'s digit limit) are a refused URL, never a server error."""
-    assert_forbidden(server.client.get("/files/outputs/task_x/0.mp4",
-                                       params={"expires": expires, "sig": "a"}))
+    assert_forbidden(
+        server.client.get("/files/outputs/task_x/0.mp4", params={"expires": expires, "sig": "a"})
+    )
 
 
 def test_a_signature_cannot_be_stretched_to_a_later_expiry(video: tuple[Server, str]) -> None:
@@ -167,8 +167,12 @@ def test_polls_within_a_step_get_the_same_urls(server: Server) -> None:
     server.wait(key, task_id)
     ttl = server.settings.url_ttl_seconds
     first_step = url_expiry(time.time(), ttl)
-    polls = [server.client.get("/v1/status", params={"task_id": task_id},
-                               headers=auth(key)).json()["data"]["response"] for _ in range(3)]
+    polls = [
+        server.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key)).json()[
+            "data"
+        ]["response"]
+        for _ in range(3)
+    ]
     if url_expiry(time.time(), ttl) == first_step:  # no step boundary passed
         assert polls[0] == polls[1] == polls[2]
     assert len(set(polls[0])) == 2  # one URL per video
@@ -182,7 +186,8 @@ def test_url_expiry_rounds_up_to_a_twelfth_of_the_ttl() -> None:
 
 
 def test_an_expired_url_is_403_and_status_hands_out_a_fresh_one(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(url_ttl_seconds=1)
     key = server.account()
     response = server.generate(key)
@@ -190,8 +195,9 @@ def test_an_expired_url_is_403_and_status_hands_out_a_fresh_one(
     url = server.wait(key, task_id)["response"][0]
     time.sleep(2.1)
     assert_forbidden(server.client.get(url))
-    fresh = server.client.get("/v1/status", params={"task_id": task_id},
-                              headers=auth(key)).json()["data"]["response"][0]
+    fresh = server.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key)).json()[
+        "data"
+    ]["response"][0]
     assert server.client.get(fresh).status_code == 200
 
 
@@ -199,8 +205,9 @@ def _raw_get(base_url: str, target: str) -> tuple[int, bytes]:
     """Send a request line exactly as written (no client-side path normalisation)."""
     parts = urlsplit(base_url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                     f"Connection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode()
+        )
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -208,26 +215,37 @@ def _raw_get(base_url: str, target: str) -> tuple[int, bytes]:
     return status, data
 
 
-@pytest.mark.parametrize("key", [
-    "../secret_key",
-    "outputs/../secret_key",
-    "outputs/../../data/secret_key",
-    "outputs/task_AAAAAAAAAAAAAAAA/../../openimagine.db",
-    "openimagine.db",
-    "secret_key",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../secret_key",
+        "outputs/../secret_key",
+        "outputs/../../data/secret_key",
+        "outputs/task_AAAAAAAAAAAAAAAA/../../openimagine.db",
+        "openimagine.db",
+        "secret_key",
+    ],
+)
 def test_a_signed_url_outside_the_stored_files_never_serves_a_file(
-        server: Server, key: str) -> None:
+    server: Server, key: str
+) -> None:
     """Even a correctly signed URL (as if the secret had leaked to sign it) cannot
     reach the database, the secret key or anything outside inputs/outputs."""
     settings = server.settings
     (settings.data_dir / "secret_key").write_text("super-secret-sentinel")
-    signer = LocalStorage(settings.outputs_dir, secret=settings.resolved_secret_key(),
-                          public_url=server.base_url, ttl_seconds=600)
+    signer = LocalStorage(
+        settings.outputs_dir,
+        secret=settings.resolved_secret_key(),
+        public_url=server.base_url,
+        ttl_seconds=600,
+    )
     expires = int(time.time()) + 600
     sig = signer._signature(key, expires)
-    for target in (f"/files/{key}", f"/files/{quote(key, safe='')}",
-                   f"/files/{key.replace('..', '%2E%2E')}"):
+    for target in (
+        f"/files/{key}",
+        f"/files/{quote(key, safe='')}",
+        f"/files/{key.replace('..', '%2E%2E')}",
+    ):
         status, raw = _raw_get(server.base_url, f"{target}?expires={expires}&sig={sig}")
         assert status in (403, 404), (target, raw[:300])
         assert b"super-secret-sentinel" not in raw
@@ -240,18 +258,24 @@ def test_a_stored_file_outside_the_url_scheme_is_not_served(server: Server) -> N
     stray = settings.outputs_dir / "outputs" / "notes.txt"
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_text("private notes")
-    signer = LocalStorage(settings.outputs_dir, secret=settings.resolved_secret_key(),
-                          public_url=server.base_url, ttl_seconds=600)
+    signer = LocalStorage(
+        settings.outputs_dir,
+        secret=settings.resolved_secret_key(),
+        public_url=server.base_url,
+        ttl_seconds=600,
+    )
     expires = int(time.time()) + 600
     response = server.client.get(
         f"/files/outputs/notes.txt?expires={expires}"
-        f"&sig={signer._signature('outputs/notes.txt', expires)}")
+        f"&sig={signer._signature('outputs/notes.txt', expires)}"
+    )
     assert response.status_code == 404
     assert b"private notes" not in response.content
 
 
 def test_output_videos_are_h264_faststart_with_the_requested_shape(
-        server: Server, tmp_path: Path) -> None:
+    server: Server, tmp_path: Path
+) -> None:
     key = server.account()
     task_ids = {}
     for ratio in RATIOS:
@@ -278,7 +302,8 @@ def test_output_videos_are_h264_faststart_with_the_requested_shape(
 
 
 def test_output_video_follows_the_configured_resolution_and_fps(
-        start_server: Callable[..., Server], tmp_path: Path) -> None:
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
     server = start_server(resolution=96, fps=10, duration=1.0, variations=1)
     key = server.account()
     [url] = completed_urls(server, key, ratio="16:9")
@@ -316,7 +341,9 @@ def test_staging_cleanup_removes_only_scratch_that_is_certainly_dead(tmp_path: P
         for path in (staging / names[key] / "0.mp4", staging / names[key]):
             os.utime(path, (old, old))
     removed = clean_staging(staging)
-    assert sorted(removed) == sorted(names[key] for key in (
-        "exited", "earlier_with_my_pid", "other_host_old", "unnamed_old"))
+    assert sorted(removed) == sorted(
+        names[key] for key in ("exited", "earlier_with_my_pid", "other_host_old", "unnamed_old")
+    )
     assert sorted(p.name for p in staging.iterdir()) == sorted(
-        [names["mine"], names["other_host_fresh"]])
+        [names["mine"], names["other_host_fresh"]]
+    )

@@ -63,8 +63,9 @@ def models_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def gateway(start_server: Callable[..., Server], tmp_path: Path, text: str,
-            **overrides: object) -> Server:
+def gateway(
+    start_server: Callable[..., Server], tmp_path: Path, text: str, **overrides: object
+) -> Server:
     return start_server(models_file=models_file(tmp_path, text), **overrides)
 
 
@@ -75,8 +76,9 @@ def task_row(server: Server, task_id: str) -> Task:
 
 def ledger_kinds(server: Server, task_id: str) -> list[str]:
     with server.db.read() as session:
-        return sorted(session.scalars(select(LedgerEntry.kind)
-                                      .where(LedgerEntry.task_id == task_id)))
+        return sorted(
+            session.scalars(select(LedgerEntry.kind).where(LedgerEntry.task_id == task_id))
+        )
 
 
 def balance(server: Server, key: str) -> int:
@@ -124,17 +126,24 @@ engine = "preview"
 
 
 def test_three_models_each_complete_with_faststart_h264_from_our_own_urls(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        secret_env: None, tmp_path: Path) -> None:
+    start_server: Callable[..., Server],
+    upstreams: Callable[..., FakeUpstream],
+    secret_env: None,
+    tmp_path: Path,
+) -> None:
     xai = upstreams("xai", api_key=SECRET, job_seconds=0.3)
     # The upstream's video is mpeg4: openimagine transcodes it to H.264.
     openai = upstreams("openai", job_seconds=0.3, video_codec="mpeg4")
-    server = gateway(start_server, tmp_path, THREE_MODELS.format(
-        xai=xai.base_url, openai=openai.base_url, key_env=KEY_ENV))
+    server = gateway(
+        start_server,
+        tmp_path,
+        THREE_MODELS.format(xai=xai.base_url, openai=openai.base_url, key_env=KEY_ENV),
+    )
     key = server.account(credits=CREDITS)
 
-    ids = {name: submit(server, key, model=name, ratio="16:9", mode="fun")
-           for name in ("grok", "wan")}
+    ids = {
+        name: submit(server, key, model=name, ratio="16:9", mode="fun") for name in ("grok", "wan")
+    }
     ids["local"] = submit(server, key, ratio="16:9")  # no model: the default
     for name, task_id in ids.items():
         data = server.wait(key, task_id)
@@ -161,11 +170,18 @@ def test_three_models_each_complete_with_faststart_h264_from_our_own_urls(
 
 
 def test_models_are_listed_in_openai_shape_and_an_unknown_model_is_refused(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        secret_env: None, tmp_path: Path) -> None:
+    start_server: Callable[..., Server],
+    upstreams: Callable[..., FakeUpstream],
+    secret_env: None,
+    tmp_path: Path,
+) -> None:
     xai, openai = upstreams("xai"), upstreams("openai")
-    server = gateway(start_server, tmp_path, THREE_MODELS.format(
-        xai=xai.base_url, openai=openai.base_url, key_env=KEY_ENV), run_workers=False)
+    server = gateway(
+        start_server,
+        tmp_path,
+        THREE_MODELS.format(xai=xai.base_url, openai=openai.base_url, key_env=KEY_ENV),
+        run_workers=False,
+    )
     key = server.account(credits=CREDITS)
 
     listing = server.client.get("/v1/models", headers=auth(key))
@@ -185,20 +201,31 @@ def test_models_are_listed_in_openai_shape_and_an_unknown_model_is_refused(
     refused = server.generate(key, model="sora")
     assert refused.status_code == 400
     assert refused.json() == {
-        "code": 400, "error": "INVALID_REQUEST",
-        "message": "Invalid request: Unknown model 'sora': use one of grok, wan, local"}
+        "code": 400,
+        "error": "INVALID_REQUEST",
+        "message": "Invalid request: Unknown model 'sora': use one of grok, wan, local",
+    }
     assert balance(server, key) == CREDITS  # nothing debited
 
 
 def test_the_official_openai_sdk_lists_the_models(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        secret_env: None, tmp_path: Path) -> None:
+    start_server: Callable[..., Server],
+    upstreams: Callable[..., FakeUpstream],
+    secret_env: None,
+    tmp_path: Path,
+) -> None:
     import openai as openai_sdk
+
     xai, openai = upstreams("xai"), upstreams("openai")
-    server = gateway(start_server, tmp_path, THREE_MODELS.format(
-        xai=xai.base_url, openai=openai.base_url, key_env=KEY_ENV), run_workers=False)
-    client = openai_sdk.OpenAI(base_url=server.base_url + "/v1",
-                               api_key=server.account(credits=CREDITS))
+    server = gateway(
+        start_server,
+        tmp_path,
+        THREE_MODELS.format(xai=xai.base_url, openai=openai.base_url, key_env=KEY_ENV),
+        run_workers=False,
+    )
+    client = openai_sdk.OpenAI(
+        base_url=server.base_url + "/v1", api_key=server.account(credits=CREDITS)
+    )
     assert [model.id for model in client.models.list()] == ["grok", "wan", "local"]
 
 
@@ -226,8 +253,13 @@ timeout = {timeout}
         ("openai", {}, "a forbidden scene", INAPPROPRIATE, "content_policy_violation"),
         ("xai", {"outcome": "failed"}, "a cat", BUILD, "upstream render crashed"),
         ("xai", {"outcome": "expired"}, "a cat", BUILD, "expired"),
-        ("openai", {"outcome": "failed", "failed_http_status": 500}, "a cat", BUILD,
-         "internal_error"),
+        (
+            "openai",
+            {"outcome": "failed", "failed_http_status": 500},
+            "a cat",
+            BUILD,
+            "internal_error",
+        ),
         ("openai", {"outcome": "not_video"}, "a cat", BUILD, "not a video"),
         ("xai", {"outcome": "not_video"}, "a cat", BUILD, "not a video"),
         ("openai", {"create_status": 400}, "a cat", BUILD, "HTTP 400"),
@@ -235,20 +267,38 @@ timeout = {timeout}
         ("openai", {"create_status": 500}, "a cat", NETWORK, "HTTP 500"),
         ("xai", {"poll_delay": 5.0}, "a cat", NETWORK, "timed out"),
     ],
-    ids=["xai-moderated", "openai-moderated", "xai-failed", "xai-expired", "openai-500-failed",
-         "openai-not-video", "xai-not-video", "openai-400", "xai-401", "openai-500s", "slow"],
+    ids=[
+        "xai-moderated",
+        "openai-moderated",
+        "xai-failed",
+        "xai-expired",
+        "openai-500-failed",
+        "openai-not-video",
+        "xai-not-video",
+        "openai-400",
+        "xai-401",
+        "openai-500s",
+        "slow",
+    ],
 )
 def test_an_upstream_failure_fails_the_task_with_the_contract_message_and_refunds_it(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        tmp_path: Path, flavor: str, knobs: dict, prompt: str, message: str,
-        detail: str) -> None:
+    start_server: Callable[..., Server],
+    upstreams: Callable[..., FakeUpstream],
+    tmp_path: Path,
+    flavor: str,
+    knobs: dict,
+    prompt: str,
+    message: str,
+    detail: str,
+) -> None:
     fake = upstreams(flavor, job_seconds=0.2, **knobs)
     engine = "xai" if flavor == "xai" else "openai-videos"
     # The slow server answers no poll within the model's 3 s budget (no request
     # waits past it); 500s are retried until that budget is spent.
     timeout = 3 if "poll_delay" in knobs or knobs.get("create_status") == 500 else 30
-    server = gateway(start_server, tmp_path,
-                     RELAY.format(engine=engine, url=fake.base_url, timeout=timeout))
+    server = gateway(
+        start_server, tmp_path, RELAY.format(engine=engine, url=fake.base_url, timeout=timeout)
+    )
     key = server.account(credits=CREDITS)
     task_id = submit(server, key, prompt=prompt)
     data = server.wait(key, task_id, timeout=30)
@@ -259,17 +309,19 @@ def test_an_upstream_failure_fails_the_task_with_the_contract_message_and_refund
     assert ledger_kinds(server, task_id) == ["debit", "refund"]
     row = task_row(server, task_id)
     assert detail in (row.error_detail or ""), row.error_detail  # the operator's detail
-    status_text = server.client.get("/v1/status", params={"task_id": task_id},
-                                    headers=auth(key)).text
+    status_text = server.client.get(
+        "/v1/status", params={"task_id": task_id}, headers=auth(key)
+    ).text
     assert detail not in status_text  # never the client's
 
 
 def test_a_503_then_success_is_retried_honouring_retry_after(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        tmp_path: Path) -> None:
+    start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream], tmp_path: Path
+) -> None:
     fake = upstreams("xai", job_seconds=0.2, create_failures=2)
-    server = gateway(start_server, tmp_path, RELAY.format(engine="xai", url=fake.base_url,
-                                                          timeout=30))
+    server = gateway(
+        start_server, tmp_path, RELAY.format(engine="xai", url=fake.base_url, timeout=30)
+    )
     key = server.account(credits=CREDITS)
     started = time.monotonic()
     data = server.wait(key, submit(server, key), timeout=30)
@@ -279,9 +331,13 @@ def test_a_503_then_success_is_retried_honouring_retry_after(
 
 
 def test_a_closed_port_is_a_network_error_after_the_timeout(
-        start_server: Callable[..., Server], tmp_path: Path) -> None:
-    server = gateway(start_server, tmp_path, RELAY.format(engine="openai-videos",
-                                                          url=closed_port_url(), timeout=2))
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = gateway(
+        start_server,
+        tmp_path,
+        RELAY.format(engine="openai-videos", url=closed_port_url(), timeout=2),
+    )
     key = server.account(credits=CREDITS)
     data = server.wait(key, submit(server, key), timeout=30)
     assert (data["status"], data["error_message"]) == ("failed", NETWORK)
@@ -289,11 +345,14 @@ def test_a_closed_port_is_a_network_error_after_the_timeout(
 
 
 def test_twelve_relayed_tasks_run_side_by_side_in_one_worker(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        tmp_path: Path) -> None:
+    start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream], tmp_path: Path
+) -> None:
     fake = upstreams("openai", job_seconds=3.0)
-    server = gateway(start_server, tmp_path, RELAY.format(
-        engine="openai-videos", url=fake.base_url, timeout=60) + "concurrency = 16\n")
+    server = gateway(
+        start_server,
+        tmp_path,
+        RELAY.format(engine="openai-videos", url=fake.base_url, timeout=60) + "concurrency = 16\n",
+    )
     key = server.account(credits=CREDITS)
     started = time.monotonic()
     ids = [submit(server, key, prompt=f"clip {n}") for n in range(12)]
@@ -305,37 +364,50 @@ def test_twelve_relayed_tasks_run_side_by_side_in_one_worker(
 
 
 def test_a_relay_does_not_wait_behind_a_busy_local_model(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        tmp_path: Path) -> None:
+    start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream], tmp_path: Path
+) -> None:
     fake = upstreams("xai", job_seconds=0.2)
-    server = gateway(start_server, tmp_path, RELAY.format(
-        engine="xai", url=fake.base_url, timeout=30) + """
+    server = gateway(
+        start_server,
+        tmp_path,
+        RELAY.format(engine="xai", url=fake.base_url, timeout=30)
+        + """
 [models.slow]
 engine = "test-sleep"
 test_sleep_seconds = 30
-""")
+""",
+    )
     key = server.account(credits=CREDITS)
     slow = submit(server, key, model="slow")
     server.wait(key, slow, until=("processing",))
     relayed = server.wait(key, submit(server, key, model="relay"), timeout=20)
     assert relayed["status"] == "completed"
-    assert server.client.get("/v1/status", params={"task_id": slow},
-                             headers=auth(key)).json()["data"]["status"] == "processing"
+    assert (
+        server.client.get("/v1/status", params={"task_id": slow}, headers=auth(key)).json()["data"][
+            "status"
+        ]
+        == "processing"
+    )
 
 
 # -- several upstreams per model, and fallbacks --------------------------------
 
+
 def test_jobs_skip_a_dead_upstream_and_spread_over_the_live_ones(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        tmp_path: Path) -> None:
+    start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream], tmp_path: Path
+) -> None:
     first, second = upstreams("openai", job_seconds=1.0), upstreams("openai", job_seconds=1.0)
-    server = gateway(start_server, tmp_path, f"""
+    server = gateway(
+        start_server,
+        tmp_path,
+        f"""
 [models.farm]
 engine = "openai-videos"
 base_urls = ["{closed_port_url()}", "{first.base_url}", "{second.base_url}"]
 upstream_model = "m"
 variations = 1
-""")
+""",
+    )
     key = server.account(credits=CREDITS)
     ids = [submit(server, key, prompt=f"clip {n}") for n in range(6)]
     for task_id in ids:
@@ -346,10 +418,16 @@ variations = 1
 
 
 def test_a_model_whose_upstreams_are_down_falls_back_and_keeps_its_price(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        secret_env: None, tmp_path: Path) -> None:
+    start_server: Callable[..., Server],
+    upstreams: Callable[..., FakeUpstream],
+    secret_env: None,
+    tmp_path: Path,
+) -> None:
     backup = upstreams("xai", job_seconds=0.2, api_key=SECRET)
-    server = gateway(start_server, tmp_path, f"""
+    server = gateway(
+        start_server,
+        tmp_path,
+        f"""
 [models.primary]
 engine = "openai-videos"
 base_urls = ["{closed_port_url()}", "{closed_port_url()}"]
@@ -365,7 +443,8 @@ api_key_env = "{KEY_ENV}"
 upstream_model = "grok-imagine-video"
 resolution = "480p"
 price = 90
-""")
+""",
+    )
     key = server.account(credits=CREDITS)
     task_id = submit(server, key, model="primary")
     assert server.wait(key, task_id)["status"] == "completed"
@@ -378,30 +457,39 @@ price = 90
 
 # -- the models file -------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("[models.a]\nengine = \"preview\"\npric = 3\n", "models.a: unknown key(s) pric"),
-        ("[models.a]\nengine = \"dalle\"\n", "models.a: engine 'dalle' is not one of"),
-        ("default = \"b\"\n[models.a]\nengine = \"preview\"\n", "default 'b' names no model"),
-        ("[models.a]\nengine = \"xai\"\nbase_url = \"http://x/v1\"\nupstream_model = \"m\"\n"
-         "api_key_env = \"OPENIMAGINE_TEST_UNSET_KEY\"\n",
-         "api_key_env names OPENIMAGINE_TEST_UNSET_KEY, which is not set"),
-        ("[models.a]\nengine = \"openai-videos\"\nbase_url = \"http://x/v1\"\n"
-         "upstream_model = \"m\"\nfallbacks = [\"b\"]\n[models.b]\nengine = \"preview\"\n",
-         "fallback 'b' must be a relay model"),
-        ("[models.a]\nengine = \"preview\"\nprice = -1\n", "models.a: price"),
-        ("[models.a]\nengine = \"xai\"\nupstream_model = \"m\"\n", "a relay needs base_url"),
-        ("[models.a]\nengine = \"xai\"\nbase_url = \"http://x/v1\"\nupstream_model = \"m\"\n"
-         "resolution = 1080\n", "resolution must be 480p or 720p"),
-        ("[models.a]\nengine = \"preview\"\nbase_url = \"http://x/v1\"\n",
-         "base_url only apply to relay engines"),
+        ('[models.a]\nengine = "preview"\npric = 3\n', "models.a: unknown key(s) pric"),
+        ('[models.a]\nengine = "dalle"\n', "models.a: engine 'dalle' is not one of"),
+        ('default = "b"\n[models.a]\nengine = "preview"\n', "default 'b' names no model"),
+        (
+            '[models.a]\nengine = "xai"\nbase_url = "http://x/v1"\nupstream_model = "m"\n'
+            'api_key_env = "OPENIMAGINE_TEST_UNSET_KEY"\n',
+            "api_key_env names OPENIMAGINE_TEST_UNSET_KEY, which is not set",
+        ),
+        (
+            '[models.a]\nengine = "openai-videos"\nbase_url = "http://x/v1"\n'
+            'upstream_model = "m"\nfallbacks = ["b"]\n[models.b]\nengine = "preview"\n',
+            "fallback 'b' must be a relay model",
+        ),
+        ('[models.a]\nengine = "preview"\nprice = -1\n', "models.a: price"),
+        ('[models.a]\nengine = "xai"\nupstream_model = "m"\n', "a relay needs base_url"),
+        (
+            '[models.a]\nengine = "xai"\nbase_url = "http://x/v1"\nupstream_model = "m"\n'
+            "resolution = 1080\n",
+            "resolution must be 480p or 720p",
+        ),
+        (
+            '[models.a]\nengine = "preview"\nbase_url = "http://x/v1"\n',
+            "base_url only apply to relay engines",
+        ),
         ("[models\n", "not valid TOML"),
         ("", "no [models.NAME] table"),
     ],
 )
-def test_a_bad_models_file_is_refused_with_one_line(tmp_path: Path, text: str,
-                                                    says: str) -> None:
+def test_a_bad_models_file_is_refused_with_one_line(tmp_path: Path, text: str, says: str) -> None:
     settings = make_settings(tmp_path, models_file=models_file(tmp_path, text))
     with pytest.raises(CatalogError) as caught:
         load_catalog(settings)
@@ -411,17 +499,20 @@ def test_a_bad_models_file_is_refused_with_one_line(tmp_path: Path, text: str,
 
 
 def test_serve_with_a_bad_models_file_exits_1_with_one_line_and_no_traceback(
-        tmp_path: Path) -> None:
-    path = models_file(tmp_path, "[models.a]\nengine = \"dalle\"\n")
+    tmp_path: Path,
+) -> None:
+    path = models_file(tmp_path, '[models.a]\nengine = "dalle"\n')
     env = openimagine_env(tmp_path / "data", models_file=path, port=free_port())
     for command in (["serve"], ["worker"], ["models", "list"]):
         result = run_cli(env, *command, check=False)
         assert result.returncode == 1, command
         assert "Traceback" not in result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert lines == [f"error: models file {path}: models.a: engine 'dalle' is not one of "
-                         "cogvideox, ltx, openai-videos, preview, test-crash, test-fail, "
-                         "test-sleep, wan, xai"], command
+        assert lines == [
+            f"error: models file {path}: models.a: engine 'dalle' is not one of "
+            "cogvideox, ltx, openai-videos, preview, test-crash, test-fail, "
+            "test-sleep, wan, xai"
+        ], command
 
 
 def test_without_a_models_file_the_one_model_is_named_after_the_engine(tmp_path: Path) -> None:
@@ -432,10 +523,12 @@ def test_without_a_models_file_the_one_model_is_named_after_the_engine(tmp_path:
 
 
 def test_models_list_shows_each_model_and_never_the_key(
-        upstreams: Callable[..., FakeUpstream], tmp_path: Path) -> None:
+    upstreams: Callable[..., FakeUpstream], tmp_path: Path
+) -> None:
     xai = upstreams("xai")
-    path = models_file(tmp_path, THREE_MODELS.format(
-        xai=xai.base_url, openai=closed_port_url(), key_env=KEY_ENV))
+    path = models_file(
+        tmp_path, THREE_MODELS.format(xai=xai.base_url, openai=closed_port_url(), key_env=KEY_ENV)
+    )
     env = openimagine_env(tmp_path / "data", models_file=path)
     env[KEY_ENV] = SECRET
     listed = json.loads(run_cli(env, "models", "list", "--json").stdout)
@@ -450,18 +543,26 @@ def test_models_list_shows_each_model_and_never_the_key(
 
 
 def test_an_upstream_key_never_reaches_logs_errors_or_status(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        secret_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    start_server: Callable[..., Server],
+    upstreams: Callable[..., FakeUpstream],
+    secret_env: None,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # The upstream refuses the key (401) and echoes it back in its error body.
     fake = upstreams("xai", api_key="another-key")
-    server = gateway(start_server, tmp_path, f"""
+    server = gateway(
+        start_server,
+        tmp_path,
+        f"""
 [models.grok]
 engine = "xai"
 base_url = "{fake.base_url}"
 api_key_env = "{KEY_ENV}"
 upstream_model = "grok-imagine-video"
 resolution = "480p"
-""")
+""",
+    )
     key = server.account(credits=CREDITS)
     with caplog.at_level("INFO"):
         task_id = submit(server, key)
@@ -470,61 +571,79 @@ resolution = "480p"
     row = task_row(server, task_id)
     assert "HTTP 401" in (row.error_detail or "")
     # One loud line naming the model and the variable to check.
-    assert any(f"model grok: the upstream refused its key (HTTP 401); check the variable "
-               f"{KEY_ENV}" in record.getMessage() for record in caplog.records)
+    assert any(
+        f"model grok: the upstream refused its key (HTTP 401); check the variable "
+        f"{KEY_ENV}" in record.getMessage()
+        for record in caplog.records
+    )
     everything = caplog.text + (row.error_detail or "") + json.dumps(data)
     assert SECRET not in everything
 
 
 def test_a_relay_polls_saved_upstream_jobs_instead_of_creating_new_ones(
-        start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream],
-        tmp_path: Path) -> None:
+    start_server: Callable[..., Server], upstreams: Callable[..., FakeUpstream], tmp_path: Path
+) -> None:
     """What a worker taking a task over relies on: ids on the row are polled, not re-paid."""
     fake = upstreams("openai", job_seconds=0.2)
     text = RELAY.format(engine="openai-videos", url=fake.base_url, timeout=30)
     server = gateway(start_server, tmp_path, text, run_workers=False)
     key = server.account(credits=CREDITS)
     task_id = submit(server, key)
-    created = httpx.post(f"{fake.base_url}/videos", files={"prompt": (None, "earlier attempt"),
-                                                           "size": (None, "480x480")}).json()
+    created = httpx.post(
+        f"{fake.base_url}/videos",
+        files={"prompt": (None, "earlier attempt"), "size": (None, "480x480")},
+    ).json()
     with server.db.write() as session:
-        session.get(Task, task_id).upstream = {"model": "relay", "jobs": [
-            {"base_url": fake.base_url, "id": created["id"]}]}
+        session.get(Task, task_id).upstream = {
+            "model": "relay",
+            "jobs": [{"base_url": fake.base_url, "id": created["id"]}],
+        }
     server.stop()
-    restarted = gateway(start_server, tmp_path, text,
-                        data_dir=server.settings.data_dir)
+    restarted = gateway(start_server, tmp_path, text, data_dir=server.settings.data_dir)
     assert restarted.wait(key, task_id)["status"] == "completed"
     assert fake.stats()["jobs"] == 1  # only the one made before the "crash"
 
 
 # -- crashes: no double spending upstream ----------------------------------------
 
+
 @pytest.mark.parametrize("stop", ["kill", "stop"], ids=["SIGKILL", "SIGTERM"])
 def test_a_server_stopped_mid_relay_resumes_the_same_upstream_jobs_after_restart(
-        spawn_server: Callable, upstreams: Callable[..., FakeUpstream], tmp_path: Path,
-        open_db: Callable[[Path], Database], stop: str) -> None:
+    spawn_server: Callable,
+    upstreams: Callable[..., FakeUpstream],
+    tmp_path: Path,
+    open_db: Callable[[Path], Database],
+    stop: str,
+) -> None:
     fake = upstreams("xai", job_seconds=4.0)
-    path = models_file(tmp_path, RELAY.format(engine="xai", url=fake.base_url, timeout=60)
-                       .replace("variations = 1", "variations = 2"))
+    path = models_file(
+        tmp_path,
+        RELAY.format(engine="xai", url=fake.base_url, timeout=60).replace(
+            "variations = 1", "variations = 2"
+        ),
+    )
     data_dir = tmp_path / "data"
 
     def row_of(task_id: str) -> Task:
         with db.read() as session:
             return session.execute(select(Task).where(Task.id == task_id)).scalar_one()
 
-    settings = {"models_file": path, "lease_seconds": 2, "heartbeat_seconds": 0.5,
-                "poll_seconds": 0.05}
+    settings = {
+        "models_file": path,
+        "lease_seconds": 2,
+        "heartbeat_seconds": 0.5,
+        "poll_seconds": 0.05,
+    }
     first = spawn_server(data_dir, **settings)
     db = open_db(data_dir)
-    key = run_cli(first.env, "accounts", "create", "alice", "--credits", str(CREDITS),
-                  "--json")
+    key = run_cli(first.env, "accounts", "create", "alice", "--credits", str(CREDITS), "--json")
     api_key = json.loads(key.stdout)["api_key"]
     client = httpx.Client(base_url=first.base_url, timeout=30)
-    task_id = client.post("/v1/generate", json={"prompt": "a lighthouse"},
-                          headers=auth(api_key)).json()["data"]["task_id"]
+    task_id = client.post(
+        "/v1/generate", json={"prompt": "a lighthouse"}, headers=auth(api_key)
+    ).json()["data"]["task_id"]
     deadline = time.monotonic() + 30
-    while (row := row_of(task_id)).upstream is None or len(
-            row.upstream["jobs"]) < 2:
+    while (row := row_of(task_id)).upstream is None or len(row.upstream["jobs"]) < 2:
         assert time.monotonic() < deadline, "the upstream jobs were never saved"
         time.sleep(0.05)
     client.close()

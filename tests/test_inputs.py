@@ -673,9 +673,7 @@ def self_signed_cert(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-@pytest.mark.parametrize(
-    ("cert_name", "works"), [("cdn.example.test", True), ("evil.test", False)]
-)
+@pytest.mark.parametrize(("cert_name", "works"), [("cdn.example.test", True), ("evil.test", False)])
 def test_https_verifies_the_host_name_while_connecting_to_the_checked_address(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cert_name: str, works: bool
 ) -> None:

@@ -33,28 +33,31 @@ def tasks_of(server: Server) -> int:
 
 def ledger_kinds(server: Server, task_id: str) -> list[str]:
     with server.db.read() as session:
-        return sorted(session.scalars(select(LedgerEntry.kind)
-                                      .where(LedgerEntry.task_id == task_id)))
+        return sorted(
+            session.scalars(select(LedgerEntry.kind).where(LedgerEntry.task_id == task_id))
+        )
 
 
 # -- Idempotency-Key -------------------------------------------------------------
 
+
 def test_eight_concurrent_submits_with_one_key_create_one_task_and_one_debit(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False)
     key = server.account(credits=CREDITS)
     headers = {**auth(key), "Idempotency-Key": "order-4711"}
     body = {"prompt": "a red fox", "ratio": "16:9"}
 
     def send(_: int) -> httpx.Response:
-        return httpx.post(f"{server.base_url}/v1/generate", json=body, headers=headers,
-                          timeout=30)
+        return httpx.post(f"{server.base_url}/v1/generate", json=body, headers=headers, timeout=30)
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(send, range(8)))
     ok = [a for a in answers if a.status_code == 200]
     assert ok and all(a.status_code in (200, 409) for a in answers), [
-        (a.status_code, a.text) for a in answers]
+        (a.status_code, a.text) for a in answers
+    ]
     assert len({a.json()["data"]["task_id"] for a in ok}) == 1
     for answer in answers:
         if answer.status_code == 409:
@@ -69,43 +72,55 @@ def test_eight_concurrent_submits_with_one_key_create_one_task_and_one_debit(
     # Exactly one answer created the task; any other 200 was a replay of it.
     assert sum("Idempotent-Replayed" not in a.headers for a in ok) == 1
     # The same fields in another order and spacing are the same request.
-    reordered = httpx.post(f"{server.base_url}/v1/generate", headers={
-        **headers, "content-type": "application/json"},
-        content=b'{ "ratio": "16:9",  "prompt": "a red fox" }')
+    reordered = httpx.post(
+        f"{server.base_url}/v1/generate",
+        headers={**headers, "content-type": "application/json"},
+        content=b'{ "ratio": "16:9",  "prompt": "a red fox" }',
+    )
     assert reordered.json()["data"]["task_id"] == ok[0].json()["data"]["task_id"]
 
-    other = httpx.post(f"{server.base_url}/v1/generate", json={"prompt": "a blue fox"},
-                       headers=headers)
+    other = httpx.post(
+        f"{server.base_url}/v1/generate", json={"prompt": "a blue fox"}, headers=headers
+    )
     assert other.status_code == 422
     assert other.json()["error"] == "IDEMPOTENCY_KEY_REUSED"
     assert tasks_of(server) == 1 and balance(server, key) == CREDITS - PRICE
 
 
 def test_a_key_is_per_account_and_a_failed_request_gives_it_back(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False)
     poor = server.account(credits=10)
     rich = server.account(credits=CREDITS)
     headers = {"Idempotency-Key": "shared-name"}
-    refused = server.client.post("/v1/generate", json={"prompt": "x"},
-                                 headers={**auth(poor), **headers})
+    refused = server.client.post(
+        "/v1/generate", json={"prompt": "x"}, headers={**auth(poor), **headers}
+    )
     assert refused.status_code == 402
     # The other account's use of the same key is its own.
-    assert server.client.post("/v1/generate", json={"prompt": "x"},
-                              headers={**auth(rich), **headers}).status_code == 200
+    assert (
+        server.client.post(
+            "/v1/generate", json={"prompt": "x"}, headers={**auth(rich), **headers}
+        ).status_code
+        == 200
+    )
     # The refused request created nothing: with credits, the same key works.
     with server.db.write() as session:
         from openimagine.store.models import Account
+
         session.execute(Account.__table__.update().values(balance=CREDITS))
-    retried = server.client.post("/v1/generate", json={"prompt": "x"},
-                                 headers={**auth(poor), **headers})
+    retried = server.client.post(
+        "/v1/generate", json={"prompt": "x"}, headers={**auth(poor), **headers}
+    )
     assert retried.status_code == 200 and "Idempotent-Replayed" not in retried.headers
 
 
 def test_a_bad_key_is_refused(server: Server) -> None:
     key = server.account(credits=CREDITS)
-    answer = server.client.post("/v1/generate", json={"prompt": "x"},
-                                headers={**auth(key), "Idempotency-Key": "x" * 256})
+    answer = server.client.post(
+        "/v1/generate", json={"prompt": "x"}, headers={**auth(key), "Idempotency-Key": "x" * 256}
+    )
     assert answer.status_code == 400 and "Idempotency-Key" in answer.json()["message"]
     assert balance(server, key) == CREDITS
 
@@ -117,12 +132,15 @@ def test_the_openai_face_replays_a_keyed_create(start_server: Callable[..., Serv
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         first = client.videos.with_raw_response.create(
-            prompt="a kite", seconds="1", extra_headers={"Idempotency-Key": "kite-1"})
+            prompt="a kite", seconds="1", extra_headers={"Idempotency-Key": "kite-1"}
+        )
         second = client.videos.with_raw_response.create(
-            prompt="a kite", seconds="1", extra_headers={"Idempotency-Key": "kite-1"})
+            prompt="a kite", seconds="1", extra_headers={"Idempotency-Key": "kite-1"}
+        )
         with pytest.raises(openai.UnprocessableEntityError):
-            client.videos.create(prompt="a kite at night", seconds="1",
-                                 extra_headers={"Idempotency-Key": "kite-1"})
+            client.videos.create(
+                prompt="a kite at night", seconds="1", extra_headers={"Idempotency-Key": "kite-1"}
+            )
     assert first.parse().id == second.parse().id
     assert second.headers["idempotent-replayed"] == "true"
     assert tasks_of(server) == 1 and balance(server, key) == CREDITS - PRICE // 2
@@ -130,8 +148,10 @@ def test_the_openai_face_replays_a_keyed_create(start_server: Callable[..., Serv
 
 # -- cancel ----------------------------------------------------------------------
 
+
 def test_cancelling_a_pending_task_refunds_it_once_and_a_second_cancel_changes_nothing(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False)
     key = server.account(credits=CREDITS)
     task_id = server.generate(key).json()["data"]["task_id"]
@@ -139,18 +159,22 @@ def test_cancelling_a_pending_task_refunds_it_once_and_a_second_cancel_changes_n
     assert cancelled.status_code == 200
     data = cancelled.json()["data"]
     assert (data["status"], data["error_message"], data["consumed_credits"]) == (
-        "failed", "Task cancelled", 0)
+        "failed",
+        "Task cancelled",
+        0,
+    )
     assert balance(server, key) == CREDITS
     again = server.client.post("/v1/cancel", json={"task_id": task_id}, headers=auth(key))
     assert again.status_code == 200 and again.json()["data"] == data
-    assert balance(server, key) == CREDITS and ledger_kinds(server, task_id) == [
-        "debit", "refund"]
+    assert balance(server, key) == CREDITS and ledger_kinds(server, task_id) == ["debit", "refund"]
 
 
 def test_cancelling_a_running_task_stops_it_and_refunds_it(
-        start_server: Callable[..., Server]) -> None:
-    server = start_server(engine="test-sleep", test_sleep_seconds=30, heartbeat_seconds=0.2,
-                          lease_seconds=5)
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(
+        engine="test-sleep", test_sleep_seconds=30, heartbeat_seconds=0.2, lease_seconds=5
+    )
     key = server.account(credits=CREDITS)
     task_id = server.generate(key).json()["data"]["task_id"]
     server.wait(key, task_id, until=("processing",))
@@ -173,16 +197,19 @@ def test_a_finished_task_cannot_be_cancelled(server: Server) -> None:
     assert answer.status_code == 409 and answer.json()["error"] == "CONFLICT"
     assert balance(server, key) == CREDITS - PRICE
     other = server.account(credits=CREDITS)
-    assert server.client.post("/v1/cancel", json={"task_id": task_id},
-                              headers=auth(other)).status_code == 404
+    assert (
+        server.client.post("/v1/cancel", json={"task_id": task_id}, headers=auth(other)).status_code
+        == 404
+    )
     assert server.client.post("/v1/cancel", json={}, headers=auth(key)).status_code == 400
 
 
 def test_the_openai_face_cancels_a_queued_video(start_server: Callable[..., Server]) -> None:
     server = start_server(run_workers=False)
     key = server.account(credits=CREDITS)
-    created = server.client.post("/v1/videos", json={"prompt": "a kite", "seconds": 1},
-                                 headers=auth(key)).json()
+    created = server.client.post(
+        "/v1/videos", json={"prompt": "a kite", "seconds": 1}, headers=auth(key)
+    ).json()
     answer = server.client.post(f"/v1/videos/{created['id']}/cancel", headers=auth(key))
     assert answer.status_code == 200
     assert answer.json()["status"] == "failed"
@@ -192,12 +219,13 @@ def test_the_openai_face_cancels_a_queued_video(start_server: Callable[..., Serv
 
 # -- the task list ---------------------------------------------------------------
 
+
 def test_the_task_list_pages_through_own_tasks_newest_first(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False)
     key = server.account(credits=CREDITS)
-    made = [server.generate(key, prompt=f"clip {n}").json()["data"]["task_id"]
-            for n in range(5)]
+    made = [server.generate(key, prompt=f"clip {n}").json()["data"]["task_id"] for n in range(5)]
     server.generate(server.account(credits=CREDITS), prompt="someone else's")
     server.client.post("/v1/cancel", json={"task_id": made[1]}, headers=auth(key))
     seen: list[str] = []
@@ -211,16 +239,19 @@ def test_the_task_list_pages_through_own_tasks_newest_first(
             break
         after = page["next"]
     assert seen == made[::-1]
-    failed = server.client.get("/v1/tasks", params={"status": "failed"},
-                               headers=auth(key)).json()["data"]["tasks"]
+    failed = server.client.get("/v1/tasks", params={"status": "failed"}, headers=auth(key)).json()[
+        "data"
+    ]["tasks"]
     assert [task["task_id"] for task in failed] == [made[1]]
     assert failed[0]["error_message"] == "Task cancelled"
     # "\u00b2" passes str.isdigit() and fails int(): it was a 500 (make fuzz).
     for limit in (500, 0, "\u00b2", "x"):
         bad = server.client.get("/v1/tasks", params={"limit": limit}, headers=auth(key))
         assert bad.status_code == 400, limit
-    assert server.client.get("/v1/tasks", params={"after": "task_nope"},
-                             headers=auth(key)).status_code == 404
+    assert (
+        server.client.get("/v1/tasks", params={"after": "task_nope"}, headers=auth(key)).status_code
+        == 404
+    )
 
 
 def test_keys_older_than_a_day_are_forgotten_by_the_workers(server: Server) -> None:

@@ -73,8 +73,11 @@ def entries(db: Database, task_id: str, kind: str | None = None) -> list[LedgerE
 
 def ledger_sum(db: Database, account_id: int) -> int:
     with db.read() as session:
-        return session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0))
-                              .where(LedgerEntry.account_id == account_id))
+        return session.scalar(
+            select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+                LedgerEntry.account_id == account_id
+            )
+        )
 
 
 def take_over(db: Database, first: Claim, owner: str = "worker-b") -> Claim:
@@ -131,8 +134,7 @@ def test_a_late_account_is_served_before_an_earlier_accounts_backlog(db: Databas
     assert third is not None and third.task_id == backlog[1]
 
 
-def test_with_one_slot_accounts_take_turns_instead_of_the_backlog_going_first(
-        db: Database) -> None:
+def test_with_one_slot_accounts_take_turns_instead_of_the_backlog_going_first(db: Database) -> None:
     """One worker: when it claims, nothing runs, so the account served least
     recently goes next; a late account does not wait for the backlog."""
     big, small = make_principal(db, credits=PRICE * 50), make_principal(db)
@@ -156,19 +158,20 @@ def test_among_accounts_with_as_many_running_the_oldest_task_goes_first(db: Data
     assert [c.task_id for c in order if c is not None] == ids
 
 
-def test_plan_priority_serves_enterprise_then_pro_then_free_when_asked(
-        db: Database) -> None:
+def test_plan_priority_serves_enterprise_then_pro_then_free_when_asked(db: Database) -> None:
     free = make_principal(db)
     with db.write() as session:
-        session.execute(update(Account).where(Account.id == free.account_id)
-                        .values(plan="free"))
+        session.execute(update(Account).where(Account.id == free.account_id).values(plan="free"))
     enterprise = make_principal(db)
     with db.write() as session:
-        session.execute(update(Account).where(Account.id == enterprise.account_id)
-                        .values(plan="enterprise"))
+        session.execute(
+            update(Account).where(Account.id == enterprise.account_id).values(plan="enterprise")
+        )
     pro = make_principal(db)
-    ids = {who: submit_task(db, principal) for who, principal in
-           (("free", free), ("enterprise", enterprise), ("pro", pro))}
+    ids = {
+        who: submit_task(db, principal)
+        for who, principal in (("free", free), ("enterprise", enterprise), ("pro", pro))
+    }
     by_plan = [claim(db, f"w{n}", plan_priority=True) for n in range(3)]
     assert [c.task_id for c in by_plan if c] == [ids["enterprise"], ids["pro"], ids["free"]]
 
@@ -183,8 +186,9 @@ def test_claiming_a_named_task_still_takes_exactly_that_task(db: Database) -> No
     assert claim(db, "w", task_id=named, engine="other-engine") is None
 
 
-def test_many_threads_claiming_at_once_never_get_the_same_task(tmp_path: Path,
-                                                                db: Database) -> None:
+def test_many_threads_claiming_at_once_never_get_the_same_task(
+    tmp_path: Path, db: Database
+) -> None:
     who = make_principal(db, credits=PRICE * 40)
     submitted = {submit_task(db, who, prompt=f"clip {n}") for n in range(40)}
     # Each thread has its own Database (its own connections), like separate processes.
@@ -312,7 +316,11 @@ def test_reap_requeues_an_expired_lease_and_leaves_live_ones_alone(db: Database)
     assert lifecycle.reap_expired(db, max_attempts=3) == (1, 0)
     row = task_row(db, stalled_id)
     assert (row.status, row.attempts, row.lease_owner, row.lease_expires_at) == (
-        "pending", 1, None, None)
+        "pending",
+        1,
+        None,
+        None,
+    )
     assert task_row(db, live_id).status == "processing"
     assert lifecycle.reap_expired(db, max_attempts=3) == (0, 0)
 
@@ -394,7 +402,12 @@ def test_release_returns_the_task_without_counting_the_attempt(db: Database) -> 
     assert lifecycle.release(db, taken) is True
     row = task_row(db, task_id)
     assert (row.status, row.attempts, row.lease_owner, row.lease_expires_at, row.progress) == (
-        "pending", 0, None, None, 0)
+        "pending",
+        0,
+        None,
+        None,
+        0,
+    )
     assert lifecycle.release(db, taken) is False  # not twice
 
     again = claim(db, "worker-b")
@@ -419,11 +432,13 @@ def test_the_database_refuses_a_second_refund(db: Database) -> None:
     before = balance(db, who.account_id)
 
     with pytest.raises(IntegrityError), db.write() as session:
-        session.add(LedgerEntry(account_id=who.account_id, kind="refund", amount=PRICE,
-                                task_id=task_id))
+        session.add(
+            LedgerEntry(account_id=who.account_id, kind="refund", amount=PRICE, task_id=task_id)
+        )
     with pytest.raises(IntegrityError), db.write() as session:
-        session.add(LedgerEntry(account_id=who.account_id, kind="debit", amount=-PRICE,
-                                task_id=task_id))
+        session.add(
+            LedgerEntry(account_id=who.account_id, kind="debit", amount=-PRICE, task_id=task_id)
+        )
     assert len(entries(db, task_id, "refund")) == 1
     assert balance(db, who.account_id) == before
 
@@ -431,8 +446,9 @@ def test_the_database_refuses_a_second_refund(db: Database) -> None:
 def test_the_database_refuses_a_negative_balance(db: Database) -> None:
     who = make_principal(db, credits=50)
     with pytest.raises(IntegrityError), db.write() as session:
-        session.execute(update(Account).where(Account.id == who.account_id)
-                        .values(balance=Account.balance - 51))
+        session.execute(
+            update(Account).where(Account.id == who.account_id).values(balance=Account.balance - 51)
+        )
     assert balance(db, who.account_id) == 50
 
     submit_task(db, who)  # 50 -> 10

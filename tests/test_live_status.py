@@ -32,12 +32,18 @@ def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
 
 
 def test_a_stream_shows_progress_and_ends_with_the_completed_status(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(engine="test-sleep", test_sleep_seconds=1.5)
     key = server.account(credits=CREDITS)
     task_id = server.generate(key).json()["data"]["task_id"]
-    with httpx.stream("GET", f"{server.base_url}/v1/status/stream",
-                      params={"task_id": task_id}, headers=auth(key), timeout=30) as response:
+    with httpx.stream(
+        "GET",
+        f"{server.base_url}/v1/status/stream",
+        params={"task_id": task_id},
+        headers=auth(key),
+        timeout=30,
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = list(sse_events(response))  # ends by itself after the final event
@@ -49,16 +55,25 @@ def test_a_stream_shows_progress_and_ends_with_the_completed_status(
     assert progress == sorted(progress) and len(set(progress)) >= 3  # it moved, in steps
     final = events[-1][1]
     assert final["task_id"] == task_id and len(final["response"]) == 2
-    assert final == server.client.get("/v1/status", params={"task_id": task_id},
-                                      headers=auth(key)).json()["data"]
+    assert (
+        final
+        == server.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key)).json()[
+            "data"
+        ]
+    )
 
 
 def test_a_stream_of_a_finished_task_is_one_event(server: Server) -> None:
     key = server.account(credits=CREDITS)
     task_id = server.generate(key).json()["data"]["task_id"]
     server.wait(key, task_id)
-    with httpx.stream("GET", f"{server.base_url}/v1/status/stream",
-                      params={"task_id": task_id}, headers=auth(key), timeout=30) as response:
+    with httpx.stream(
+        "GET",
+        f"{server.base_url}/v1/status/stream",
+        params={"task_id": task_id},
+        headers=auth(key),
+        timeout=30,
+    ) as response:
         events = list(sse_events(response))
     assert [data["status"] for _, data in events] == ["completed"]
 
@@ -66,22 +81,30 @@ def test_a_stream_of_a_finished_task_is_one_event(server: Server) -> None:
 def test_the_openai_face_streams_video_objects(start_server: Callable[..., Server]) -> None:
     server = start_server(engine="test-sleep", test_sleep_seconds=1)
     key = server.account(credits=CREDITS)
-    video = server.client.post("/v1/videos", json={"prompt": "a kite", "seconds": 1},
-                               headers=auth(key)).json()
-    with httpx.stream("GET", f"{server.base_url}/v1/videos/{video['id']}/events",
-                      headers=auth(key), timeout=30) as response:
+    video = server.client.post(
+        "/v1/videos", json={"prompt": "a kite", "seconds": 1}, headers=auth(key)
+    ).json()
+    with httpx.stream(
+        "GET", f"{server.base_url}/v1/videos/{video['id']}/events", headers=auth(key), timeout=30
+    ) as response:
         events = [data for _, data in sse_events(response)]
     assert events[0]["object"] == "video" and events[0]["id"] == video["id"]
     assert events[-1]["status"] == "completed" and events[-1]["progress"] == 100
 
 
 def test_a_cancelled_task_ends_its_stream_with_the_failed_status(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False)
     key = server.account(credits=CREDITS)
     task_id = server.generate(key).json()["data"]["task_id"]
-    with httpx.stream("GET", f"{server.base_url}/v1/status/stream",
-                      params={"task_id": task_id}, headers=auth(key), timeout=30) as response:
+    with httpx.stream(
+        "GET",
+        f"{server.base_url}/v1/status/stream",
+        params={"task_id": task_id},
+        headers=auth(key),
+        timeout=30,
+    ) as response:
         lines = sse_events(response)
         assert next(lines)[1]["status"] == "pending"
         server.client.post("/v1/cancel", json={"task_id": task_id}, headers=auth(key))
@@ -94,8 +117,9 @@ def test_streams_refuse_strangers_and_unknown_tasks(server: Server) -> None:
     task_id = server.generate(key).json()["data"]["task_id"]
     assert server.client.get("/v1/status/stream", params={"task_id": task_id}).status_code == 401
     other = server.account(credits=CREDITS)
-    answer = server.client.get("/v1/status/stream", params={"task_id": task_id},
-                               headers=auth(other))
+    answer = server.client.get(
+        "/v1/status/stream", params={"task_id": task_id}, headers=auth(other)
+    )
     assert answer.status_code == 404 and answer.json()["error"] == "NOT_FOUND"
     assert server.client.get("/v1/status/stream", headers=auth(key)).status_code == 400
     missing = server.client.get("/v1/videos/task_nope/events", headers=auth(key))
@@ -103,7 +127,8 @@ def test_streams_refuse_strangers_and_unknown_tasks(server: Server) -> None:
 
 
 def test_the_sdks_wait_follows_the_stream_instead_of_polling(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     from openimagine.client import Client
 
     server = start_server(engine="test-sleep", test_sleep_seconds=1)
@@ -112,7 +137,11 @@ def test_the_sdks_wait_follows_the_stream_instead_of_polling(
     with Client(api_key=key, base_url=server.base_url) as client:
         task = client.generate("a lighthouse")
         # A poll every minute would miss the 20 s budget: only the stream can make it.
-        done = client.wait(task, poll_interval=60, timeout=20,
-                           on_progress=lambda current: seen.append(current.progress))
+        done = client.wait(
+            task,
+            poll_interval=60,
+            timeout=20,
+            on_progress=lambda current: seen.append(current.progress),
+        )
     assert done.completed and len(done.response) == 2
     assert seen[-1] == 100 and len(seen) >= 3

@@ -43,9 +43,11 @@ def scrape(base_url: str, **headers: str) -> Samples:
     response = httpx.get(f"{base_url}/metrics", headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -54,20 +56,25 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def models_file(tmp_path: Path) -> Path:
     path = tmp_path / "models.toml"
-    path.write_text('[models.preview]\nengine = "preview"\nprice = 40\n'
-                    '[models.broken]\nengine = "test-fail"\nprice = 10\n')
+    path.write_text(
+        '[models.preview]\nengine = "preview"\nprice = 40\n'
+        '[models.broken]\nengine = "test-fail"\nprice = 10\n'
+    )
     return path
 
 
 def test_metrics_count_tasks_credits_webhooks_and_requests(
-        start_server: Callable[..., Server], tmp_path: Path) -> None:
-    server = start_server(models_file=models_file(tmp_path), allow_private_urls=True,
-                          webhook_retry_schedule="0")
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = start_server(
+        models_file=models_file(tmp_path), allow_private_urls=True, webhook_retry_schedule="0"
+    )
     key = server.account(credits=1000)
     done = [server.generate(key, model="preview").json()["data"]["task_id"] for _ in range(2)]
     # Its one webhook try goes to a closed port: a failed delivery.
-    broken = server.generate(key, model="broken",
-                             callback_url="http://127.0.0.1:9/hook").json()["data"]["task_id"]
+    broken = server.generate(key, model="broken", callback_url="http://127.0.0.1:9/hook").json()[
+        "data"
+    ]["task_id"]
     for task_id in done:
         assert server.wait(key, task_id)["status"] == "completed"
     assert server.wait(key, broken)["status"] == "failed"
@@ -91,8 +98,7 @@ def test_metrics_count_tasks_credits_webhooks_and_requests(
     engine = "openimagine_task_engine_seconds"
     assert value(before, f"{engine}_count", model="preview", status="completed") == 2
     assert value(before, f"{engine}_sum", model="preview", status="completed") > 0
-    assert value(before, f"{engine}_bucket", model="preview", status="completed",
-                 le="+Inf") == 2
+    assert value(before, f"{engine}_bucket", model="preview", status="completed", le="+Inf") == 2
     assert value(before, "openimagine_queue_depth", model="nobody") == 1
     assert value(before, "openimagine_queue_depth", model="preview") == 0
     assert ("openimagine_queue_depth", (("model", "broken"),)) in before  # 0, not absent
@@ -112,10 +118,14 @@ def test_metrics_count_tasks_credits_webhooks_and_requests(
     # Requests by route template, both through the fast path and FastAPI's stack.
     client = server.client
     for _ in range(3):
-        assert client.get("/v1/status", params={"task_id": done[0]},
-                          headers=auth(key)).status_code == 200
-    assert client.get("/v1/status", params={"task_id": "task_nope"},
-                      headers=auth(key)).status_code == 404
+        assert (
+            client.get("/v1/status", params={"task_id": done[0]}, headers=auth(key)).status_code
+            == 200
+        )
+    assert (
+        client.get("/v1/status", params={"task_id": "task_nope"}, headers=auth(key)).status_code
+        == 404
+    )
     assert client.get(f"/v1/videos/{done[1]}", headers=auth(key)).status_code == 200
     assert client.get(f"/v1/videos/{done[1]}/content", headers=auth(key)).status_code == 200
     assert client.get("/v1/tasks", headers=auth("oi_wrong")).status_code == 401
@@ -130,8 +140,7 @@ def test_metrics_count_tasks_credits_webhooks_and_requests(
     assert delta(requests, method="GET", route="/v1/status", status="200") == 3
     assert delta(requests, method="GET", route="/v1/status", status="404") == 1
     assert delta(requests, method="GET", route="/v1/videos/{video_id}", status="200") == 1
-    assert delta(requests, method="GET", route="/v1/videos/{video_id}/content",
-                 status="200") == 1
+    assert delta(requests, method="GET", route="/v1/videos/{video_id}/content", status="200") == 1
     assert delta(requests, method="GET", route="/v1/tasks", status="401") == 1
     assert delta(requests, method="GET", route="unmatched", status="404") == 1
     assert delta(requests, method="other", route="/v1/status", status="405") == 1  # any token
@@ -146,8 +155,9 @@ def test_metrics_count_tasks_credits_webhooks_and_requests(
 
 
 def _finish(db: Database, task_id: str, *, ok: bool) -> None:
-    claim = lifecycle.claim_next(db, owner="test", model="preview", lease_seconds=60,
-                                 task_id=task_id)
+    claim = lifecycle.claim_next(
+        db, owner="test", model="preview", lease_seconds=60, task_id=task_id
+    )
     assert claim is not None
     if ok:
         lifecycle.complete(db, claim, outputs=[], seeds=[])
@@ -157,26 +167,33 @@ def _finish(db: Database, task_id: str, *, ok: bool) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_finished_totals_read_incrementally_equal_a_full_read(
-        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
-    db = Database(make_settings(tmp_path).resolved_database_url if backend == "sqlite"
-                  else request.getfixturevalue("pg_url"))
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    db = Database(
+        make_settings(tmp_path).resolved_database_url
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
     migrate.upgrade(db)
     principal = make_principal(db, credits=100_000)
 
     def aged(task_id: str, hours: float) -> str:
         with db.write() as session:
-            session.execute(update(Task).where(Task.id == task_id).values(
-                created_at=utcnow() - timedelta(hours=hours)))
+            session.execute(
+                update(Task)
+                .where(Task.id == task_id)
+                .values(created_at=utcnow() - timedelta(hours=hours))
+            )
         return task_id
 
     def same(one: dict, other: dict) -> bool:  # the sums, up to their order of addition
         return one.keys() == other.keys() and all(
-            one[key] == pytest.approx(other[key]) for key in one)
+            one[key] == pytest.approx(other[key]) for key in one
+        )
 
     def totals(incremental: FinishedTotals, now: datetime) -> tuple[dict, dict]:
         with db.read() as session:
-            return (incremental.read(session, db, now),
-                    FinishedTotals().read(session, db, now))
+            return (incremental.read(session, db, now), FinishedTotals().read(session, db, now))
 
     try:
         old_done = [aged(submit_task(db, principal), 3) for _ in range(3)]
@@ -221,9 +238,14 @@ def test_metrics_answer_loopback_only_without_a_token(tmp_path: Path) -> None:
         app.state.ctx.executor.shutdown(wait=False)
         app.state.ctx.db.dispose()
     assert refused.status_code == 403
-    assert refused.json() == {"code": 403, "error": "FORBIDDEN", "message": (
-        "Forbidden: /metrics answers loopback clients only, unless "
-        "OPENIMAGINE_METRICS_TOKEN is set")}
+    assert refused.json() == {
+        "code": 403,
+        "error": "FORBIDDEN",
+        "message": (
+            "Forbidden: /metrics answers loopback clients only, unless "
+            "OPENIMAGINE_METRICS_TOKEN is set"
+        ),
+    }
 
 
 def test_metrics_with_a_token_want_it_from_everyone(start_server: Callable[..., Server]) -> None:
@@ -232,28 +254,33 @@ def test_metrics_with_a_token_want_it_from_everyone(start_server: Callable[..., 
         refused = server.client.get("/metrics", headers=headers)
         assert refused.status_code == 403, headers
         assert refused.json()["error"] == "FORBIDDEN"
-    assert value(scrape(server.base_url, **auth("scrape-me-0123")),
-                 "openimagine_database_up") == 1
+    assert value(scrape(server.base_url, **auth("scrape-me-0123")), "openimagine_database_up") == 1
     # Outside the API's document.
     assert "/metrics" not in server.client.get("/openapi.json").json()["paths"]
 
 
 def _access_lines(spawned: Spawned) -> list[dict]:
-    return [json.loads(line) for line in spawned.log.read_text().splitlines()
-            if line.startswith("{")]
+    return [
+        json.loads(line) for line in spawned.log.read_text().splitlines() if line.startswith("{")
+    ]
 
 
 def test_request_ids_and_one_json_access_line_per_request(
-        spawn_server: Callable[..., Spawned]) -> None:
+    spawn_server: Callable[..., Spawned],
+) -> None:
     spawned = spawn_server(forwarded_allow_ips="127.0.0.1")
     key = re.search(r"\boi_[A-Za-z0-9_-]{20,}", spawned.log.read_text())
     assert key is not None, spawned.log.read_text()
     with httpx.Client(base_url=spawned.base_url, timeout=30) as client:
-        task_id = client.post("/v1/generate", headers=auth(key.group()),
-                              json={"prompt": "a lighthouse"}).json()["data"]["task_id"]
+        task_id = client.post(
+            "/v1/generate", headers=auth(key.group()), json={"prompt": "a lighthouse"}
+        ).json()["data"]["task_id"]
         # The fast path keeps a sane id the client sent.
-        polled = client.get("/v1/status", params={"task_id": task_id},
-                            headers={**auth(key.group()), "X-Request-Id": "poll-1.a_b"})
+        polled = client.get(
+            "/v1/status",
+            params={"task_id": task_id},
+            headers={**auth(key.group()), "X-Request-Id": "poll-1.a_b"},
+        )
         assert polled.status_code == 200
         assert polled.headers["x-request-id"] == "poll-1.a_b"
         # FastAPI's stack makes one when the client sent none or a bad one.
@@ -293,9 +320,9 @@ def test_the_access_log_can_be_turned_off(spawn_server: Callable[..., Spawned]) 
     assert 'HTTP/1.1"' not in spawned.log.read_text()
 
 
-def test_several_processes_sum_their_http_series(spawn_server: Callable[..., Spawned],
-                                                  tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_several_processes_sum_their_http_series(
+    spawn_server: Callable[..., Spawned], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = tmp_path / "prometheus"
     shared.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
@@ -306,7 +333,22 @@ def test_several_processes_sum_their_http_series(spawn_server: Callable[..., Spa
             assert httpx.get(f"{spawned.base_url}/v1/models").status_code == 401
     for spawned in (first, second):
         samples = scrape(spawned.base_url)
-        assert value(samples, "openimagine_http_requests_total", method="GET",
-                     route="/v1/models", status="401") == 5
-        assert value(samples, "openimagine_http_request_duration_seconds_count",
-                     method="GET", route="/v1/models") == 5
+        assert (
+            value(
+                samples,
+                "openimagine_http_requests_total",
+                method="GET",
+                route="/v1/models",
+                status="401",
+            )
+            == 5
+        )
+        assert (
+            value(
+                samples,
+                "openimagine_http_request_duration_seconds_count",
+                method="GET",
+                route="/v1/models",
+            )
+            == 5
+        )

@@ -38,11 +38,13 @@ def balance(server: Server, key: str) -> int:
 
 
 def test_create_and_poll_renders_one_video_at_the_requested_size_and_charges_one_video(
-        server: Server, tmp_path: Path) -> None:
+    server: Server, tmp_path: Path
+) -> None:
     key = server.account(credits=CREDITS)
     client = sdk(server, key)
-    video = client.videos.create_and_poll(prompt="a lighthouse in a storm", size="1280x720",
-                                          seconds="1", poll_interval_ms=50)
+    video = client.videos.create_and_poll(
+        prompt="a lighthouse in a storm", size="1280x720", seconds="1", poll_interval_ms=50
+    )
     assert video.status == "completed" and video.progress == 100
     assert video.id.startswith("task_") and video.model == "preview"
     assert video.completed_at is not None and video.completed_at >= video.created_at
@@ -69,20 +71,28 @@ def test_an_image_file_and_an_image_url_both_reach_the_task(server: Server) -> N
     key = server.account(credits=CREDITS)
     client = sdk(server, key)
     with_file = client.videos.create_and_poll(
-        prompt="the red card comes alive", seconds="1",
-        input_reference=("card.png", png_bytes(), "image/png"), poll_interval_ms=50)
+        prompt="the red card comes alive",
+        seconds="1",
+        input_reference=("card.png", png_bytes(), "image/png"),
+        poll_interval_ms=50,
+    )
     assert with_file.status == "completed", with_file.error
-    data_url = "data:image/png;base64," + __import__("base64").b64encode(
-        png_bytes((30, 30, 200))).decode()
+    data_url = (
+        "data:image/png;base64," + __import__("base64").b64encode(png_bytes((30, 30, 200))).decode()
+    )
     # This SDK's create() takes only a file for input_reference; a URL goes as a
     # nested object, which it sends as the multipart field input_reference[image_url].
-    created = client.videos.create(prompt="the blue card comes alive", seconds="1",
-                                   extra_body={"input_reference": {"image_url": data_url}})
+    created = client.videos.create(
+        prompt="the blue card comes alive",
+        seconds="1",
+        extra_body={"input_reference": {"image_url": data_url}},
+    )
     with_url = client.videos.poll(created.id, poll_interval_ms=50)
     assert with_url.status == "completed", with_url.error
     for video in (with_file, with_url):
-        status = server.client.get("/v1/status", params={"task_id": video.id},
-                                   headers=auth(key)).json()["data"]
+        status = server.client.get(
+            "/v1/status", params={"task_id": video.id}, headers=auth(key)
+        ).json()["data"]
         assert len(status["request"]["images"]) == 1  # stored, echoed as a signed URL
         assert status["request"]["images"][0].startswith(server.base_url + "/files/")
 
@@ -94,8 +104,7 @@ def test_the_same_task_is_seen_from_both_faces(server: Server) -> None:
     server.wait(key, grok)
     seen = client.videos.retrieve(grok)
     assert (seen.id, seen.status, seen.prompt) == (grok, "completed", "a fox")
-    made_here = client.videos.create_and_poll(prompt="an owl", seconds="1",
-                                              poll_interval_ms=50)
+    made_here = client.videos.create_and_poll(prompt="an owl", seconds="1", poll_interval_ms=50)
     status = server.wait(key, made_here.id)
     assert status["status"] == "completed" and len(status["response"]) == 1
     assert status["consumed_credits"] == PRICE // 2
@@ -118,25 +127,30 @@ def test_remix_keeps_model_size_seconds_and_images_with_a_new_prompt(server: Ser
     key = server.account(credits=CREDITS)
     client = sdk(server, key)
     source = client.videos.create_and_poll(
-        prompt="a paper boat", size="720x1280", seconds="1",
-        input_reference=("boat.png", png_bytes(), "image/png"), poll_interval_ms=50)
+        prompt="a paper boat",
+        size="720x1280",
+        seconds="1",
+        input_reference=("boat.png", png_bytes(), "image/png"),
+        poll_interval_ms=50,
+    )
     remix = client.videos.remix(source.id, prompt="a paper boat at night")
     assert remix.remixed_from_video_id == source.id and remix.prompt == "a paper boat at night"
     done = client.videos.poll(remix.id, poll_interval_ms=50)
     assert done.status == "completed"
     assert (done.size, done.seconds, done.model) == (source.size, source.seconds, source.model)
-    status = server.client.get("/v1/status", params={"task_id": remix.id},
-                               headers=auth(key)).json()["data"]
+    status = server.client.get(
+        "/v1/status", params={"task_id": remix.id}, headers=auth(key)
+    ).json()["data"]
     assert len(status["request"]["images"]) == 1
 
 
-def test_delete_removes_the_files_and_then_the_video_is_not_found(
-        server: Server) -> None:
+def test_delete_removes_the_files_and_then_the_video_is_not_found(server: Server) -> None:
     key = server.account(credits=CREDITS)
     client = sdk(server, key)
     video = client.videos.create_and_poll(prompt="a comet", seconds="1", poll_interval_ms=50)
-    url = server.client.get("/v1/status", params={"task_id": video.id},
-                            headers=auth(key)).json()["data"]["response"][0]
+    url = server.client.get("/v1/status", params={"task_id": video.id}, headers=auth(key)).json()[
+        "data"
+    ]["response"][0]
     assert server.client.get(url).status_code == 200
     deleted = client.videos.delete(video.id)
     assert (deleted.id, deleted.deleted, deleted.object) == (video.id, True, "video.deleted")
@@ -145,12 +159,15 @@ def test_delete_removes_the_files_and_then_the_video_is_not_found(
         client.videos.retrieve(video.id)
     with pytest.raises(openai.NotFoundError):
         client.videos.delete(video.id)
-    assert server.client.get("/v1/status", params={"task_id": video.id},
-                             headers=auth(key)).status_code == 404
+    assert (
+        server.client.get("/v1/status", params={"task_id": video.id}, headers=auth(key)).status_code
+        == 404
+    )
 
 
 def test_deleting_a_queued_video_cancels_and_refunds_it(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False)
     key = server.account(credits=CREDITS)
     client = sdk(server, key)
@@ -160,8 +177,7 @@ def test_deleting_a_queued_video_cancels_and_refunds_it(
     assert balance(server, key) == CREDITS
 
 
-def test_each_error_raises_the_sdks_matching_exception(
-        start_server: Callable[..., Server]) -> None:
+def test_each_error_raises_the_sdks_matching_exception(start_server: Callable[..., Server]) -> None:
     server = start_server(run_workers=False, rate_limits="free=3")
     key = server.account(credits=CREDITS)
     client = sdk(server, key, max_retries=0)
@@ -190,13 +206,15 @@ def test_each_error_raises_the_sdks_matching_exception(
 
 
 def test_a_server_error_is_the_sdks_internal_server_error(
-        start_server: Callable[..., Server], tmp_path: Path) -> None:
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
     server = start_server(run_workers=False)
     key = server.account(credits=CREDITS)
     # The database goes away under the server: 503 server_error.
     server.db.dispose()
     (Path(server.settings.resolved_database_url.removeprefix("sqlite:///"))).rename(
-        tmp_path / "moved.db")
+        tmp_path / "moved.db"
+    )
     server.settings.data_dir.chmod(0o500)
     try:
         with pytest.raises(openai.InternalServerError) as failed:
@@ -208,29 +226,37 @@ def test_a_server_error_is_the_sdks_internal_server_error(
 
 
 def test_retrieve_says_when_to_poll_again_and_sends_openais_rate_limit_headers(
-        server: Server) -> None:
+    server: Server,
+) -> None:
     key = server.account(credits=CREDITS)
-    created = httpx.post(f"{server.base_url}/v1/videos", headers=auth(key),
-                         json={"prompt": "a kite", "seconds": 1})
+    created = httpx.post(
+        f"{server.base_url}/v1/videos", headers=auth(key), json={"prompt": "a kite", "seconds": 1}
+    )
     assert created.status_code == 200, created.text
     answer = server.client.get(f"/v1/videos/{created.json()['id']}", headers=auth(key))
     assert int(answer.headers["openai-poll-after-ms"]) >= 500
-    for name in ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-                 "x-ratelimit-reset-requests", "x-ratelimit-limit"):
+    for name in (
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit",
+    ):
         assert name in answer.headers, name
     assert answer.headers["x-ratelimit-reset-requests"].endswith("s")
 
 
 def test_a_remix_of_a_video_that_has_not_completed_is_409(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     """A valid request at the wrong moment, like a cancel of a finished video (found by
     make fuzz: it was 400, which says the request itself is wrong)."""
     server = start_server(run_workers=False)
     key = server.account(credits=CREDITS)
     created = server.client.post("/v1/videos", json={"prompt": "x"}, headers=auth(key))
     assert created.status_code == 200, created.text
-    answer = server.client.post(f"/v1/videos/{created.json()['id']}/remix",
-                                json={"prompt": "y"}, headers=auth(key))
+    answer = server.client.post(
+        f"/v1/videos/{created.json()['id']}/remix", json={"prompt": "y"}, headers=auth(key)
+    )
     assert answer.status_code == 409, answer.text
     assert answer.json()["error"]["code"] == "conflict"
     assert "queued" in answer.json()["error"]["message"]
@@ -240,14 +266,27 @@ def test_a_remix_of_a_video_that_has_not_completed_is_409(
 def test_bad_input_gets_openais_error_object_never_the_envelope(server: Server) -> None:
     key = server.account(credits=CREDITS)
     cases = [
-        ("POST", "/v1/videos", {"content": b"{not json", "headers": {
-            "content-type": "application/json"}}, 400),
+        (
+            "POST",
+            "/v1/videos",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+        ),
         ("POST", "/v1/videos", {"json": {"prompt": ""}}, 400),
         ("POST", "/v1/videos", {"json": {"prompt": "\u200b\u200b\ufeff"}}, 400),  # invisible
         ("POST", "/v1/videos/task_missing/remix", {"json": {"prompt": "\u200b"}}, 400),
         ("POST", "/v1/videos", {"json": {"prompt": "x", "seconds": "soon"}}, 400),
-        ("POST", "/v1/videos", {"files": {"prompt": (None, "x"), "input_reference": (
-            "notes.txt", b"hello", "text/plain")}}, 400),
+        (
+            "POST",
+            "/v1/videos",
+            {
+                "files": {
+                    "prompt": (None, "x"),
+                    "input_reference": ("notes.txt", b"hello", "text/plain"),
+                }
+            },
+            400,
+        ),
         ("GET", "/v1/videos?limit=0", {}, 400),
         ("GET", "/v1/videos/task_missing/content", {}, 404),
         ("GET", "/v1/videos/task_missing/nothing", {}, 404),
@@ -263,10 +302,23 @@ def test_bad_input_gets_openais_error_object_never_the_envelope(server: Server) 
         ("POST", "/v1/videos", {"json": {"prompt": "x", "seconds": "08"}}, 400),
         ("POST", "/v1/videos", {"json": {"prompt": "x", "size": "0720x1280"}}, 400),
         ("POST", "/v1/videos", {"json": {"prompt": "x", "input_reference": "a.png"}}, 400),
-        ("POST", "/v1/videos", {"json": {"prompt": "x", "input_reference": {
-            "image_url": ["https://example.com/a.png"]}}}, 400),
-        ("POST", "/v1/videos", {"json": {"prompt": "x", "input_reference": {
-            "image_url": ""}}}, 400),
+        (
+            "POST",
+            "/v1/videos",
+            {
+                "json": {
+                    "prompt": "x",
+                    "input_reference": {"image_url": ["https://example.com/a.png"]},
+                }
+            },
+            400,
+        ),
+        (
+            "POST",
+            "/v1/videos",
+            {"json": {"prompt": "x", "input_reference": {"image_url": ""}}},
+            400,
+        ),
     ]
     for method, path, options, status in cases:
         headers = {**auth(key), **options.pop("headers", {})}
@@ -282,10 +334,14 @@ def test_bad_input_gets_openais_error_object_never_the_envelope(server: Server) 
 def test_the_openapi_document_describes_the_face(server: Server) -> None:
     document = server.client.get("/openapi.json").json()
     paths = document["paths"]
-    for path, method in [("/v1/videos", "post"), ("/v1/videos", "get"),
-                         ("/v1/videos/{video_id}", "get"), ("/v1/videos/{video_id}", "delete"),
-                         ("/v1/videos/{video_id}/content", "get"),
-                         ("/v1/videos/{video_id}/remix", "post")]:
+    for path, method in [
+        ("/v1/videos", "post"),
+        ("/v1/videos", "get"),
+        ("/v1/videos/{video_id}", "get"),
+        ("/v1/videos/{video_id}", "delete"),
+        ("/v1/videos/{video_id}/content", "get"),
+        ("/v1/videos/{video_id}/remix", "post"),
+    ]:
         operation = paths[path][method]
         error = operation["responses"]["404" if "{" in path else "401"]
         assert error["content"]["application/json"]["schema"]["required"] == ["error"]

@@ -30,18 +30,26 @@ INFO = EngineInfo(name="test", description="a test engine")
 
 @pytest.fixture(scope="module")
 def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("openapi"),
-                              secret_key="openapi-check-0123456789"), run_workers=False)
+    app = create_app(
+        Settings(
+            data_dir=tmp_path_factory.mktemp("openapi"), secret_key="openapi-check-0123456789"
+        ),
+        run_workers=False,
+    )
     return app.openapi()
 
 
 def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(path, method, operation) for path, operations in document["paths"].items()
-            for method, operation in operations.items()]
+    return [
+        (path, method, operation)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    ]
 
 
 def test_every_v1_operation_documents_its_errors_in_its_face_s_error_schema(
-        document: dict[str, Any]) -> None:
+    document: dict[str, Any],
+) -> None:
     operations = [op for op in _operations(document) if op[0].startswith("/v1/")]
     assert len(operations) >= 20
     for path, method, operation in operations:
@@ -62,26 +70,32 @@ def test_every_v1_operation_documents_its_errors_in_its_face_s_error_schema(
 
 
 def test_health_answers_are_documented_and_nothing_says_422_for_validation(
-        document: dict[str, Any]) -> None:
+    document: dict[str, Any],
+) -> None:
     for path in ("/healthz", "/readyz"):
         answers = document["paths"][path]["get"]["responses"]
         assert {"200", "500", "503"} <= set(answers)
     for path, method, operation in _operations(document):
         # A failed validation is 400 here; only a reused Idempotency-Key is 422.
-        assert "422" not in operation["responses"] or method == "post" and path in (
-            "/v1/generate", "/v1/videos"), (method, path)
+        assert (
+            "422" not in operation["responses"]
+            or method == "post"
+            and path in ("/v1/generate", "/v1/videos")
+        ), (method, path)
     assert "HTTPValidationError" not in document.get("components", {}).get("schemas", {})
 
 
 def test_the_deployment_s_models_modes_and_ratios_are_enums(document: dict[str, Any]) -> None:
-    body = document["paths"]["/v1/generate"]["post"]["requestBody"]["content"][
-        "application/json"]["schema"]["properties"]
+    body = document["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]["properties"]
     assert body["model"]["enum"] == ["preview", None]
     assert {"fun", "normal", "spicy", None} <= set(body["mode"]["enum"])
     assert {"1:1", "16:9", "9:16", None} <= set(body["ratio"]["enum"])
     assert "x-openimagine-catalog" not in str(document)
-    form = document["paths"]["/v1/videos"]["post"]["requestBody"]["content"][
-        "multipart/form-data"]["schema"]["properties"]
+    form = document["paths"]["/v1/videos"]["post"]["requestBody"]["content"]["multipart/form-data"][
+        "schema"
+    ]["properties"]
     assert form["model"]["enum"] == ["preview"]
 
 
@@ -93,13 +107,15 @@ def test_every_path_parameter_is_declared(document: dict[str, Any]) -> None:
 
 def test_event_streams_describe_each_event(document: dict[str, Any]) -> None:
     for path in ("/v1/status/stream", "/v1/videos/{video_id}/events"):
-        event = document["paths"][path]["get"]["responses"]["200"]["content"][
-            "text/event-stream"]["schema"]
+        event = document["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"][
+            "schema"
+        ]
         assert event["properties"]["event"] == {"const": "status"}
         assert event["properties"]["data"]["contentMediaType"] == "application/json"
 
 
 # -- the patterns are the server's own rules ----------------------------------------
+
 
 @FAST
 @given(st.from_regex(URL_PATTERN, fullmatch=True))
@@ -132,8 +148,9 @@ def test_a_size_the_schema_allows_is_one_the_server_accepts(size: str) -> None:
     videos.parse_size(size, None, INFO)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("size", ["15x16", "16x4097", "0016x16", "1280 x 720", "²x16",
-                                  "1280x720\n"])
+@pytest.mark.parametrize(
+    "size", ["15x16", "16x4097", "0016x16", "1280 x 720", "²x16", "1280x720\n"]
+)
 def test_a_size_the_schema_refuses_is_refused(size: str) -> None:
     assert not re.search(videos.SIZE_PATTERN, size) or size.endswith("\n")
     with pytest.raises(videos.BadField):
@@ -151,4 +168,3 @@ def test_seconds_the_schema_allows_are_accepted(seconds: object) -> None:
     """8.0 is an integer to JSON Schema (a fuzzer sends it): the server reads it as 8."""
     assert re.fullmatch(videos.SECONDS_PATTERN, str(seconds)) or isinstance(seconds, (int, float))
     assert videos.parse_seconds(seconds) in (None, float(seconds or 0))
-

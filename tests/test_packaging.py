@@ -14,19 +14,38 @@ import pytest
 from scaleout import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER_LIBRARIES = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "av", "numpy",
-                    "PIL", "pydantic_settings")
-SERVER_MODULES = ("openimagine.api", "openimagine.store", "openimagine.services",
-                  "openimagine.worker", "openimagine.engines", "openimagine.catalog",
-                  "openimagine.settings", "openimagine.media")
+SERVER_LIBRARIES = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "sqlalchemy",
+    "alembic",
+    "av",
+    "numpy",
+    "PIL",
+    "pydantic_settings",
+)
+SERVER_MODULES = (
+    "openimagine.api",
+    "openimagine.store",
+    "openimagine.services",
+    "openimagine.worker",
+    "openimagine.engines",
+    "openimagine.catalog",
+    "openimagine.settings",
+    "openimagine.media",
+)
 
 
 def test_importing_the_cli_loads_no_server_module() -> None:
-    probe = ("import sys, openimagine.cli, openimagine.client\n"
-             f"print(sorted(m for m in sys.modules if m in {SERVER_LIBRARIES!r} "
-             f"or m.startswith({SERVER_MODULES!r})))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            timeout=60, check=True)
+    probe = (
+        "import sys, openimagine.cli, openimagine.client\n"
+        f"print(sorted(m for m in sys.modules if m in {SERVER_LIBRARIES!r} "
+        f"or m.startswith({SERVER_MODULES!r})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
@@ -49,19 +68,36 @@ def test_the_plain_install_is_the_client_without_the_server(tmp_path: Path) -> N
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "src", source / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(
+        ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
-                    str(wheels), str(source)], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+        timeout=120,
+    )
     (wheel,) = wheels.glob("openimagine-*.whl")
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python, command = env_dir / "bin" / "python", env_dir / "bin" / "openimagine"
-    installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                                "--disable-pip-version-check", str(wheel)],
-                               capture_output=True, text=True, timeout=180)
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if installed.returncode != 0:
         unavailable("the package index", installed.stderr.strip()[-500:])
 
@@ -76,8 +112,12 @@ def test_the_plain_install_is_the_client_without_the_server(tmp_path: Path) -> N
     assert help_.returncode == 0, help_.stderr
     assert "Submit a generation" in help_.stdout
 
-    for args in (["serve"], ["accounts", "create", "someone"], ["webhooks", "list", "someone"],
-                 ["engines"]):
+    for args in (
+        ["serve"],
+        ["accounts", "create", "someone"],
+        ["webhooks", "list", "someone"],
+        ["engines"],
+    ):
         result = run(str(command), *args)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         lines = result.stderr.strip().splitlines()
@@ -92,9 +132,12 @@ def _imports_of(path: Path, package: str) -> set[str]:
     import ast
 
     tree = ast.parse(path.read_text())
-    typing_only = {id(node) for branch in ast.walk(tree)
-                   if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
-                   for node in ast.walk(branch)}
+    typing_only = {
+        id(node)
+        for branch in ast.walk(tree)
+        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
+        for node in ast.walk(branch)
+    }
     found: set[str] = set()
     for node in ast.walk(tree):
         if id(node) in typing_only:
@@ -104,7 +147,7 @@ def _imports_of(path: Path, package: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parent, base] if base else parent)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     return {name for name in found if name.startswith("openimagine")}
@@ -138,7 +181,7 @@ def test_the_package_has_no_import_cycle() -> None:
         trail.append(name)
         for imported in sorted(graph[name]):  # type: ignore[type-var]
             if state.get(imported) == "grey":
-                cycles.append([*trail[trail.index(imported):], imported])
+                cycles.append([*trail[trail.index(imported) :], imported])
             elif imported not in state:
                 visit(imported)
         trail.pop()

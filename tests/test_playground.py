@@ -21,9 +21,15 @@ from conftest import Server
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PROMPT = "a beautiful landscape with mountains"
 VIDEOS_READY = """() => {
   const videos = [...document.querySelectorAll('video')];
@@ -35,6 +41,7 @@ TIMEOUT_MS = 120_000
 
 # --- plain HTTP ---------------------------------------------------------------------
 
+
 def test_the_playground_page_and_its_assets_are_served(server: Server) -> None:
     page = server.client.get("/")
     assert page.status_code == 200
@@ -42,16 +49,23 @@ def test_the_playground_page_and_its_assets_are_served(server: Server) -> None:
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert '<script src="/static/playground.js"' in page.text
     assert "http://" not in page.text.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    for name, kind in (("playground.js", "text/javascript"), ("playground.css", "text/css"),
-                       ("favicon.svg", "image/svg+xml")):
+    for name, kind in (
+        ("playground.js", "text/javascript"),
+        ("playground.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ):
         asset = server.client.get(f"/static/{name}")
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
     assert server.client.head("/").status_code == 200
 
 
 def test_unknown_static_files_get_the_envelope(server: Server) -> None:
-    for path in ("/static/nope.js", "/static/..%2Fapi%2Fapp.py", "/static/.hidden.js",
-                 "/static/../settings.py"):
+    for path in (
+        "/static/nope.js",
+        "/static/..%2Fapi%2Fapp.py",
+        "/static/.hidden.js",
+        "/static/../settings.py",
+    ):
         response = server.client.get(path)
         assert response.status_code == 404, path
         assert response.json()["error"] == "NOT_FOUND"
@@ -63,6 +77,7 @@ def test_the_page_is_not_in_the_openapi_document(server: Server) -> None:
 
 
 # --- a real browser -------------------------------------------------------------------
+
 
 def _missing_browser() -> str | None:
     try:
@@ -94,8 +109,9 @@ def open_page(chromium: Any) -> Iterator[Callable[..., Any]]:
     contexts: list[Any] = []
 
     def open_(url: str, **context_options: Any) -> Any:
-        context = chromium.new_context(**{"viewport": {"width": 1280, "height": 900},
-                                          **context_options})
+        context = chromium.new_context(
+            **{"viewport": {"width": 1280, "height": 900}, **context_options}
+        )
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
         page = context.new_page()
@@ -115,8 +131,9 @@ def paste_key(page: Any, key: str) -> None:
     page.get_by_label("Your key").press("Enter")
 
 
-def test_paste_a_key_submit_a_prompt_and_the_video_plays(start_server: Callable[..., Server],
-                                                         open_page: Callable[..., Any]) -> None:
+def test_paste_a_key_submit_a_prompt_and_the_video_plays(
+    start_server: Callable[..., Server], open_page: Callable[..., Any]
+) -> None:
     # Bigger clips than the suite's default, so that the screenshot shows something.
     server = start_server(resolution=240, duration=2, fps=12)
     key = server.account(plan="pro", credits=1000)
@@ -124,8 +141,9 @@ def test_paste_a_key_submit_a_prompt_and_the_video_plays(start_server: Callable[
     assert page.title() == "openimagine playground"
 
     paste_key(page, key)
-    page.wait_for_function("() => document.querySelector('#account-balance')"
-                           ".textContent.includes('credits')")
+    page.wait_for_function(
+        "() => document.querySelector('#account-balance').textContent.includes('credits')"
+    )
     assert page.locator("#account-plan").inner_text().lower() == "pro"
     assert page.evaluate("localStorage.getItem('openimagine.apiKey')") == f'"{key}"'
 
@@ -148,8 +166,10 @@ def test_paste_a_key_submit_a_prompt_and_the_video_plays(start_server: Callable[
     assert links.count() == 2
     assert all("/files/" in (links.nth(i).get_attribute("href") or "") for i in range(2))
     assert task.locator(".badge").inner_text().lower() == "completed"
-    page.wait_for_function("() => document.querySelector('#account-balance')"
-                           ".textContent.replace(/[^0-9]/g, '').startsWith('960')")
+    page.wait_for_function(
+        "() => document.querySelector('#account-balance')"
+        ".textContent.replace(/[^0-9]/g, '').startsWith('960')"
+    )
 
     page.wait_for_timeout(600)  # let both players paint a frame
     ARTIFACTS.mkdir(exist_ok=True)
@@ -198,8 +218,9 @@ def test_api_errors_are_shown_readably(server: Server, open_page: Callable[..., 
     assert page.js_errors == []
 
 
-def test_a_local_image_is_read_as_a_data_uri_and_animated(server: Server, tmp_path: Path,
-                                                          open_page: Callable[..., Any]) -> None:
+def test_a_local_image_is_read_as_a_data_uri_and_animated(
+    server: Server, tmp_path: Path, open_page: Callable[..., Any]
+) -> None:
     from PIL import Image
 
     picture = tmp_path / "photo.png"
@@ -221,9 +242,11 @@ def test_a_local_image_is_read_as_a_data_uri_and_animated(server: Server, tmp_pa
 
 
 def test_a_running_task_updates_live_and_can_be_cancelled(
-        start_server: Callable[..., Server], open_page: Callable[..., Any]) -> None:
-    server = start_server(engine="test-sleep", test_sleep_seconds=30, heartbeat_seconds=0.2,
-                          lease_seconds=5)
+    start_server: Callable[..., Server], open_page: Callable[..., Any]
+) -> None:
+    server = start_server(
+        engine="test-sleep", test_sleep_seconds=30, heartbeat_seconds=0.2, lease_seconds=5
+    )
     key = server.account(plan="pro", credits=1000)
     page = open_page(server.base_url + "/")
     paste_key(page, key)
@@ -231,18 +254,24 @@ def test_a_running_task_updates_live_and_can_be_cancelled(
     page.get_by_label("Prompt").press("Enter")
     task = page.locator(".task").first
     # Progress arrives from the live stream: the bar moves while the task runs.
-    page.wait_for_function("() => document.querySelector('.task .badge')"
-                           "?.textContent === 'processing'", timeout=TIMEOUT_MS)
-    page.wait_for_function("() => document.querySelector('.task-progress')?.value > 5",
-                           timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.querySelector('.task .badge')?.textContent === 'processing'",
+        timeout=TIMEOUT_MS,
+    )
+    page.wait_for_function(
+        "() => document.querySelector('.task-progress')?.value > 5", timeout=TIMEOUT_MS
+    )
     cancel = task.get_by_role("button", name="Cancel this task")
     assert cancel.is_visible()
     cancel.click()
-    page.wait_for_function("() => document.querySelector('.task .badge')"
-                           "?.textContent === 'failed'", timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.querySelector('.task .badge')?.textContent === 'failed'", timeout=TIMEOUT_MS
+    )
     assert "Task cancelled" in task.locator(".task-error").inner_text()
     assert "Credits refunded" in task.locator(".task-error").inner_text()
     assert not cancel.is_visible()  # a finished task has nothing to cancel
-    page.wait_for_function("() => document.querySelector('#account-balance')"
-                           ".textContent.replace(/[^0-9]/g, '').startsWith('1000')")
+    page.wait_for_function(
+        "() => document.querySelector('#account-balance')"
+        ".textContent.replace(/[^0-9]/g, '').startsWith('1000')"
+    )
     assert page.js_errors == []

@@ -51,8 +51,9 @@ def db(pg_url: str) -> Iterator[Database]:  # noqa: F811 - the fixture above
 
 def ledger_kinds(db: Database, task_id: str) -> list[str]:
     with db.read() as session:
-        return sorted(session.scalars(select(LedgerEntry.kind)
-                                      .where(LedgerEntry.task_id == task_id)))
+        return sorted(
+            session.scalars(select(LedgerEntry.kind).where(LedgerEntry.task_id == task_id))
+        )
 
 
 # --- migrations ---------------------------------------------------------------------------
@@ -70,8 +71,10 @@ def test_the_migrations_build_the_schema_on_postgres_and_are_idempotent(pg_url: 
             assert {"accounts", "api_keys", "ledger_entries", "tasks", "alembic_version"} <= tables
             columns = {c["name"]: c for c in inspect(engine).get_columns("tasks")}
             assert "dispatched_at" in columns
-            assert "time zone" in str(columns["created_at"]["type"]).lower() or \
-                columns["created_at"]["type"].timezone
+            assert (
+                "time zone" in str(columns["created_at"]["type"]).lower()
+                or columns["created_at"]["type"].timezone
+            )
             with engine.connect() as connection:
                 heads = connection.execute(text("SELECT version_num FROM alembic_version")).all()
             assert len(heads) == 1
@@ -107,10 +110,11 @@ def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(db: Da
     second = submit_task(db, principal, "second")
 
     def claims() -> list[lifecycle.Claim | None]:
-        return [lifecycle.claim_next(db, owner="w2", model=ENGINE, lease_seconds=60),
-                # Asking for the locked task by id (a Celery message) skips it too.
-                lifecycle.claim_next(db, owner="w2", model=ENGINE, lease_seconds=60,
-                                     task_id=first)]
+        return [
+            lifecycle.claim_next(db, owner="w2", model=ENGINE, lease_seconds=60),
+            # Asking for the locked task by id (a Celery message) skips it too.
+            lifecycle.claim_next(db, owner="w2", model=ENGINE, lease_seconds=60, task_id=first),
+        ]
 
     with db.sql.connect() as holder, ThreadPoolExecutor(1) as pool:
         # Another worker's claim, mid-transaction, holding the oldest row.
@@ -135,8 +139,9 @@ def test_concurrent_workers_claim_every_task_exactly_once(db: Database) -> None:
     lock = threading.Lock()
 
     def worker(index: int) -> None:
-        while (claim := lifecycle.claim_next(db, owner=f"w{index}", model=ENGINE,
-                                             lease_seconds=60)) is not None:
+        while (
+            claim := lifecycle.claim_next(db, owner=f"w{index}", model=ENGINE, lease_seconds=60)
+        ) is not None:
             with lock:
                 claimed.append(claim.task_id)
 
@@ -174,8 +179,9 @@ def test_a_fair_claim_takes_another_task_when_the_fair_ones_are_locked(db: Datab
     with db.sql.connect() as holder, ThreadPoolExecutor(1) as pool:
         # other has no task running, so the fair choice is other's oldest: hold it.
         holder.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"), {"id": free})
-        claim = pool.submit(lifecycle.claim_next, db, owner="w1", model=ENGINE,
-                            lease_seconds=60).result(timeout=5)
+        claim = pool.submit(
+            lifecycle.claim_next, db, owner="w1", model=ENGINE, lease_seconds=60
+        ).result(timeout=5)
         holder.rollback()
     assert claim is not None and claim.task_id != free
     assert claim.task_id in {waiting} | set(task_ids_of(db, other.account_id))
@@ -187,7 +193,8 @@ def task_ids_of(db: Database, account_id: int) -> list[str]:
 
 
 def test_a_worker_whose_lease_was_taken_over_cannot_write_and_refunds_happen_once(
-        db: Database) -> None:
+    db: Database,
+) -> None:
     principal = make_principal(db, credits=1000)
     task_id = submit_task(db, principal)
     stale = lifecycle.claim_next(db, owner="old", model=ENGINE, lease_seconds=60)
@@ -217,8 +224,7 @@ def test_a_worker_whose_lease_was_taken_over_cannot_write_and_refunds_happen_onc
     assert sum(failed for _, failed in results) == 1
     with db.read() as session:
         task = session.get(Task, task_id)
-        balance = session.scalar(select(Account.balance)
-                                 .where(Account.id == principal.account_id))
+        balance = session.scalar(select(Account.balance).where(Account.id == principal.account_id))
     assert (task.status, task.consumed_credits) == ("failed", 0)
     assert ledger_kinds(db, task_id) == ["debit", "refund"]
     assert balance == 1000
@@ -228,15 +234,21 @@ def test_stale_pending_tasks_are_handed_to_one_sweeper_at_a_time(db: Database) -
     principal = make_principal(db, credits=10_000)
     old = [submit_task(db, principal, f"old {n}") for n in range(5)]
     with db.write() as session:
-        session.execute(update(Task).where(Task.id.in_(old))
-                        .values(dispatched_at=utcnow() - timedelta(seconds=120)))
+        session.execute(
+            update(Task)
+            .where(Task.id.in_(old))
+            .values(dispatched_at=utcnow() - timedelta(seconds=120))
+        )
     fresh = submit_task(db, principal, "fresh")
     assert lifecycle.pending_by_model(db) == {ENGINE: 6}
 
     with ThreadPoolExecutor(4) as pool:
-        batches = list(pool.map(
-            lambda _: lifecycle.take_stale_pending(db, model=ENGINE, older_than=60, limit=3),
-            range(4)))
+        batches = list(
+            pool.map(
+                lambda _: lifecycle.take_stale_pending(db, model=ENGINE, older_than=60, limit=3),
+                range(4),
+            )
+        )
     assert all(len(batch) <= 3 for batch in batches), batches  # the limit holds
     taken = [task_id for batch in batches for task_id in batch]
     assert sorted(taken) == sorted(old)  # every stale task once; the fresh one not at all
@@ -266,10 +278,10 @@ def test_concurrent_submissions_never_overdraw_an_account(db: Database) -> None:
         outcomes = list(pool.map(attempt, range(48)))
     assert outcomes.count("ok") == 10 and outcomes.count("402") == 38
     with db.read() as session:
-        balance = session.scalar(select(Account.balance)
-                                 .where(Account.id == principal.account_id))
-        debits = session.scalar(select(func.count()).select_from(LedgerEntry)
-                                .where(LedgerEntry.kind == "debit"))
+        balance = session.scalar(select(Account.balance).where(Account.id == principal.account_id))
+        debits = session.scalar(
+            select(func.count()).select_from(LedgerEntry).where(LedgerEntry.kind == "debit")
+        )
         task_count = session.scalar(select(func.count()).select_from(Task))
     assert (balance, debits, task_count) == (0, 10, 10)
 
@@ -291,8 +303,7 @@ def test_concurrent_submissions_fill_a_model_queue_exactly(db: Database) -> None
         assert session.scalar(select(func.sum(Account.tasks_pending))) == 6
 
 
-def test_usage_counters_stay_exact_under_concurrent_workers_and_submissions(
-        db: Database) -> None:
+def test_usage_counters_stay_exact_under_concurrent_workers_and_submissions(db: Database) -> None:
     principals = [make_principal(db, credits=100 * PRICE) for _ in range(3)]
 
     def submitter(n: int) -> None:
@@ -314,16 +325,27 @@ def test_usage_counters_stay_exact_under_concurrent_workers_and_submissions(
         list(pool.map(lambda n: submitter(n) if n < 4 else worker(n), range(8)))
     for principal in principals:
         with db.read() as session:
-            counted = dict(session.execute(
-                select(Task.status, func.count()).where(Task.account_id == principal.account_id)
-                .group_by(Task.status)).all())
-            spent = -int(session.scalar(
-                select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
-                    LedgerEntry.account_id == principal.account_id,
-                    LedgerEntry.kind.in_(("debit", "refund")))) or 0)
+            counted = dict(
+                session.execute(
+                    select(Task.status, func.count())
+                    .where(Task.account_id == principal.account_id)
+                    .group_by(Task.status)
+                ).all()
+            )
+            spent = -int(
+                session.scalar(
+                    select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+                        LedgerEntry.account_id == principal.account_id,
+                        LedgerEntry.kind.in_(("debit", "refund")),
+                    )
+                )
+                or 0
+            )
         usage = accounts.summary(db, account_id=principal.account_id)["usage"]
-        assert usage["tasks"] == {status: counted.get(status, 0) for status in
-                                  ("pending", "processing", "completed", "failed")}
+        assert usage["tasks"] == {
+            status: counted.get(status, 0)
+            for status in ("pending", "processing", "completed", "failed")
+        }
         assert usage["credits_spent"] == spent
 
 
@@ -331,7 +353,9 @@ def test_usage_counters_stay_exact_under_concurrent_workers_and_submissions(
 
 
 def test_the_api_and_its_embedded_worker_run_on_postgres(
-        start_server: Callable[..., Server], pg_url: str) -> None:  # noqa: F811
+    start_server: Callable[..., Server],
+    pg_url: str,  # noqa: F811
+) -> None:
     server = start_server(database_url=pg_url)
     key = server.account(credits=1000)
     task_id = server.generate(key, mode="fun", ratio="16:9").json()["data"]["task_id"]
@@ -341,8 +365,7 @@ def test_the_api_and_its_embedded_worker_run_on_postgres(
     video = server.client.get(data["response"][0])
     assert video.status_code == 200 and video.content[4:8] == b"ftyp"
     assert server.client.get("/readyz").status_code == 200
-    missing = server.client.get("/v1/status", params={"task_id": "task_nope"},
-                                headers=auth(key))
+    missing = server.client.get("/v1/status", params={"task_id": "task_nope"}, headers=auth(key))
     assert missing.status_code == 404
     with server.db.read() as session:
         row = session.get(Task, task_id)
@@ -350,15 +373,23 @@ def test_the_api_and_its_embedded_worker_run_on_postgres(
 
 
 def test_account_on_postgres_after_debits_and_refunds_answers_exact_figures(
-        start_server: Callable[..., Server], pg_url: str) -> None:  # noqa: F811
+    start_server: Callable[..., Server],
+    pg_url: str,  # noqa: F811
+) -> None:
     """The figures are integers on every database (PostgreSQL's SUM is NUMERIC,
     which once reached the JSON encoder as a Decimal and answered 500)."""
     server = start_server(database_url=pg_url)
     key = server.account(name="pg-usage", plan="pro", credits=1000)
-    ids = [server.generate(key, prompt=prompt).json()["data"]["task_id"]
-           for prompt in ("a calm lake", "jailbait", "a red fox", "jailbait")]
+    ids = [
+        server.generate(key, prompt=prompt).json()["data"]["task_id"]
+        for prompt in ("a calm lake", "jailbait", "a red fox", "jailbait")
+    ]
     assert [server.wait(key, task_id)["status"] for task_id in ids] == [
-        "completed", "failed", "completed", "failed"]
+        "completed",
+        "failed",
+        "completed",
+        "failed",
+    ]
     pending = server.generate(key, prompt="one more").json()["data"]["task_id"]
 
     response = server.client.get("/v1/account", headers=auth(key))
@@ -377,7 +408,9 @@ def test_account_on_postgres_after_debits_and_refunds_answers_exact_figures(
 
 
 def test_status_polls_survive_the_server_dropping_every_connection(
-        start_server: Callable[..., Server], pg_url: str) -> None:  # noqa: F811
+    start_server: Callable[..., Server],
+    pg_url: str,  # noqa: F811
+) -> None:
     """Status reads skip the pool's pre-ping; a connection PostgreSQL dropped (a
     restart, a proxy's idle timeout) is retried on a fresh one, not answered 503."""
     server = start_server(database_url=pg_url, run_workers=False)
@@ -385,24 +418,30 @@ def test_status_polls_survive_the_server_dropping_every_connection(
     task_id = server.generate(key).json()["data"]["task_id"]
 
     def poll() -> int:
-        return server.client.get("/v1/status", params={"task_id": task_id},
-                                 headers=auth(key)).status_code
+        return server.client.get(
+            "/v1/status", params={"task_id": task_id}, headers=auth(key)
+        ).status_code
 
     # Several pooled connections, so that the next poll meets a dropped one.
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(lambda _: poll(), range(32))) == {200}
     admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        dropped = connection.scalar(text(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        dropped = connection.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
     admin.dispose()
     assert dropped >= 1
     assert [poll() for _ in range(5)] == [200] * 5
 
 
 def test_status_polls_answer_while_every_api_thread_waits_on_a_lock(
-        start_server: Callable[..., Server], pg_url: str) -> None:  # noqa: F811
+    start_server: Callable[..., Server],
+    pg_url: str,  # noqa: F811
+) -> None:
     """On PostgreSQL status reads are awaited on the event loop, so they do not
     queue behind blocking work in the API's threads (here: a submission waiting
     on a row lock with the one thread there is)."""
@@ -418,8 +457,9 @@ def test_status_polls_answer_while_every_api_thread_waits_on_a_lock(
             assert not blocked.done()  # the API's only thread waits on the lock
             started = time.monotonic()
             for _ in range(5):
-                response = server.client.get("/v1/status", params={"task_id": task_id},
-                                             headers=auth(key))
+                response = server.client.get(
+                    "/v1/status", params={"task_id": task_id}, headers=auth(key)
+                )
                 assert response.status_code == 200
             assert time.monotonic() - started < 2
             assert not blocked.done()
@@ -443,7 +483,8 @@ class RecordingDispatcher:
 
 
 def test_the_sweeper_republishes_lost_messages_and_expired_leases_only(
-        db: Database, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db: Database, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     from openimagine.worker.sweeper import Sweeper
 
     from conftest import make_settings
@@ -454,10 +495,12 @@ def test_the_sweeper_republishes_lost_messages_and_expired_leases_only(
     fresh = submit_task(db, principal, "fresh")
     running = submit_task(db, principal, "running")
     with db.write() as session:
-        session.execute(update(Task).where(Task.id.in_(stale))
-                        .values(dispatched_at=utcnow() - timedelta(seconds=60)))
-    claim = lifecycle.claim_next(db, owner="dead", model=ENGINE, lease_seconds=60,
-                                 task_id=running)
+        session.execute(
+            update(Task)
+            .where(Task.id.in_(stale))
+            .values(dispatched_at=utcnow() - timedelta(seconds=60))
+        )
+    claim = lifecycle.claim_next(db, owner="dead", model=ENGINE, lease_seconds=60, task_id=running)
     assert claim is not None
     expire_lease(db, running)
 

@@ -50,17 +50,18 @@ def test_every_authenticated_response_carries_the_limit_headers(idle: Server) ->
     task_id = idle.generate(key).json()["data"]["task_id"]
     responses = {
         "generate 200": idle.generate(key),
-        "status 200": idle.client.get("/v1/status", params={"task_id": task_id},
-                                      headers=auth(key)),
-        "post status 200": idle.client.post("/v1/status", json={"task_id": task_id},
-                                            headers=auth(key)),
+        "status 200": idle.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key)),
+        "post status 200": idle.client.post(
+            "/v1/status", json={"task_id": task_id}, headers=auth(key)
+        ),
         "generate 400": idle.generate(key, prompt=""),
         "malformed 400": idle.client.post("/v1/generate", content=b"{", headers=auth(key)),
         "status 400": idle.client.get("/v1/status", headers=auth(key)),
         "post status 400": idle.client.post("/v1/status", content=b"{", headers=auth(key)),
         "generate 402": idle.generate(broke),
-        "status 404": idle.client.get("/v1/status", params={"task_id": "task_nope"},
-                                      headers=auth(key)),
+        "status 404": idle.client.get(
+            "/v1/status", params={"task_id": "task_nope"}, headers=auth(key)
+        ),
     }
     for label, response in responses.items():
         expected = int(label.split()[-1])
@@ -75,8 +76,7 @@ def test_remaining_counts_down_with_each_request(idle: Server) -> None:
     key = idle.account(plan="pro")
     remaining = []
     for _ in range(5):
-        response = idle.client.get("/v1/status", params={"task_id": "task_nope"},
-                                   headers=auth(key))
+        response = idle.client.get("/v1/status", params={"task_id": "task_nope"}, headers=auth(key))
         remaining.append(limit_headers(response)[1])
     assert remaining == [999, 998, 997, 996, 995]
 
@@ -84,15 +84,17 @@ def test_remaining_counts_down_with_each_request(idle: Server) -> None:
 @pytest.fixture
 def tight(start_server: Callable[..., Server]) -> Server:
     # The in-flight cap above the rate limit: these tests are about the latter.
-    return start_server(run_workers=False, rate_limits="free=5,pro=1000,enterprise=5000",
-                        max_in_flight="free=100")
+    return start_server(
+        run_workers=False, rate_limits="free=5,pro=1000,enterprise=5000", max_in_flight="free=100"
+    )
 
 
 def test_the_request_over_the_plan_limit_is_429_with_retry_after(tight: Server) -> None:
     key = tight.account(plan="free")
     for expected_remaining in (4, 3, 2, 1, 0):
-        response = tight.client.get("/v1/status", params={"task_id": "task_nope"},
-                                    headers=auth(key))
+        response = tight.client.get(
+            "/v1/status", params={"task_id": "task_nope"}, headers=auth(key)
+        )
         assert response.status_code == 404
         assert limit_headers(response)[:2] == (5, expected_remaining)
     over = tight.generate(key)
@@ -143,12 +145,14 @@ def test_plans_have_their_own_limits(tight: Server) -> None:
     pro = tight.account(plan="pro")
     enterprise = tight.account(plan="enterprise")
     for key, limit in ((free, 5), (pro, 1000), (enterprise, 5000)):
-        response = tight.client.get("/v1/status", params={"task_id": "task_nope"},
-                                    headers=auth(key))
+        response = tight.client.get(
+            "/v1/status", params={"task_id": "task_nope"}, headers=auth(key)
+        )
         assert limit_headers(response)[:2] == (limit, limit - 1)
     for _ in range(10):
-        response = tight.client.get("/v1/status", params={"task_id": "task_nope"},
-                                    headers=auth(pro))
+        response = tight.client.get(
+            "/v1/status", params={"task_id": "task_nope"}, headers=auth(pro)
+        )
         assert response.status_code == 404
     assert limit_headers(response)[1] == 1000 - 11
 

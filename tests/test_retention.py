@@ -56,7 +56,9 @@ from scaleout import (  # noqa: F401 - pg_url: a fixture
 )
 
 DAY = timedelta(days=1)
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the openai SDK's Sora notice
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning"
+)  # the openai SDK's Sora notice
 
 
 def png_data_uri() -> str:
@@ -79,24 +81,28 @@ def completed_task(server: Server, key: str, **body: object) -> str:
 
 def finished_ago(db: Database, task_id: str, ago: timedelta) -> None:
     with db.write() as session:
-        session.execute(update(Task).where(Task.id == task_id)
-                        .values(finished_at=utcnow() - ago))
+        session.execute(update(Task).where(Task.id == task_id).values(finished_at=utcnow() - ago))
 
 
 def task_folders(root: Path, task_id: str) -> list[Path]:
-    return [folder for folder in (root / "inputs" / task_id, root / "outputs" / task_id)
-            if folder.exists()]
+    return [
+        folder
+        for folder in (root / "inputs" / task_id, root / "outputs" / task_id)
+        if folder.exists()
+    ]
 
 
 def test_expired_files_are_deleted_and_the_status_keeps_the_record(
-        start_server: Callable[..., Server], tmp_path: Path) -> None:
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
     server = start_server(retention_days=1)
     key = server.account(credits=1000)
     old = completed_task(server, key, images=[png_data_uri()])
     young = completed_task(server, key, images=[png_data_uri()])
     # Failed (the URL cannot be fetched here), with a stored input of its own.
-    failed = server.generate(key, images=[png_data_uri(), "https://example.invalid/a.png"]
-                             ).json()["data"]["task_id"]
+    failed = server.generate(key, images=[png_data_uri(), "https://example.invalid/a.png"]).json()[
+        "data"
+    ]["task_id"]
     assert server.wait(key, failed)["status"] == "failed"
     assert len(task_folders(server.settings.outputs_dir, failed)) == 1
     before = status(server, key, old)
@@ -116,7 +122,10 @@ def test_expired_files_are_deleted_and_the_status_keeps_the_record(
     assert after["files_expired"] is True and after["response"] == []
     assert "images" not in after["request"]  # its only image was a stored copy
     assert (after["status"], after["progress"], after["consumed_credits"]) == (
-        "completed", 100, before["consumed_credits"])
+        "completed",
+        100,
+        before["consumed_credits"],
+    )
     assert all(server.client.get(url).status_code == 404 for url in urls)
     # A failed task's stored inputs go too; an http(s) image is still listed as sent.
     assert task_folders(files, failed) == []
@@ -130,7 +139,10 @@ def test_expired_files_are_deleted_and_the_status_keeps_the_record(
     # The task list and the Python SDK say the same.
     listed = server.client.get("/v1/tasks", headers=auth(key)).json()["data"]["tasks"]
     assert {t["task_id"]: t.get("files_expired") for t in listed} == {
-        old: True, young: None, failed: True}
+        old: True,
+        young: None,
+        failed: True,
+    }
     with Client(api_key=key, base_url=server.base_url) as client:
         assert client.status(old).files_expired and not client.status(young).files_expired
         with pytest.raises(OpenImagineError, match="files expired") as gone:
@@ -142,7 +154,8 @@ def test_expired_files_are_deleted_and_the_status_keeps_the_record(
 
 
 def test_the_workers_janitor_deletes_files_once_the_retention_has_passed(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     # 0.00002 days is 1.7 s: the embedded pool's janitor looks every second.
     server = start_server(retention_days=0.00002)
     key = server.account(credits=1000)
@@ -159,8 +172,9 @@ def test_the_workers_janitor_deletes_files_once_the_retention_has_passed(
         assert time.monotonic() < deadline, "the janitor claimed the task but left its files"
         time.sleep(0.05)
     with server.db.read() as session:
-        row = session.execute(select(Task.finished_at, Task.files_expired_at)
-                              .where(Task.id == task_id)).one()
+        row = session.execute(
+            select(Task.finished_at, Task.files_expired_at).where(Task.id == task_id)
+        ).one()
     waited = as_utc(row.files_expired_at) - as_utc(row.finished_at)
     assert timedelta(days=0.00002) <= waited < timedelta(seconds=10)
 
@@ -179,7 +193,8 @@ def test_without_a_retention_nothing_is_deleted(server: Server) -> None:
 
 
 def test_the_openai_face_says_when_files_expire_and_refuses_expired_content(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(retention_days=1.5)
     key = server.account(credits=1000)
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key)
@@ -189,15 +204,17 @@ def test_the_openai_face_says_when_files_expire_and_refuses_expired_content(
     assert client.videos.download_content(video.id).content[4:8] == b"ftyp"
 
     finished_ago(server.db, video.id, timedelta(days=2))
-    retention.expire_files(server.db, storage_from_settings(server.settings),
-                           retention=timedelta(days=1.5))
+    retention.expire_files(
+        server.db, storage_from_settings(server.settings), retention=timedelta(days=1.5)
+    )
     expired = client.videos.retrieve(video.id)
     assert expired.status == "completed"  # the job itself is still there
     assert expired.expires_at is not None and expired.expires_at <= time.time()
     with pytest.raises(openai.NotFoundError, match="files expired"):
         client.videos.download_content(video.id)
-    raw = server.client.get(f"/v1/videos/{video.id}/content", params={"variant": "thumbnail"},
-                            headers=auth(key))
+    raw = server.client.get(
+        f"/v1/videos/{video.id}/content", params={"variant": "thumbnail"}, headers=auth(key)
+    )
     assert raw.status_code == 404
     error = raw.json()["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "not_found")
@@ -207,6 +224,7 @@ def test_the_openai_face_says_when_files_expire_and_refuses_expired_content(
 
 
 # -- the janitor alone, on a real SQLite file --------------------------------------
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[tuple[Settings, Database, LocalStorage]]:
@@ -219,8 +237,9 @@ def store(tmp_path: Path) -> Iterator[tuple[Settings, Database, LocalStorage]]:
     db.dispose()
 
 
-def finished_tasks(db: Database, storage: Storage, count: int, *,
-                   ago: timedelta = 2 * DAY) -> list[str]:
+def finished_tasks(
+    db: Database, storage: Storage, count: int, *, ago: timedelta = 2 * DAY
+) -> list[str]:
     """``count`` completed tasks with a video, its stills and a stored input each."""
     principal = make_principal(db, credits=40 * count)
     ids = []
@@ -231,9 +250,16 @@ def finished_tasks(db: Database, storage: Storage, count: int, *,
         for key in [*outputs, stored, *(tasks.still_key(task_id, v) for v in tasks.STILLS)]:
             storage.put_bytes(key, b"x" * 100)
         with db.write() as session:
-            session.execute(update(Task).where(Task.id == task_id).values(
-                status=TaskStatus.COMPLETED, outputs=outputs, images=[tasks.STORED_PREFIX + stored],
-                finished_at=utcnow() - ago + timedelta(seconds=n)))
+            session.execute(
+                update(Task)
+                .where(Task.id == task_id)
+                .values(
+                    status=TaskStatus.COMPLETED,
+                    outputs=outputs,
+                    images=[tasks.STORED_PREFIX + stored],
+                    finished_at=utcnow() - ago + timedelta(seconds=n),
+                )
+            )
         ids.append(task_id)
     return ids
 
@@ -244,7 +270,8 @@ def expired_ids(db: Database) -> set[str]:
 
 
 def test_rounds_take_the_oldest_first_in_batches_up_to_their_limit(
-        store: tuple[Settings, Database, LocalStorage]) -> None:
+    store: tuple[Settings, Database, LocalStorage],
+) -> None:
     _, db, storage = store
     ids = finished_tasks(db, storage, 12)
     assert retention.expire_files(db, storage, retention=DAY, limit=5, batch=2) == 5
@@ -257,7 +284,8 @@ def test_rounds_take_the_oldest_first_in_batches_up_to_their_limit(
 
 
 def test_several_janitors_at_once_delete_each_tasks_files_once(
-        store: tuple[Settings, Database, LocalStorage]) -> None:
+    store: tuple[Settings, Database, LocalStorage],
+) -> None:
     _, db, storage = store
     ids = finished_tasks(db, storage, 40)
     counts: list[int] = []
@@ -300,7 +328,8 @@ class BrokenStorage:
 
 
 def test_a_failed_deletion_gives_the_tasks_back_for_a_later_round(
-        store: tuple[Settings, Database, LocalStorage]) -> None:
+    store: tuple[Settings, Database, LocalStorage],
+) -> None:
     _, db, storage = store
     ids = finished_tasks(db, storage, 3)
     with pytest.raises(OSError):
@@ -311,27 +340,36 @@ def test_a_failed_deletion_gives_the_tasks_back_for_a_later_round(
 
 
 def test_unfinished_tasks_keep_their_files_and_the_janitor_uses_its_index(
-        store: tuple[Settings, Database, LocalStorage]) -> None:
+    store: tuple[Settings, Database, LocalStorage],
+) -> None:
     _, db, storage = store
     [done] = finished_tasks(db, storage, 1)
     waiting = submit_task(db, make_principal(db))
     storage.put_bytes(f"inputs/{waiting}/0.png", b"x")
     with db.write() as session:  # pending, with an old date: not the janitor's business
-        session.execute(update(Task).where(Task.id == waiting).values(
-            images=[f"stored:inputs/{waiting}/0.png"], created_at=utcnow() - 10 * DAY))
+        session.execute(
+            update(Task)
+            .where(Task.id == waiting)
+            .values(images=[f"stored:inputs/{waiting}/0.png"], created_at=utcnow() - 10 * DAY)
+        )
     assert retention.expire_files(db, storage, retention=DAY) == 1
     assert expired_ids(db) == {done}
     assert (storage.root / "inputs" / waiting / "0.png").exists()
     with db.read() as session:
-        plan = session.execute(text(
-            "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE files_expired_at IS NULL "
-            "AND finished_at < :cutoff "
-            "ORDER BY finished_at LIMIT 100"), {"cutoff": utcnow()}).all()
+        plan = session.execute(
+            text(
+                "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE files_expired_at IS NULL "
+                "AND finished_at < :cutoff "
+                "ORDER BY finished_at LIMIT 100"
+            ),
+            {"cutoff": utcnow()},
+        ).all()
     assert any("tasks_files_kept" in str(row) for row in plan), plan
 
 
 def test_the_celery_workers_sweeper_runs_the_janitor(
-        store: tuple[Settings, Database, LocalStorage]) -> None:
+    store: tuple[Settings, Database, LocalStorage],
+) -> None:
     settings, db, storage = store
     ids = finished_tasks(db, storage, 2)
     sweeper = Sweeper(settings, db, WakeupDispatcher(), lambda model: 0, storage=storage)
@@ -357,9 +395,14 @@ def test_expired_files_are_deleted_from_s3(tmp_path: Path) -> None:
         patch.delenv("AWS_PROFILE", raising=False)
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         s3.create_bucket(Bucket="retention")
-        settings = make_settings(tmp_path, retention_days=1, s3_bucket="retention",
-                                 s3_endpoint_url=endpoint, s3_region="us-east-1",
-                                 s3_prefix="r")
+        settings = make_settings(
+            tmp_path,
+            retention_days=1,
+            s3_bucket="retention",
+            s3_endpoint_url=endpoint,
+            s3_region="us-east-1",
+            s3_prefix="r",
+        )
         storage = storage_from_settings(settings)
         assert isinstance(storage, S3Storage)
         db = Database(settings.resolved_database_url)
@@ -368,8 +411,9 @@ def test_expired_files_are_deleted_from_s3(tmp_path: Path) -> None:
             old = finished_tasks(db, storage, 2)
             young = finished_tasks(db, storage, 1, ago=DAY / 2)
             assert retention.expire_files(db, storage, retention=DAY) == 2
-            keys = [item["Key"] for item in
-                    s3.list_objects_v2(Bucket="retention").get("Contents", [])]
+            keys = [
+                item["Key"] for item in s3.list_objects_v2(Bucket="retention").get("Contents", [])
+            ]
             assert keys and all(young[0] in key for key in keys)
             assert not any(task_id in key for key in keys for task_id in old)
             assert httpx.get(storage.url(f"outputs/{old[0]}/0.mp4")).status_code == 404
@@ -386,8 +430,11 @@ def test_several_janitors_at_once_on_postgres(tmp_path: Path, pg_url: str) -> No
         ids = finished_tasks(db, storage, 30)
         young = finished_tasks(db, storage, 2, ago=DAY / 2)
         with ThreadPoolExecutor(4) as pool:
-            counts = list(pool.map(lambda _: retention.expire_files(
-                db, storage, retention=DAY, batch=2), range(4)))
+            counts = list(
+                pool.map(
+                    lambda _: retention.expire_files(db, storage, retention=DAY, batch=2), range(4)
+                )
+            )
         assert sum(counts) == 30 and expired_ids(db) == set(ids)
         assert all((settings.outputs_dir / "outputs" / task_id).exists() for task_id in young)
         assert not any((settings.outputs_dir / "outputs" / task_id).exists() for task_id in ids)
@@ -405,9 +452,14 @@ def test_migration_0009_keeps_the_usage_triggers_both_ways(tmp_path: Path) -> No
 
     def schema() -> tuple[set[str], set[str]]:
         with db.connect() as connection:
-            names = set(connection.scalars(text(
-                "SELECT name FROM sqlite_master WHERE tbl_name = 'tasks' AND type IN "
-                "('trigger', 'index') AND name NOT LIKE 'sqlite_%'")))
+            names = set(
+                connection.scalars(
+                    text(
+                        "SELECT name FROM sqlite_master WHERE tbl_name = 'tasks' AND type IN "
+                        "('trigger', 'index') AND name NOT LIKE 'sqlite_%'"
+                    )
+                )
+            )
             columns = {row[1] for row in connection.execute(text("PRAGMA table_info(tasks)"))}
         return names, columns
 
@@ -426,21 +478,31 @@ def test_migration_0009_keeps_the_usage_triggers_both_ways(tmp_path: Path) -> No
         db.dispose()
 
 
-def test_a_celery_workers_sweeper_deletes_expired_files(
-        tmp_path: Path, pg_url: str) -> None:  # noqa: F811 - the fixture
+def test_a_celery_workers_sweeper_deletes_expired_files(tmp_path: Path, pg_url: str) -> None:  # noqa: F811 - the fixture
     """``openimagine worker`` on a broker: its sweeper thread runs the janitor."""
     with rabbitmq_vhost() as amqp_url:
-        settings = {"database_url": pg_url, "broker_url": amqp_url,
-                    "storage_dir": tmp_path / "storage", "secret_key": "retention-0123456789",
-                    "duration": 0.5, "fps": 8, "resolution": 64, "lease_seconds": 5,
-                    "heartbeat_seconds": 0.5, "retention_days": 0.00002}
+        settings = {
+            "database_url": pg_url,
+            "broker_url": amqp_url,
+            "storage_dir": tmp_path / "storage",
+            "secret_key": "retention-0123456789",
+            "duration": 0.5,
+            "fps": 8,
+            "resolution": 64,
+            "lease_seconds": 5,
+            "heartbeat_seconds": 0.5,
+            "retention_days": 0.00002,
+        }
         db = Database(pg_url)
         migrate.upgrade(db)
         log = tmp_path / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "openimagine", "worker"],
-                                  env=openimagine_env(tmp_path / "worker", **settings),
-                                  stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)  # with its forked child
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "openimagine", "worker"],
+            env=openimagine_env(tmp_path / "worker", **settings),
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # with its forked child
         try:
             task_id = submit_task(db, make_principal(db))
             conf = Settings(**settings)  # type: ignore[arg-type]
@@ -449,8 +511,11 @@ def test_a_celery_workers_sweeper_deletes_expired_files(
             deadline = time.monotonic() + 90
             while True:
                 with db.read() as session:
-                    row = session.execute(select(Task.status, Task.outputs, Task.files_expired_at)
-                                          .where(Task.id == task_id)).one()
+                    row = session.execute(
+                        select(Task.status, Task.outputs, Task.files_expired_at).where(
+                            Task.id == task_id
+                        )
+                    ).one()
                 if row.files_expired_at is not None:
                     break
                 assert worker.poll() is None, log.read_text()

@@ -18,5 +18,9 @@ def test_seed_generate_then_status_completes_with_two_videos(server: Server) -> 
     assert video.status_code == 200
     assert video.headers["content-type"] == "video/mp4"
     assert video.content[4:8] == b"ftyp"
-    assert server.client.get("/v1/status", params={"task_id": task_id},
-                             headers=auth(key)).json()["data"]["consumed_credits"] == 40
+    assert (
+        server.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key)).json()[
+            "data"
+        ]["consumed_credits"]
+        == 40
+    )

@@ -16,8 +16,16 @@ from PIL import Image
 
 from conftest import Server, auth
 
-STATUS_KEYS = {"task_id", "status", "created_at", "consumed_credits", "error_message", "request",
-               "response", "progress"}
+STATUS_KEYS = {
+    "task_id",
+    "status",
+    "created_at",
+    "consumed_credits",
+    "error_message",
+    "request",
+    "response",
+    "progress",
+}
 CREATED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 URLSAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -59,7 +67,8 @@ def test_a_task_without_a_worker_stays_pending(start_server: Callable[..., Serve
 
 
 def test_a_running_task_is_processing_with_rising_progress(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(engine="test-sleep", test_sleep_seconds=3)
     key = server.account()
     task_id = submit(server, key)
@@ -144,7 +153,7 @@ def test_task_ids_are_prefixed_unguessable_and_unique(start_server: Callable[...
     assert len(set(ids)) == 50
     for task_id in ids:
         assert task_id.startswith("task_")
-        random_part = task_id[len("task_"):]
+        random_part = task_id[len("task_") :]
         assert URLSAFE.match(random_part), task_id
         # base64url carries 6 bits a character: 16 characters are 96 bits.
         assert len(random_part) * 6 >= 96, task_id
@@ -153,7 +162,8 @@ def test_task_ids_are_prefixed_unguessable_and_unique(start_server: Callable[...
 
 
 def test_request_images_echo_urls_as_sent_and_data_uris_as_signed_urls(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(run_workers=False)
     key = server.account()
     png = png_bytes()
@@ -198,19 +208,24 @@ def test_response_is_empty_until_completed(start_server: Callable[..., Server]) 
 
 
 def test_later_status_calls_hand_out_urls_that_live_longer(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     """Each answer's URLs live the TTL from that call at least (with a 12 s TTL
     the expiry moves in steps of a second), and the older ones stay valid."""
     server = start_server(url_ttl_seconds=12)
     key = server.account()
-    task_id = submit(server, key, images=["data:image/png;base64,"
-                                          + base64.b64encode(png_bytes()).decode()])
+    task_id = submit(
+        server, key, images=["data:image/png;base64," + base64.b64encode(png_bytes()).decode()]
+    )
     first = server.wait(key, task_id)
     assert first["status"] == "completed", first
     time.sleep(1.1)
     second = status(server, key, task_id)
-    for old, new in zip(first["response"] + first["request"]["images"],
-                        second["response"] + second["request"]["images"], strict=True):
+    for old, new in zip(
+        first["response"] + first["request"]["images"],
+        second["response"] + second["request"]["images"],
+        strict=True,
+    ):
         old_q, new_q = parse_qs(urlsplit(old).query), parse_qs(urlsplit(new).query)
         assert urlsplit(old).path == urlsplit(new).path
         assert int(new_q["expires"][0]) > int(old_q["expires"][0])
@@ -221,7 +236,8 @@ def test_later_status_calls_hand_out_urls_that_live_longer(
 
 
 def test_urls_live_the_configured_ttl_rounded_up_to_a_twelfth(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(url_ttl_seconds=600)
     key = server.account()
     data = server.wait(key, submit(server, key))
@@ -239,10 +255,12 @@ def test_post_status_sees_the_same_life_as_get(server: Server) -> None:
     assert posted.status_code == 200
     got = posted.json()["data"]
     assert got["status"] == "completed"
-    assert {k: v for k, v in got.items() if k != "response"} == \
-        {k: v for k, v in data.items() if k != "response"}
-    assert [urlsplit(u).path for u in got["response"]] == \
-        [urlsplit(u).path for u in data["response"]]
+    assert {k: v for k, v in got.items() if k != "response"} == {
+        k: v for k, v in data.items() if k != "response"
+    }
+    assert [urlsplit(u).path for u in got["response"]] == [
+        urlsplit(u).path for u in data["response"]
+    ]
 
 
 def test_head_status_answers_like_get_without_a_body(server: Server) -> None:
@@ -252,35 +270,41 @@ def test_head_status_answers_like_get_without_a_body(server: Server) -> None:
     assert head.status_code == 200 and head.content == b""
     assert int(head.headers["content-length"]) > 0
     assert int(head.headers["X-RateLimit-Limit"]) > 0
-    missing = server.client.head("/v1/status", params={"task_id": "task_nope"},
-                                 headers=auth(key))
+    missing = server.client.head("/v1/status", params={"task_id": "task_nope"}, headers=auth(key))
     assert missing.status_code == 404 and missing.content == b""
 
 
 def test_other_methods_on_status_are_405_in_the_envelope(server: Server) -> None:
     key = server.account()
     for method in ("PUT", "DELETE", "PATCH"):
-        response = server.client.request(method, "/v1/status", params={"task_id": "task_x"},
-                                         headers=auth(key))
+        response = server.client.request(
+            method, "/v1/status", params={"task_id": "task_x"}, headers=auth(key)
+        )
         assert response.status_code == 405, method
-        assert response.json() == {"code": 405, "message": "Method not allowed for this endpoint",
-                                   "error": "METHOD_NOT_ALLOWED"}
+        assert response.json() == {
+            "code": 405,
+            "message": "Method not allowed for this endpoint",
+            "error": "METHOD_NOT_ALLOWED",
+        }
 
 
 @pytest.mark.parametrize("spelling", ["task_id", " task_id "])
-def test_task_id_surrounding_whitespace_is_ignored(start_server: Callable[..., Server],
-                                                    spelling: str) -> None:
+def test_task_id_surrounding_whitespace_is_ignored(
+    start_server: Callable[..., Server], spelling: str
+) -> None:
     server = start_server(run_workers=False)
     key = server.account()
     task_id = submit(server, key)
-    response = server.client.get("/v1/status", params={"task_id": spelling.replace(
-        "task_id", task_id)}, headers=auth(key))
+    response = server.client.get(
+        "/v1/status", params={"task_id": spelling.replace("task_id", task_id)}, headers=auth(key)
+    )
     assert response.status_code == 200
     assert response.json()["data"]["task_id"] == task_id
 
 
 def test_status_is_readable_by_every_key_of_the_account(
-        start_server: Callable[..., Server]) -> None:
+    start_server: Callable[..., Server],
+) -> None:
     from openimagine.services import accounts
 
     server = start_server(run_workers=False)
@@ -289,5 +313,7 @@ def test_status_is_readable_by_every_key_of_the_account(
     task_id = submit(server, key)
     assert status(server, other, task_id)["task_id"] == task_id
     with httpx.Client(base_url=server.base_url) as fresh:
-        assert fresh.get("/v1/status", params={"task_id": task_id},
-                         headers=auth(other)).status_code == 200
+        assert (
+            fresh.get("/v1/status", params={"task_id": task_id}, headers=auth(other)).status_code
+            == 200
+        )

@@ -53,8 +53,13 @@ def png_bytes() -> bytes:
 
 
 def test_the_settings_pick_s3_when_a_bucket_is_set(tmp_path: Path, s3_endpoint: str) -> None:
-    settings = Settings(data_dir=tmp_path, s3_bucket=BUCKET, s3_endpoint_url=s3_endpoint,
-                        s3_region=REGION, s3_prefix="/tenant-a/")
+    settings = Settings(
+        data_dir=tmp_path,
+        s3_bucket=BUCKET,
+        s3_endpoint_url=s3_endpoint,
+        s3_region=REGION,
+        s3_prefix="/tenant-a/",
+    )
     storage = storage_from_settings(settings)
     assert isinstance(storage, S3Storage)
     assert storage.prefix == "tenant-a/" and storage.staging_dir is None
@@ -63,8 +68,9 @@ def test_the_settings_pick_s3_when_a_bucket_is_set(tmp_path: Path, s3_endpoint: 
 def test_s3_storage_stores_reads_signs_and_deletes(tmp_path: Path, s3_endpoint: str) -> None:
     import boto3
 
-    storage = S3Storage(BUCKET, prefix="unit", endpoint_url=s3_endpoint, region=REGION,
-                        ttl_seconds=600)
+    storage = S3Storage(
+        BUCKET, prefix="unit", endpoint_url=s3_endpoint, region=REGION, ttl_seconds=600
+    )
     image = png_bytes()
     storage.put_bytes("inputs/task_abcdefgh12/0.png", image)
     assert storage.read_bytes("inputs/task_abcdefgh12/0.png") == image
@@ -88,11 +94,16 @@ def test_s3_storage_stores_reads_signs_and_deletes(tmp_path: Path, s3_endpoint: 
     assert download.headers["content-type"] == "video/mp4"
     assert download.content[4:8] == b"ftyp"
     # Under the prefix, and nowhere else.
-    keys = [item["Key"] for item in boto3.client("s3", endpoint_url=s3_endpoint,
-                                                  region_name=REGION)
-            .list_objects_v2(Bucket=BUCKET, Prefix="unit/")["Contents"]]
-    assert sorted(keys) == ["unit/inputs/task_abcdefgh12/0.png",
-                            "unit/outputs/task_abcdefgh12/0.mp4"]
+    keys = [
+        item["Key"]
+        for item in boto3.client(
+            "s3", endpoint_url=s3_endpoint, region_name=REGION
+        ).list_objects_v2(Bucket=BUCKET, Prefix="unit/")["Contents"]
+    ]
+    assert sorted(keys) == [
+        "unit/inputs/task_abcdefgh12/0.png",
+        "unit/outputs/task_abcdefgh12/0.mp4",
+    ]
 
     storage.delete("inputs/task_abcdefgh12/0.png")
     storage.delete("inputs/task_abcdefgh12/0.png")  # missing: not an error
@@ -103,9 +114,11 @@ def test_s3_storage_stores_reads_signs_and_deletes(tmp_path: Path, s3_endpoint: 
 
 
 def test_the_service_hands_out_presigned_urls_for_outputs_and_inputs(
-        start_server: Callable[..., Server], s3_endpoint: str) -> None:
-    server = start_server(s3_bucket=BUCKET, s3_endpoint_url=s3_endpoint, s3_region=REGION,
-                          s3_prefix="service")
+    start_server: Callable[..., Server], s3_endpoint: str
+) -> None:
+    server = start_server(
+        s3_bucket=BUCKET, s3_endpoint_url=s3_endpoint, s3_region=REGION, s3_prefix="service"
+    )
     key = server.account(credits=1000)
     image = png_bytes()
     data_uri = "data:image/png;base64," + base64.b64encode(image).decode()
@@ -126,8 +139,9 @@ def test_the_service_hands_out_presigned_urls_for_outputs_and_inputs(
     # Nothing on the API machine's disk, and /files serves nothing in this mode.
     files = server.settings.outputs_dir
     assert not files.exists() or not any(p.is_file() for p in files.rglob("*"))
-    local = server.client.get(f"/files/outputs/{task_id}/0.mp4", params={"expires": "1",
-                                                                          "sig": "x"})
+    local = server.client.get(
+        f"/files/outputs/{task_id}/0.mp4", params={"expires": "1", "sig": "x"}
+    )
     assert local.status_code == 404 and local.json()["error"] == "NOT_FOUND"
     again = server.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key))
     assert again.json()["data"]["response"][0].startswith(s3_endpoint)

@@ -31,8 +31,13 @@ from openimagine.store.models import Account, LedgerEntry, Task
 from conftest import Spawned, auth, free_port, openimagine_env, run_cli, wait_for_task
 
 SECRET = "durability-secret-0123456789"
-SMALL: dict[str, Any] = {"duration": 0.5, "fps": 8, "resolution": 64, "poll_seconds": 0.1,
-                         "secret_key": SECRET}
+SMALL: dict[str, Any] = {
+    "duration": 0.5,
+    "fps": 8,
+    "resolution": 64,
+    "poll_seconds": 0.1,
+    "secret_key": SECRET,
+}
 PRICE = 40
 CREDITS = 400
 
@@ -42,8 +47,17 @@ CREDITS = 400
 
 def create_account(data_dir: Path, name: str, credits: int = CREDITS) -> str:
     """``openimagine accounts create`` as an operator would; returns the API key."""
-    result = run_cli(openimagine_env(data_dir), "accounts", "create", name, "--plan", "pro",
-                     "--credits", str(credits), "--json")
+    result = run_cli(
+        openimagine_env(data_dir),
+        "accounts",
+        "create",
+        name,
+        "--plan",
+        "pro",
+        "--credits",
+        str(credits),
+        "--json",
+    )
     return json.loads(result.stdout)["api_key"]
 
 
@@ -58,17 +72,23 @@ def processes() -> Iterator[list[subprocess.Popen]]:
             process.wait(timeout=10)
 
 
-def start_process(processes: list[subprocess.Popen], log: Path, env: dict[str, str],
-                  *args: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "openimagine", *args], env=env,
-                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+def start_process(
+    processes: list[subprocess.Popen], log: Path, env: dict[str, str], *args: str
+) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openimagine", *args],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     processes.append(process)
     return process
 
 
 def submit(base_url: str, key: str, prompt: str = "a lighthouse in a storm") -> str:
-    response = httpx.post(f"{base_url}/v1/generate", json={"prompt": prompt},
-                          headers=auth(key), timeout=30)
+    response = httpx.post(
+        f"{base_url}/v1/generate", json={"prompt": prompt}, headers=auth(key), timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()["data"]["task_id"]
 
@@ -82,8 +102,9 @@ def task_row(db: Database, task_id: str) -> Task:
 
 def ledger_of(db: Database, task_id: str) -> list[str]:
     with db.read() as session:
-        return sorted(session.scalars(select(LedgerEntry.kind)
-                                      .where(LedgerEntry.task_id == task_id)))
+        return sorted(
+            session.scalars(select(LedgerEntry.kind).where(LedgerEntry.task_id == task_id))
+        )
 
 
 def balance_of(db: Database, name: str) -> int:
@@ -91,8 +112,9 @@ def balance_of(db: Database, name: str) -> int:
         return session.scalar(select(Account.balance).where(Account.name == name))
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.05) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -108,18 +130,24 @@ def completions_logged(logs: list[Path], task_id: str) -> int:
 # --- SIGKILL mid-task -------------------------------------------------------------------
 
 
-SLEEPY = {**SMALL, "engine": "test-sleep", "test_sleep_seconds": 4, "lease_seconds": 2,
-          "heartbeat_seconds": 0.5}
+SLEEPY = {
+    **SMALL,
+    "engine": "test-sleep",
+    "test_sleep_seconds": 4,
+    "lease_seconds": 2,
+    "heartbeat_seconds": 0.5,
+}
 
 
 def test_a_server_killed_mid_task_finishes_every_task_after_restart_charged_once(
-        tmp_path: Path, spawn_server: Callable[..., Spawned],
-        open_db: Callable[[Path], Database]) -> None:
+    tmp_path: Path, spawn_server: Callable[..., Spawned], open_db: Callable[[Path], Database]
+) -> None:
     data = tmp_path / "data"
     key = create_account(data, "alice")
     first = spawn_server(data, **SLEEPY)
-    task_ids = [submit(first.base_url, key, prompt=f"a lighthouse in a storm, take {n}")
-                for n in range(3)]
+    task_ids = [
+        submit(first.base_url, key, prompt=f"a lighthouse in a storm, take {n}") for n in range(3)
+    ]
     client = httpx.Client(base_url=first.base_url, timeout=30)
     wait_for_task(client, key, task_ids[0], until=("processing",), timeout=60)
     client.close()
@@ -162,13 +190,21 @@ def test_a_server_killed_mid_task_finishes_every_task_after_restart_charged_once
 # --- an engine that kills its worker every time ------------------------------------------
 
 
-CRASHY = {**SMALL, "engine": "test-crash", "max_attempts": 2, "lease_seconds": 1,
-          "heartbeat_seconds": 0.3}
+CRASHY = {
+    **SMALL,
+    "engine": "test-crash",
+    "max_attempts": 2,
+    "lease_seconds": 1,
+    "heartbeat_seconds": 0.3,
+}
 
 
 def test_a_task_that_keeps_killing_its_worker_fails_and_is_refunded_once(
-        tmp_path: Path, spawn_server: Callable[..., Spawned],
-        open_db: Callable[[Path], Database], processes: list[subprocess.Popen]) -> None:
+    tmp_path: Path,
+    spawn_server: Callable[..., Spawned],
+    open_db: Callable[[Path], Database],
+    processes: list[subprocess.Popen],
+) -> None:
     data = tmp_path / "data"
     key = create_account(data, "bob")
     # Accept the task with the API alone, so that nothing runs it before it is acknowledged.
@@ -190,8 +226,10 @@ def test_a_task_that_keeps_killing_its_worker_fails_and_is_refunded_once(
             assert process.wait(timeout=60) == -9
         except subprocess.TimeoutExpired:
             process.kill()
-            raise AssertionError(f"the test-crash server did not die:\n"
-                                 f"{(tmp_path / f'crash-{restarts}.log').read_text()}") from None
+            raise AssertionError(
+                f"the test-crash server did not die:\n"
+                f"{(tmp_path / f'crash-{restarts}.log').read_text()}"
+            ) from None
     row = task_row(db, task_id)
     assert (row.status, row.attempts, row.consumed_credits) == ("processing", 2, PRICE)
     assert ledger_of(db, task_id) == ["debit"]
@@ -221,8 +259,11 @@ def test_a_task_that_keeps_killing_its_worker_fails_and_is_refunded_once(
 
 
 def test_a_separate_worker_process_runs_the_tasks_of_a_no_worker_api(
-        tmp_path: Path, spawn_server: Callable[..., Spawned],
-        open_db: Callable[[Path], Database], processes: list[subprocess.Popen]) -> None:
+    tmp_path: Path,
+    spawn_server: Callable[..., Spawned],
+    open_db: Callable[[Path], Database],
+    processes: list[subprocess.Popen],
+) -> None:
     data = tmp_path / "data"
     key = create_account(data, "carol")
     api = spawn_server(data, "--no-worker", **SMALL)
@@ -262,8 +303,8 @@ def test_a_separate_worker_process_runs_the_tasks_of_a_no_worker_api(
 
 
 def test_sigterm_hands_the_running_task_back_without_using_an_attempt(
-        tmp_path: Path, spawn_server: Callable[..., Spawned],
-        open_db: Callable[[Path], Database]) -> None:
+    tmp_path: Path, spawn_server: Callable[..., Spawned], open_db: Callable[[Path], Database]
+) -> None:
     data = tmp_path / "data"
     key = create_account(data, "dave")
     slow = {**SMALL, "engine": "test-sleep", "test_sleep_seconds": 60}
@@ -283,7 +324,11 @@ def test_sigterm_hands_the_running_task_back_without_using_an_attempt(
     db = open_db(data)
     row = task_row(db, task_id)
     assert (row.status, row.attempts, row.lease_owner, row.lease_expires_at) == (
-        "pending", 0, None, None)
+        "pending",
+        0,
+        None,
+        None,
+    )
     assert ledger_of(db, task_id) == ["debit"]
     assert f"task {task_id}: released" in first.log.read_text()
 
@@ -303,12 +348,18 @@ def test_sigterm_hands_the_running_task_back_without_using_an_attempt(
 
 
 def test_status_requests_answer_quickly_while_a_clip_renders(
-        tmp_path: Path, spawn_server: Callable[..., Spawned]) -> None:
+    tmp_path: Path, spawn_server: Callable[..., Spawned]
+) -> None:
     data = tmp_path / "data"
     key = create_account(data, "erin")
     # Long enough that even a fast machine is still rendering after 20 polls.
-    heavy = {"duration": 20, "fps": 24, "resolution": 480, "poll_seconds": 0.1,
-             "secret_key": SECRET}
+    heavy = {
+        "duration": 20,
+        "fps": 24,
+        "resolution": 480,
+        "poll_seconds": 0.1,
+        "secret_key": SECRET,
+    }
     server = spawn_server(data, **heavy)
     client = httpx.Client(base_url=server.base_url, timeout=30)
     try:

@@ -42,13 +42,35 @@ DEFAULT_TIMEOUT = 600.0
 
 # Keys of a model that override the deployment's setting of the same name.
 SETTING_KEYS = (
-    "price", "variations", "duration", "fps", "resolution",
-    "model_path", "i2v_model_path", "device", "dtype", "cpu_offload", "vae_tiling",
-    "vae_slicing", "compile", "profiles", "test_sleep_seconds", "max_queue",
+    "price",
+    "variations",
+    "duration",
+    "fps",
+    "resolution",
+    "model_path",
+    "i2v_model_path",
+    "device",
+    "dtype",
+    "cpu_offload",
+    "vae_tiling",
+    "vae_slicing",
+    "compile",
+    "profiles",
+    "test_sleep_seconds",
+    "max_queue",
 )
 MODEL_KEYS = (
-    "engine", "concurrency", "base_url", "base_urls", "api_key_env", "upstream_model",
-    "fallbacks", "timeout", "images", "mode_prompts", *SETTING_KEYS,
+    "engine",
+    "concurrency",
+    "base_url",
+    "base_urls",
+    "api_key_env",
+    "upstream_model",
+    "fallbacks",
+    "timeout",
+    "images",
+    "mode_prompts",
+    *SETTING_KEYS,
 )
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -98,18 +120,27 @@ class Model:
         """What ``openimagine models list`` shows: never the key, only its variable."""
         info = self.info()
         described: dict[str, Any] = {
-            "name": self.name, "engine": self.engine, "price": self.price,
-            "variations": self.variations, "concurrency": self.concurrency,
+            "name": self.name,
+            "engine": self.engine,
+            "price": self.price,
+            "variations": self.variations,
+            "concurrency": self.concurrency,
             "max_queue": self.max_queue,
-            "duration": self.settings.duration, "resolution": self.settings.resolution,
-            "modes": list(info.modes), "ratios": list(info.ratios),
-            "image_input": info.image_input, "max_images": info.max_images,
+            "duration": self.settings.duration,
+            "resolution": self.settings.resolution,
+            "modes": list(info.modes),
+            "ratios": list(info.ratios),
+            "image_input": info.image_input,
+            "max_images": info.max_images,
         }
         if self.relay:
             described.update(
-                base_urls=list(self.base_urls), upstream_model=self.upstream_model,
-                api_key_env=self.api_key_env, fallbacks=list(self.fallbacks),
-                timeout=self.timeout, images=self.images,
+                base_urls=list(self.base_urls),
+                upstream_model=self.upstream_model,
+                api_key_env=self.api_key_env,
+                fallbacks=list(self.fallbacks),
+                timeout=self.timeout,
+                images=self.images,
             )
         return described
 
@@ -131,21 +162,29 @@ class Catalog:
         """The models ``names`` picks (``openimagine worker --models a,b``); all when empty."""
         unknown = [name for name in names if name not in self.models]
         if unknown:
-            raise CatalogError(f"unknown model(s) {', '.join(unknown)} "
-                               f"(models: {', '.join(self.models)})")
+            raise CatalogError(
+                f"unknown model(s) {', '.join(unknown)} (models: {', '.join(self.models)})"
+            )
         return [self.models[name] for name in names] if names else list(self.models.values())
 
 
 def default_catalog(settings: Settings) -> Catalog:
     """One model named after the engine, with the deployment's settings (no models file)."""
     if settings.engine not in ENGINES:
-        raise CatalogError(f"unknown engine {settings.engine!r} "
-                           f"(engines: {', '.join(sorted(ENGINES))})")
+        raise CatalogError(
+            f"unknown engine {settings.engine!r} (engines: {', '.join(sorted(ENGINES))})"
+        )
     if settings.engine in RELAY_ENGINES:
-        raise CatalogError(f"the {settings.engine} engine relays to an upstream API: "
-                           "describe it in a models file (OPENIMAGINE_MODELS_FILE)")
-    model = Model(name=settings.engine, engine=settings.engine, settings=settings,
-                  concurrency=max(1, settings.workers))
+        raise CatalogError(
+            f"the {settings.engine} engine relays to an upstream API: "
+            "describe it in a models file (OPENIMAGINE_MODELS_FILE)"
+        )
+    model = Model(
+        name=settings.engine,
+        engine=settings.engine,
+        settings=settings,
+        concurrency=max(1, settings.workers),
+    )
     return Catalog({model.name: model}, settings.engine)
 
 
@@ -170,16 +209,18 @@ def load_catalog(settings: Settings) -> Catalog:
 def _parse(document: dict[str, Any], settings: Settings, path: Path) -> Catalog:
     unknown = sorted(set(document) - {"default", "models"})
     if unknown:
-        raise CatalogError(f"unknown top-level key(s) {', '.join(unknown)} "
-                           "(known: default, models)")
+        raise CatalogError(
+            f"unknown top-level key(s) {', '.join(unknown)} (known: default, models)"
+        )
     tables = document.get("models")
     if not isinstance(tables, dict) or not tables:
         raise CatalogError("no [models.NAME] table")
     models: dict[str, Model] = {}
     for name, table in tables.items():
         if not MODEL_NAME.match(name):
-            raise CatalogError(f"model name {name!r}: use letters, digits, '.', '_' or '-' "
-                               "(at most 64)")
+            raise CatalogError(
+                f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
+            )
         if not isinstance(table, dict):
             raise CatalogError(f"models.{name} must be a table")
         try:
@@ -194,8 +235,10 @@ def _parse(document: dict[str, Any], settings: Settings, path: Path) -> Catalog:
             if fallback == model.name:
                 raise CatalogError(f"models.{model.name}: a model cannot fall back to itself")
             if not target.relay:
-                raise CatalogError(f"models.{model.name}: fallback {fallback!r} must be a relay "
-                                   f"model ({', '.join(RELAY_ENGINES)}); it runs {target.engine}")
+                raise CatalogError(
+                    f"models.{model.name}: fallback {fallback!r} must be a relay "
+                    f"model ({', '.join(RELAY_ENGINES)}); it runs {target.engine}"
+                )
     default = document.get("default", next(iter(models)))
     if not isinstance(default, str) or default not in models:
         raise CatalogError(f"default {default!r} names no model (models: {', '.join(models)})")
@@ -227,28 +270,49 @@ def _model(name: str, table: dict[str, Any], settings: Settings) -> Model:
         # Only what was set (environment or arguments) is carried over, so an engine
         # that follows its model card unless told otherwise still can tell.
         model_settings = Settings.model_validate(
-            {**settings.model_dump(include=settings.model_fields_set), **overrides,
-             "engine": engine})
+            {
+                **settings.model_dump(include=settings.model_fields_set),
+                **overrides,
+                "engine": engine,
+            }
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise CatalogError(f"{where}: {first['msg']}") from None
-    concurrency = _number(table, "concurrency", int,
-                          DEFAULT_RELAY_CONCURRENCY if relay else 1, low=1, high=1024)
+    concurrency = _number(
+        table, "concurrency", int, DEFAULT_RELAY_CONCURRENCY if relay else 1, low=1, high=1024
+    )
     if not relay:
-        relay_only = sorted(set(table) & {"base_url", "base_urls", "api_key_env",
-                                          "upstream_model", "fallbacks", "timeout", "images",
-                                          "mode_prompts"})
+        relay_only = sorted(
+            set(table)
+            & {
+                "base_url",
+                "base_urls",
+                "api_key_env",
+                "upstream_model",
+                "fallbacks",
+                "timeout",
+                "images",
+                "mode_prompts",
+            }
+        )
         if relay_only:
-            raise CatalogError(f"{', '.join(relay_only)} only apply to relay engines "
-                               f"({', '.join(RELAY_ENGINES)})")
+            raise CatalogError(
+                f"{', '.join(relay_only)} only apply to relay engines ({', '.join(RELAY_ENGINES)})"
+            )
         return Model(name, engine, model_settings, concurrency=concurrency)
     if engine == "xai" and model_settings.resolution not in XAI_RESOLUTIONS:
         raise CatalogError("resolution must be 480p or 720p for the xai engine")
     return Model(
-        name, engine, model_settings, concurrency=concurrency,
-        base_urls=_base_urls(table), upstream_model=_text(table, "upstream_model", required=True),
-        api_key_env=_text(table, "api_key_env"), api_key=_api_key(table),
+        name,
+        engine,
+        model_settings,
+        concurrency=concurrency,
+        base_urls=_base_urls(table),
+        upstream_model=_text(table, "upstream_model", required=True),
+        api_key_env=_text(table, "api_key_env"),
+        api_key=_api_key(table),
         fallbacks=tuple(_strings(table, "fallbacks")),
         timeout=_number(table, "timeout", float, DEFAULT_TIMEOUT, low=1, high=86_400),
         images=_choice(table, "images", ("start", "reference"), "start"),
@@ -272,11 +336,15 @@ def _strings(table: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-def _number(table: dict[str, Any], key: str, kind: type, default: float, *,
-            low: float, high: float) -> Any:
+def _number(
+    table: dict[str, Any], key: str, kind: type, default: float, *, low: float, high: float
+) -> Any:
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            kind is int and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not isinstance(value, int))
+    ):
         raise CatalogError(f"{key} must be a{'n integer' if kind is int else ' number'}")
     if not low <= value <= high:
         raise CatalogError(f"{key} must be between {low:g} and {high:g}")
@@ -293,8 +361,11 @@ def _choice(table: dict[str, Any], key: str, allowed: tuple[str, ...], default: 
 def _base_urls(table: dict[str, Any]) -> tuple[str, ...]:
     if "base_url" in table and "base_urls" in table:
         raise CatalogError("give base_url or base_urls, not both")
-    urls = [_text(table, "base_url", required=True)] if "base_url" in table else _strings(
-        table, "base_urls")
+    urls = (
+        [_text(table, "base_url", required=True)]
+        if "base_url" in table
+        else _strings(table, "base_urls")
+    )
     if not urls:
         raise CatalogError("a relay needs base_url (or base_urls)")
     for url in urls:
@@ -316,7 +387,7 @@ def _api_key(table: dict[str, Any]) -> str | None:
 def _mode_prompts(table: dict[str, Any]) -> dict[str, str]:
     given = table.get("mode_prompts", {})
     if not isinstance(given, dict):
-        raise CatalogError("mode_prompts must be a table of mode = \"text\"")
+        raise CatalogError('mode_prompts must be a table of mode = "text"')
     unknown = sorted(set(given) - set(DEFAULT_MODE_PROMPTS))
     if unknown or not all(isinstance(text, str) for text in given.values()):
         raise CatalogError(f"mode_prompts takes strings for {', '.join(DEFAULT_MODE_PROMPTS)}")

@@ -42,8 +42,11 @@ if TYPE_CHECKING:
     from openimagine.settings import Settings
     from openimagine.store.db import Database
 
-app = typer.Typer(help="openimagine: self-hosted video generation with the Grok Imagine API.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="openimagine: self-hosted video generation with the Grok Imagine API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 accounts_app = typer.Typer(help="Create and inspect accounts.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Grant credits.", no_args_is_help=True)
@@ -76,16 +79,20 @@ def _bootstrap_local_account(settings: Settings, db: Database) -> None:
         return
     _, key = accounts.create_account(db, LOCAL_ACCOUNT, plan="pro", credits=LOCAL_CREDITS)
     base = settings.resolved_public_url
-    console.print(f"[bold]Created account '{LOCAL_ACCOUNT}'[/] (pro, {LOCAL_CREDITS} credits). "
-                  "Its API key, shown only this once:")
+    console.print(
+        f"[bold]Created account '{LOCAL_ACCOUNT}'[/] (pro, {LOCAL_CREDITS} credits). "
+        "Its API key, shown only this once:"
+    )
     console.print(key, soft_wrap=True, highlight=False)
     console.print("Try it:")
     console.print(
-        f"curl -X POST {base}/v1/generate -H \"Authorization: Bearer {key}\" "
-        "-H \"Content-Type: application/json\" "
-        "-d '{\"mode\": \"fun\", \"prompt\": \"a beautiful landscape with mountains\", "
-        "\"ratio\": \"1:1\"}'",
-        soft_wrap=True, highlight=False, markup=False,
+        f'curl -X POST {base}/v1/generate -H "Authorization: Bearer {key}" '
+        '-H "Content-Type: application/json" '
+        '-d \'{"mode": "fun", "prompt": "a beautiful landscape with mountains", '
+        '"ratio": "1:1"}\'',
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
     )
 
 
@@ -104,12 +111,13 @@ def serve(
 
     settings = load_settings(host=host, port=port, workers=workers)
     catalog = load_models(settings)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     db = open_db(settings)
     _bootstrap_local_account(settings, db)
     db.dispose()
-    application = create_app(settings, catalog=catalog,
-                             run_workers=False if no_worker else None)
+    application = create_app(settings, catalog=catalog, run_workers=False if no_worker else None)
     from openimagine.api.observe import log_access_lines
     from openimagine.api.serving import uvicorn_options
 
@@ -120,11 +128,17 @@ def serve(
 
 @app.command()
 def worker(
-    workers: Annotated[int | None, typer.Option(
-        help="Tasks at once when there is no models file (a models file sets each "
-             "model's concurrency).")] = None,
-    models: Annotated[str | None, typer.Option(
-        help="Serve only these models, comma-separated (default: every model).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Tasks at once when there is no models file (a models file sets each "
+            "model's concurrency)."
+        ),
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Serve only these models, comma-separated (default: every model)."),
+    ] = None,
 ) -> None:
     """Run workers alone against the configured database.
 
@@ -140,11 +154,14 @@ def worker(
     settings = load_settings(workers=workers)
     catalog = load_models(settings)
     try:
-        served = catalog.subset([name.strip() for name in (models or "").split(",")
-                                 if name.strip()])
+        served = catalog.subset(
+            [name.strip() for name in (models or "").split(",") if name.strip()]
+        )
     except CatalogError as exc:
         fail(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     db = open_db(settings)
     if settings.broker_url:
         # Nothing of the parent's pool may leak into the forked worker processes.
@@ -215,10 +232,15 @@ def accounts_create(
 ) -> None:
     """Create an account and its first API key (printed once)."""
     account, key = with_accounts(
-        lambda accounts, db: accounts.create_account(db, name, plan=plan, credits=credits))
+        lambda accounts, db: accounts.create_account(db, name, plan=plan, credits=credits)
+    )
     if json_output:
-        print_json({"account": {"name": account.name, "plan": account.plan,
-                                "balance": credits}, "api_key": key})
+        print_json(
+            {
+                "account": {"name": account.name, "plan": account.plan, "balance": credits},
+                "api_key": key,
+            }
+        )
         return
     console.print(f"Created account '{name}' ({plan}, {credits} credits). API key (shown once):")
     console.print(key, soft_wrap=True, highlight=False)
@@ -233,8 +255,11 @@ def accounts_show(name: str, json_output: JsonOption = False) -> None:
         return
     console.print(f"[bold]{info['account']}[/]  plan {info['plan']}  balance {info['balance']}")
     tasks = info["usage"]["tasks"]
-    console.print("tasks: " + ", ".join(f"{count} {status}" for status, count in tasks.items())
-                  + f"; credits spent: {info['usage']['credits_spent']}")
+    console.print(
+        "tasks: "
+        + ", ".join(f"{count} {status}" for status, count in tasks.items())
+        + f"; credits spent: {info['usage']['credits_spent']}"
+    )
 
 
 @accounts_app.command("set-plan")
@@ -259,8 +284,16 @@ def keys_list(name: str, json_output: JsonOption = False) -> None:
     """The keys of an account, by prefix."""
     keys: list[Any] = with_accounts(lambda accounts, db: accounts.list_keys(db, name))
     if json_output:
-        print_json([{"prefix": k.prefix, "created_at": k.created_at,
-                     "revoked": k.revoked_at is not None} for k in keys])
+        print_json(
+            [
+                {
+                    "prefix": k.prefix,
+                    "created_at": k.created_at,
+                    "revoked": k.revoked_at is not None,
+                }
+                for k in keys
+            ]
+        )
         return
     table = Table("prefix", "created", "state")
     for k in keys:

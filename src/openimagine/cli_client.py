@@ -41,14 +41,17 @@ stderr = Console(stderr=True)
 
 BaseUrlOption = Annotated[
     str | None,
-    typer.Option("--base-url", envvar=ENV_BASE_URL, show_default=False,
-                 help="API base URL (default http://127.0.0.1:8000)."),
+    typer.Option(
+        "--base-url",
+        envvar=ENV_BASE_URL,
+        show_default=False,
+        help="API base URL (default http://127.0.0.1:8000).",
+    ),
 ]
 ApiKeyOption = Annotated[
     str | None,
     typer.Option("--api-key", envvar=ENV_API_KEY, show_default=False, help="API key (oi_...)."),
 ]
-
 
 
 @contextmanager
@@ -65,13 +68,17 @@ def _client(base_url: str | None, api_key: str | None) -> Iterator[Client]:
         fail(str(exc))
 
 
-
 def _wait(client: Client, task: Task, *, timeout: float, quiet: bool) -> Task:
     """Poll until done, with a progress bar on stderr unless ``quiet``."""
     if quiet:
         return client.wait(task, timeout=timeout, poll_interval=POLL_SECONDS)
-    columns = (SpinnerColumn(), TextColumn("{task.description:<10}"), BarColumn(),
-               TaskProgressColumn(), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=stderr, transient=False) as progress:
         bar = progress.add_task("pending", total=100)
 
@@ -85,11 +92,16 @@ def generate_command(
     prompt: Annotated[str, typer.Argument(help="What the video should show.")],
     mode: Annotated[str | None, typer.Option(help="fun, normal or spicy.")] = None,
     ratio: Annotated[str | None, typer.Option(help="1:1, 2:3, 3:2, 16:9 or 9:16.")] = None,
-    image: Annotated[list[str] | None, typer.Option(
-        "--image", help="An http(s) URL or a local JPEG/PNG/WebP file; repeat for more.")] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image", help="An http(s) URL or a local JPEG/PNG/WebP file; repeat for more."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the task is done.")] = False,
-    out: Annotated[Path | None, typer.Option(
-        help="Download the videos into this folder (implies --wait).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Download the videos into this folder (implies --wait).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 600,
     json_output: JsonOption = False,
     base_url: BaseUrlOption = None,
@@ -103,8 +115,9 @@ def generate_command(
                 print_json(task.to_dict())
             else:
                 typer.echo(task.task_id)
-                stderr.print(f"Submitted. Follow it with: openimagine status {task.task_id}",
-                             highlight=False)
+                stderr.print(
+                    f"Submitted. Follow it with: openimagine status {task.task_id}", highlight=False
+                )
             return
         if not json_output:
             stderr.print(f"Submitted {task.task_id}", highlight=False)
@@ -133,8 +146,10 @@ def status_command(
         print_json(task.to_dict())
         return
     created = task.created_at.strftime("%Y-%m-%d %H:%M:%SZ") if task.created_at else "?"
-    typer.echo(f"{task.task_id}  {task.status}  {task.progress}%  "
-               f"created {created}  credits {task.consumed_credits}")
+    typer.echo(
+        f"{task.task_id}  {task.status}  {task.progress}%  "
+        f"created {created}  credits {task.consumed_credits}"
+    )
     if task.error_message:
         typer.echo(f"error_message: {task.error_message}")
     if task.files_expired:

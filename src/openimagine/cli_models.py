@@ -55,8 +55,9 @@ def models_report(settings: Settings, catalog: Catalog, *, probe: bool = True) -
     report = []
     for model in catalog.models.values():
         entry = dict(model.describe(), default=model.name == catalog.default)
-        missing = [module for module in ENGINES[model.engine].requires
-                   if not _module_available(module)]
+        missing = [
+            module for module in ENGINES[model.engine].requires if not _module_available(module)
+        ]
         problems = [f"missing {module}" for module in missing]
         if model.relay and probe:
             for url in model.base_urls:
@@ -90,8 +91,7 @@ def models_list_command(
         return
     source = catalog.source or "no models file: one model, OPENIMAGINE_ENGINE"
     table = Table(title=f"Models ({source})")
-    for column in ("model", "engine", "price", "videos", "at once", "images", "upstream",
-                   "ready"):
+    for column in ("model", "engine", "price", "videos", "at once", "images", "upstream", "ready"):
         table.add_column(column)
     for row in report:
         upstream = ""
@@ -99,12 +99,25 @@ def models_list_command(
             upstream = f"{row['upstream_model']} @ {', '.join(row['base_urls'])}"
             if row["fallbacks"]:
                 upstream += f" (then {', '.join(row['fallbacks'])})"
-        images = "no" if not row["image_input"] else (
-            f"first of up to {row['max_images']} as start image" if row.get("images") == "start"
-            else f"up to {row['max_images']}")
-        table.add_row(row["name"] + (" *" if row["default"] else ""), row["engine"],
-                      str(row["price"]), str(row["variations"]), str(row["concurrency"]), images,
-                      upstream, "yes" if row["ready"] else "no: " + "; ".join(row["problems"]))
+        images = (
+            "no"
+            if not row["image_input"]
+            else (
+                f"first of up to {row['max_images']} as start image"
+                if row.get("images") == "start"
+                else f"up to {row['max_images']}"
+            )
+        )
+        table.add_row(
+            row["name"] + (" *" if row["default"] else ""),
+            row["engine"],
+            str(row["price"]),
+            str(row["variations"]),
+            str(row["concurrency"]),
+            images,
+            upstream,
+            "yes" if row["ready"] else "no: " + "; ".join(row["problems"]),
+        )
     Console(soft_wrap=True).print(table)
 
 
@@ -199,7 +212,8 @@ def make_tiny_command(
         )
     if not _module_available("diffusers") or not _module_available("torch"):
         typer.echo(
-            "make-tiny needs the diffusers extra: pip install 'openimagine[server,diffusers]'", err=True
+            "make-tiny needs the diffusers extra: pip install 'openimagine[server,diffusers]'",
+            err=True,
         )
         raise typer.Exit(1)
     with server_extra():

@@ -50,14 +50,18 @@ def _open(account: str) -> tuple[Settings, Database, int]:
         fail(str(exc))
 
 
-
 @webhooks_app.command("add")
 def add(
     account: str,
     url: str,
-    event: Annotated[list[str] | None, typer.Option(
-        "--event", help=f"Send only this event type (repeat for more): "
-                        f"{', '.join(EVENT_TYPES)}. Default: all.")] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--event",
+            help=f"Send only this event type (repeat for more): "
+            f"{', '.join(EVENT_TYPES)}. Default: all.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Register URL as a webhook endpoint of ACCOUNT; prints its secret (once)."""
@@ -74,8 +78,11 @@ def add(
     if json_output:
         print_json({**endpoint.view(), "secret": secret})
         return
-    console.print(f"Added {endpoint.id} → {endpoint.url} ({', '.join(endpoint.events)}). "
-                  "Its signing secret (shown once):", highlight=False)
+    console.print(
+        f"Added {endpoint.id} → {endpoint.url} ({', '.join(endpoint.events)}). "
+        "Its signing secret (shown once):",
+        highlight=False,
+    )
     console.print(secret, highlight=False)
 
 
@@ -90,12 +97,21 @@ def list_(account: str, json_output: JsonOption = False) -> None:
     if json_output:
         print_json(endpoints)
         return
-    table = Table(Column("id", no_wrap=True), Column("url", overflow="fold"),
-                  Column("events", overflow="fold"), Column("created", no_wrap=True), "state")
+    table = Table(
+        Column("id", no_wrap=True),
+        Column("url", overflow="fold"),
+        Column("events", overflow="fold"),
+        Column("created", no_wrap=True),
+        "state",
+    )
     for endpoint in endpoints:
-        table.add_row(endpoint["id"], endpoint["url"], ", ".join(endpoint["events"]),
-                      endpoint["created_at"], "disabled (410)" if endpoint["disabled"]
-                      else "active")
+        table.add_row(
+            endpoint["id"],
+            endpoint["url"],
+            ", ".join(endpoint["events"]),
+            endpoint["created_at"],
+            "disabled (410)" if endpoint["disabled"] else "active",
+        )
     console.print(table)
 
 
@@ -116,8 +132,9 @@ def remove(account: str, webhook_id: str) -> None:
 @webhooks_app.command("secret")
 def secret(
     account: str,
-    rotate: Annotated[bool, typer.Option(
-        "--rotate", help="Make a new one; the old one still signs for a day.")] = False,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Make a new one; the old one still signs for a day.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """The default secret of ACCOUNT: it signs deliveries to tasks' callback URLs."""
@@ -133,18 +150,27 @@ def secret(
 
 
 def _attempt_line(attempt: dict[str, Any]) -> str:
-    answer = (f"HTTP {attempt['status_code']}" if attempt["status_code"] is not None
-              else f"no answer ({attempt['error']})")
+    answer = (
+        f"HTTP {attempt['status_code']}"
+        if attempt["status_code"] is not None
+        else f"no answer ({attempt['error']})"
+    )
     after = f", next try {attempt['next_attempt_at']}" if attempt["next_attempt_at"] else ""
-    return (f"    try {attempt['attempt']}  {attempt['at']}  {answer}  "
-            f"{attempt['latency_ms']} ms{after}")
+    return (
+        f"    try {attempt['attempt']}  {attempt['at']}  {answer}  "
+        f"{attempt['latency_ms']} ms{after}"
+    )
 
 
 @webhooks_app.command("deliveries")
 def deliveries(
     account: str,
-    webhook: Annotated[str | None, typer.Option(
-        "--webhook", help="Only to this endpoint ('default': to tasks' callback URLs).")] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook", help="Only to this endpoint ('default': to tasks' callback URLs)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 20,
     json_output: JsonOption = False,
 ) -> None:
@@ -163,9 +189,13 @@ def deliveries(
         return
     # One line per delivery and one per try: URLs and ids stay whole at any width.
     for row in rows:
-        console.print(escape(f"{row['id']}  {row['type']}  {row['event_id']}  "
-                             f"{row['task_id']}  {row['url']}  ")
-                      + f"[bold]{row['status']}[/]", highlight=False)
+        console.print(
+            escape(
+                f"{row['id']}  {row['type']}  {row['event_id']}  {row['task_id']}  {row['url']}  "
+            )
+            + f"[bold]{row['status']}[/]",
+            highlight=False,
+        )
         for attempt in row["attempts"]:
             console.print(_attempt_line(attempt), highlight=False, markup=False)
         if row["status"] == "pending" and not row["attempts"]:

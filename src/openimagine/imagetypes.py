@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def sniff_image_type(data: bytes) -> str | None:
-    """"jpeg", "png" or "webp" judged by magic bytes only (never by name or header)."""
+    """ "jpeg", "png" or "webp" judged by magic bytes only (never by name or header)."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":

@@ -43,9 +43,7 @@ def normalize(text: str) -> str:
     """
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     return "".join(
-        ch
-        for ch in folded
-        if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf"
+        ch for ch in folded if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf"
     )
 
 

@@ -30,8 +30,9 @@ def _escape(code: int) -> str:
     return f"\\u{code:04x}"
 
 
-def char_class(predicate: Callable[[str], bool], *, negate: bool,
-               planes: Iterable[int] = TEXT_PLANES) -> str:
+def char_class(
+    predicate: Callable[[str], bool], *, negate: bool, planes: Iterable[int] = TEXT_PLANES
+) -> str:
     """``[...]`` (``[^...]`` with ``negate``) of the characters of ``planes`` for which
     ``predicate`` holds, as ranges."""
     ranges: list[tuple[int, int]] = []
@@ -43,8 +44,9 @@ def char_class(predicate: Callable[[str], bool], *, negate: bool,
                 ranges[-1] = (ranges[-1][0], code)
             else:
                 ranges.append((code, code))
-    body = "".join(_escape(low) if low == high else f"{_escape(low)}-{_escape(high)}"
-                   for low, high in ranges)
+    body = "".join(
+        _escape(low) if low == high else f"{_escape(low)}-{_escape(high)}" for low, high in ranges
+    )
     return f"[{'^' if negate else ''}{body}]"
 
 

@@ -38,8 +38,7 @@ class QuietMemoryStorage(MemoryStorage):
 
     def __init__(self) -> None:
         super().__init__()
-        threading.Thread(target=self._purge_forever, name="ratelimit-purge",
-                         daemon=True).start()
+        threading.Thread(target=self._purge_forever, name="ratelimit-purge", daemon=True).start()
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # the stock per-hit timer: off
         pass
@@ -62,9 +61,11 @@ class Window(NamedTuple):
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The contract's ``X-RateLimit-*`` headers, as ASGI header pairs."""
-        return [(b"x-ratelimit-limit", b"%d" % self.limit),
-                (b"x-ratelimit-remaining", b"%d" % self.remaining),
-                (b"x-ratelimit-reset", b"%d" % self.reset)]
+        return [
+            (b"x-ratelimit-limit", b"%d" % self.limit),
+            (b"x-ratelimit-remaining", b"%d" % self.remaining),
+            (b"x-ratelimit-reset", b"%d" % self.reset),
+        ]
 
     @property
     def retry_after(self) -> int:
@@ -80,21 +81,27 @@ STORAGE_TIMEOUT_SECONDS = 2.0
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         options: dict[str, float | str | bool] = (
-            {"key_prefix": settings.ratelimit_prefix} if settings.ratelimit_prefix else {})
+            {"key_prefix": settings.ratelimit_prefix} if settings.ratelimit_prefix else {}
+        )
         if settings.ratelimit_url.startswith("redis"):
             # A Redis that stopped answering must fail requests fast, not hold
             # them for the operating system's TCP timeouts (minutes).
-            options.update(socket_connect_timeout=STORAGE_TIMEOUT_SECONDS,
-                           socket_timeout=STORAGE_TIMEOUT_SECONDS)
+            options.update(
+                socket_connect_timeout=STORAGE_TIMEOUT_SECONDS,
+                socket_timeout=STORAGE_TIMEOUT_SECONDS,
+            )
         # wrap_exceptions: a storage that cannot be reached (Redis down)
         # raises limits' StorageError, which the API answers with a 503.
-        storage = (QuietMemoryStorage() if settings.ratelimit_url.startswith("memory://")
-                   else storage_from_string(settings.ratelimit_url, wrap_exceptions=True,
-                                            **options))
-        if not isinstance(storage, Storage) or not isinstance(storage,
-                                                              SlidingWindowCounterSupport):
-            raise ValueError(f"{settings.ratelimit_url}: a synchronous storage with the "
-                             "sliding-window counter is needed (memory://, redis://, ...)")
+        storage = (
+            QuietMemoryStorage()
+            if settings.ratelimit_url.startswith("memory://")
+            else storage_from_string(settings.ratelimit_url, wrap_exceptions=True, **options)
+        )
+        if not isinstance(storage, Storage) or not isinstance(storage, SlidingWindowCounterSupport):
+            raise ValueError(
+                f"{settings.ratelimit_url}: a synchronous storage with the "
+                "sliding-window counter is needed (memory://, redis://, ...)"
+            )
         self.storage: Storage = storage
         self._windows: SlidingWindowCounterSupport = storage  # the same object
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
@@ -120,8 +127,9 @@ class RateLimiter:
             key = self._keys[(id(item), identifier)] = item.key_for(identifier)
         return key
 
-    def _window(self, item: RateLimitItemPerMinute, identifier: str,
-                allowed: bool | None = None) -> Window:
+    def _window(
+        self, item: RateLimitItemPerMinute, identifier: str, allowed: bool | None = None
+    ) -> Window:
         """The headers' figures from one storage read (a Redis round trip).
         ``allowed`` None: whether one more request would fit now."""
         # The sliding-window counter weighs the previous window by the share
@@ -132,7 +140,8 @@ class RateLimiter:
         # one period later if the current one has some.
         period = item.get_expiry()
         previous, previous_ttl, current, _ = self._windows.get_sliding_window(
-            self._storage_key(item, identifier), period)
+            self._storage_key(item, identifier), period
+        )
         now = time.time()
         left = period - now % period
         used = math.floor(previous * previous_ttl / period + current)
@@ -140,17 +149,20 @@ class RateLimiter:
         if allowed is None:
             allowed = used < item.amount
         # Only a refused request needs the time the next one fits.
-        next_allowed = now if allowed else self.limiter.get_window_stats(item,
-                                                                         identifier).reset_time
-        return Window(allowed, item.amount, max(0, item.amount - used), math.ceil(now + full_in),
-                      next_allowed)
+        next_allowed = (
+            now if allowed else self.limiter.get_window_stats(item, identifier).reset_time
+        )
+        return Window(
+            allowed, item.amount, max(0, item.amount - used), math.ceil(now + full_in), next_allowed
+        )
 
     def hit_account(self, account_id: int, plan: str) -> Window:
         item = self.plans[plan]
         identifier = f"account:{account_id}"
         # The strategy's ``hit``, with the key built once.
         allowed = self._windows.acquire_sliding_window_entry(
-            self._storage_key(item, identifier), item.amount, item.get_expiry())
+            self._storage_key(item, identifier), item.amount, item.get_expiry()
+        )
         return self._window(item, identifier, allowed)
 
     def auth_blocked(self, address: str) -> Window | None:
@@ -168,12 +180,16 @@ class RateLimiter:
             now = time.time()
             if len(failed_lately) >= FAILED_ADDRESSES_KEPT:  # drop what no longer weighs
                 # A copy first: API threads record failures concurrently.
-                failed_lately = {a: t for a, t in list(failed_lately.items())
-                                 if now - t <= self._failures_weigh_for}
+                failed_lately = {
+                    a: t
+                    for a, t in list(failed_lately.items())
+                    if now - t <= self._failures_weigh_for
+                }
                 # Still full (a spray from many addresses): stop remembering and
                 # ask the storage on every request, rather than prune each time.
-                self._failed_lately = (failed_lately if len(failed_lately) < FAILED_ADDRESSES_KEPT
-                                       else None)
+                self._failed_lately = (
+                    failed_lately if len(failed_lately) < FAILED_ADDRESSES_KEPT else None
+                )
             if self._failed_lately is not None:
                 self._failed_lately[address] = now
         self.limiter.hit(self.auth_failures, f"authfail:{address}")

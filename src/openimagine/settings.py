@@ -59,8 +59,18 @@ def parse_max_in_flight(value: object) -> dict[str, int]:
     return parse_plan_numbers(value, DEFAULT_MAX_IN_FLIGHT, "unfinished_tasks")
 
 
-DEFAULT_WEBHOOK_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0,
-                            72000.0, 86400.0)
+DEFAULT_WEBHOOK_SCHEDULE = (
+    0.0,
+    5.0,
+    300.0,
+    1800.0,
+    7200.0,
+    18000.0,
+    36000.0,
+    50400.0,
+    72000.0,
+    86400.0,
+)
 
 
 def parse_retry_schedule(value: object) -> tuple[float, ...]:
@@ -210,7 +220,9 @@ class Settings(BaseSettings):
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
         if self.secret_key is not None and len(self.secret_key) < 16 and not self.is_local:
-            raise ValueError("secret_key must be at least 16 characters when serving beyond loopback")
+            raise ValueError(
+                "secret_key must be at least 16 characters when serving beyond loopback"
+            )
         return self
 
     @property

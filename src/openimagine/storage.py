@@ -43,11 +43,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("openimagine.storage")
 
 # A task's files: numbered inputs and videos, and the stills of its first video.
-_KEY_RE = re.compile(r"^(inputs|outputs)/task_[A-Za-z0-9_-]{8,40}/"
-                     r"([0-9]{1,3}|thumbnail|spritesheet)\.[a-z0-9]{2,4}$")
+_KEY_RE = re.compile(
+    r"^(inputs|outputs)/task_[A-Za-z0-9_-]{8,40}/"
+    r"([0-9]{1,3}|thumbnail|spritesheet)\.[a-z0-9]{2,4}$"
+)
 
-MEDIA_TYPES = {"mp4": "video/mp4", "png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg",
-               "webp": "image/webp"}
+MEDIA_TYPES = {
+    "mp4": "video/mp4",
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+}
 
 
 def valid_key(key: str) -> bool:
@@ -176,12 +183,19 @@ def url_expiry(now: float, ttl_seconds: int) -> int:
 def storage_from_settings(settings: Settings) -> Storage:
     """The one place that picks the storage: S3 when a bucket is set, else a folder."""
     if settings.s3_bucket:
-        return S3Storage(settings.s3_bucket, prefix=settings.s3_prefix,
-                         endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                         ttl_seconds=settings.url_ttl_seconds)
-    return LocalStorage(settings.outputs_dir, secret=settings.resolved_secret_key(),
-                        public_url=settings.resolved_public_url,
-                        ttl_seconds=settings.url_ttl_seconds)
+        return S3Storage(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            ttl_seconds=settings.url_ttl_seconds,
+        )
+    return LocalStorage(
+        settings.outputs_dir,
+        secret=settings.resolved_secret_key(),
+        public_url=settings.resolved_public_url,
+        ttl_seconds=settings.url_ttl_seconds,
+    )
 
 
 class LocalStorage:
@@ -247,8 +261,11 @@ class LocalStorage:
         """The file's path when the signature is good and fresh; ``Forbidden`` otherwise."""
         # ASCII digits only, and few of them: str.isdigit() passes "²", which int()
         # refuses, and int() refuses more than 4300 digits (both were a 500).
-        if not expires or not sig or not (expires.isascii() and expires.isdigit()
-                                          and len(expires) <= 20):
+        if (
+            not expires
+            or not sig
+            or not (expires.isascii() and expires.isdigit() and len(expires) <= 20)
+        ):
             raise Forbidden("Forbidden: this file URL is not signed")
         if not hmac.compare_digest(self._signature(key, int(expires)), sig):
             raise Forbidden("Forbidden: this file URL's signature is not valid")
@@ -270,25 +287,36 @@ class S3Storage:
 
     staging_dir: Path | None = None
 
-    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
-                 region: str | None = None, ttl_seconds: int = 3600) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        ttl_seconds: int = 3600,
+    ) -> None:
         try:
             import boto3  # type: ignore[import-untyped]
             from botocore.config import Config  # type: ignore[import-untyped]
         except ImportError:
-            raise RuntimeError("OPENIMAGINE_S3_BUCKET needs boto3: "
-                               "pip install 'openimagine[scale]'") from None
+            raise RuntimeError(
+                "OPENIMAGINE_S3_BUCKET needs boto3: pip install 'openimagine[scale]'"
+            ) from None
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.ttl_seconds = ttl_seconds
-        options: dict[str, Any] = {"signature_version": "s3v4",
-                                   "retries": {"max_attempts": 5, "mode": "standard"}}
+        options: dict[str, Any] = {
+            "signature_version": "s3v4",
+            "retries": {"max_attempts": 5, "mode": "standard"},
+        }
         if endpoint_url:
             # Most S3-compatible servers want path-style URLs (no bucket subdomain).
             options["s3"] = {"addressing_style": "path"}
-        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
-                                   config=Config(**options))
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=Config(**options)
+        )
         self._presigned_url = functools.lru_cache(SIGNED_URL_CACHE_SIZE)(self._presign_url)
 
     def _object(self, key: str) -> str:
@@ -297,13 +325,15 @@ class S3Storage:
         return self.prefix + key
 
     def put_file(self, key: str, source: Path) -> None:
-        self.client.upload_file(str(source), self.bucket, self._object(key),
-                                ExtraArgs={"ContentType": media_type(key)})
+        self.client.upload_file(
+            str(source), self.bucket, self._object(key), ExtraArgs={"ContentType": media_type(key)}
+        )
         source.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data,
-                               ContentType=media_type(key))
+        self.client.put_object(
+            Bucket=self.bucket, Key=self._object(key), Body=data, ContentType=media_type(key)
+        )
 
     def read_bytes(self, key: str) -> bytes:
         body = self.client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"]
@@ -320,5 +350,7 @@ class S3Storage:
         # Local computation, no request to the server (but about a tenth of a
         # millisecond: worth signing once per step). Valid until ``expires``.
         return self.client.generate_presigned_url(  # type: ignore[no-any-return]
-            "get_object", Params={"Bucket": self.bucket, "Key": self._object(key)},
-            ExpiresIn=max(1, expires - int(time.time())))
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._object(key)},
+            ExpiresIn=max(1, expires - int(time.time())),
+        )

@@ -82,10 +82,12 @@ def install_openapi(app: FastAPI, routes: list[BaseRoute]) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=routes)
-            schema.setdefault("components", {}).setdefault("securitySchemes", {})[
-                "bearer"] = BEARER_SCHEME
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=routes
+            )
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = (
+                BEARER_SCHEME
+            )
             app.openapi_schema = finish_document(schema, app.state.ctx)
         return app.openapi_schema
 
@@ -96,8 +98,9 @@ def build_storage(settings: Settings) -> Storage:
     return storage_from_settings(settings)
 
 
-def create_app(settings: Settings, *, catalog: Catalog | None = None,
-               run_workers: bool | None = None) -> OpenImagineAPI:
+def create_app(
+    settings: Settings, *, catalog: Catalog | None = None, run_workers: bool | None = None
+) -> OpenImagineAPI:
     """The ASGI app. With ``run_workers`` (default: ``settings.workers > 0``) the
     worker pool runs inside the server process (the embedded default), serving
     every model of the catalog (default: ``load_catalog(settings)``). With a
@@ -126,14 +129,16 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
         stop = asyncio.Event()
         hub = ctx.hub
         assert hub is not None
-        hub_task = asyncio.create_task(hub.run(stop, lambda ids: run_blocking(
-            ctx, lambda: read_tasks(db, ids), writes=False)))
+        hub_task = asyncio.create_task(
+            hub.run(stop, lambda ids: run_blocking(ctx, lambda: read_tasks(db, ids), writes=False))
+        )
         pool_task = None
         if with_workers:
             from openimagine.worker.pool import WorkerPool
 
-            pool = WorkerPool(settings, db, ctx.storage, catalog, wakeups=wakeups,
-                              on_change=hub.poke)
+            pool = WorkerPool(
+                settings, db, ctx.storage, catalog, wakeups=wakeups, on_change=hub.poke
+            )
             pool_task = asyncio.create_task(pool.run(stop))
         stop_delivering = None
         if not with_workers:  # the pool sends webhooks where it runs; else the API does
@@ -172,8 +177,19 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None,
     app.accounting = Accounting(app.state.metrics)
     install_error_handlers(app)
     app.add_middleware(EnvelopeMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (status, generate, openai_routes, jobs, webhooks, files, account, models,
-                   health, playground, observe):
+    for module in (
+        status,
+        generate,
+        openai_routes,
+        jobs,
+        webhooks,
+        files,
+        account,
+        models,
+        health,
+        playground,
+        observe,
+    ):
         # Flat on the app's router, most frequent first (routes are matched in
         # order): FastAPI matches included routers twice over, which measured
         # as much as the rest of a status request.

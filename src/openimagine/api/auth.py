@@ -52,8 +52,9 @@ def _check_address(ctx: AppContext, request: Request) -> str:
     return address
 
 
-def _admit(ctx: AppContext, request: Request, address: str, token: str | None,
-           principal: Principal | None) -> Principal:
+def _admit(
+    ctx: AppContext, request: Request, address: str, token: str | None, principal: Principal | None
+) -> Principal:
     """Count a failed authentication, or the account's request against its plan."""
     if principal is None:
         ctx.limiter.record_auth_failure(address)
@@ -64,8 +65,7 @@ def _admit(ctx: AppContext, request: Request, address: str, token: str | None,
     setattr(request.state, RATELIMIT_STATE, window.headers)
     if not window.allowed:
         raise RateLimited(
-            f"Rate limit exceeded: {window.limit} requests per minute on the "
-            f"{principal.plan} plan",
+            f"Rate limit exceeded: {window.limit} requests per minute on the {principal.plan} plan",
             retry_after=window.retry_after,
         )
     return principal
@@ -79,8 +79,9 @@ def require_principal(ctx: AppContext, request: Request) -> Principal:
     return _admit(ctx, request, address, token, principal)
 
 
-def require_principal_and_task(ctx: AppContext, request: Request,
-                               task_id: str) -> tuple[Principal, Record | None]:
+def require_principal_and_task(
+    ctx: AppContext, request: Request, task_id: str
+) -> tuple[Principal, Record | None]:
     """``require_principal`` and the caller's task in one database round trip."""
     address = _check_address(ctx, request)
     token = _bearer(request)
@@ -90,37 +91,40 @@ def require_principal_and_task(ctx: AppContext, request: Request,
     return _admit(ctx, request, address, token, principal), task
 
 
-async def require_principal_and_task_async(ctx: AppContext, request: Request,
-                                           task_id: str) -> tuple[Principal, Record | None]:
+async def require_principal_and_task_async(
+    ctx: AppContext, request: Request, task_id: str
+) -> tuple[Principal, Record | None]:
     """``require_principal_and_task`` on the event loop, without a thread: only
     where ``ctx.async_reads`` (PostgreSQL through psycopg, the in-memory limiter,
     whose checks are dict lookups)."""
     address = _check_address(ctx, request)
     token = _bearer(request)
     principal, task = (
-        await authenticate_with_task_async(ctx.db, token, task_id) if token is not None
+        await authenticate_with_task_async(ctx.db, token, task_id)
+        if token is not None
         else (None, None)
     )
     return _admit(ctx, request, address, token, principal), task
 
 
-async def require_principal_with_summary_async(ctx: AppContext,
-                                               request: Request) -> tuple[Principal, dict]:
+async def require_principal_with_summary_async(
+    ctx: AppContext, request: Request
+) -> tuple[Principal, dict]:
     """``require_principal`` and the account's ``summary`` in one round trip, on the
     event loop: only where ``ctx.async_reads`` (as ``require_principal_and_task_async``)."""
     address = _check_address(ctx, request)
     token = _bearer(request)
     principal, summary = (
-        await authenticate_with_summary_async(ctx.db, token) if token is not None
-        else (None, None)
+        await authenticate_with_summary_async(ctx.db, token) if token is not None else (None, None)
     )
     admitted = _admit(ctx, request, address, token, principal)
     assert summary is not None  # admitted: the key named an account
     return admitted, summary
 
 
-async def authenticated(request: Request, call: Callable[[AppContext, Principal], T], *,
-                        writes: bool) -> T:
+async def authenticated(
+    request: Request, call: Callable[[AppContext, Principal], T], *, writes: bool
+) -> T:
     """Authenticate, then ``call(ctx, principal)``.
 
     Reads run right on the event loop when nothing in them can block: SQLite in
@@ -131,8 +135,9 @@ async def authenticated(request: Request, call: Callable[[AppContext, Principal]
     GIL behind each other add milliseconds to every response.
     """
     ctx = get_context(request)
-    return await run_blocking(ctx, lambda: call(ctx, require_principal(ctx, request)),
-                              writes=writes)
+    return await run_blocking(
+        ctx, lambda: call(ctx, require_principal(ctx, request)), writes=writes
+    )
 
 
 async def run_blocking(ctx: AppContext, work: Callable[[], T], *, writes: bool) -> T:

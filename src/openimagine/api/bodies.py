@@ -48,8 +48,9 @@ def parse_json(raw: bytes, empty: Any = None) -> Any:
     return value
 
 
-def json_object(raw: bytes, refusal: str = "The request body must be a JSON object"
-                ) -> dict[str, Any]:
+def json_object(
+    raw: bytes, refusal: str = "The request body must be a JSON object"
+) -> dict[str, Any]:
     """``parse_json`` of a body that must be an object (``refusal`` when it is not)."""
     body = parse_json(raw)
     if not isinstance(body, dict):
@@ -82,10 +83,15 @@ NOT_BLANK = char_class(_blank, negate=True)
 def text_schema(max_length: int) -> dict[str, Any]:
     """The JSON schema of a required text (a prompt): not empty once ``trimmed``, at
     most ``max_length`` characters (counted once trimmed), no NUL."""
-    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": NOT_BLANK,
-            "not": {"pattern": "\\u0000"},
-            "description": "not empty once whitespace and invisible format characters "
-                           "are trimmed; no NUL"}
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_length,
+        "pattern": NOT_BLANK,
+        "not": {"pattern": "\\u0000"},
+        "description": "not empty once whitespace and invisible format characters "
+        "are trimmed; no NUL",
+    }
 
 
 def trimmed(text: str) -> str:

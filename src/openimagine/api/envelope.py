@@ -23,12 +23,17 @@ def ok(data: Any) -> JSONResponse:
 
 # The error statuses an operation may answer, as OpenAPI describes them.
 ERROR_REASONS = {
-    400: "invalid request", 401: "missing, invalid or revoked API key",
-    402: "insufficient credits", 403: "bad or expired signature", 404: "not found",
+    400: "invalid request",
+    401: "missing, invalid or revoked API key",
+    402: "insufficient credits",
+    403: "bad or expired signature",
+    404: "not found",
     409: "conflict: already finished, or the Idempotency-Key is in use",
-    413: "body or input image too large", 422: "Idempotency-Key reused for another request",
+    413: "body or input image too large",
+    422: "Idempotency-Key reused for another request",
     429: "rate limit, failed-authentication limit or too many unfinished tasks",
-    500: "server error", 503: "service unavailable (database, rate-limit storage, full queue)",
+    500: "server error",
+    503: "service unavailable (database, rate-limit storage, full queue)",
 }
 
 # The error half of the envelope (``api/errors.py`` writes it).
@@ -47,9 +52,13 @@ def error_answers(schema: dict[str, Any], *statuses: int) -> dict[int | str, dic
     """OpenAPI answers for each of ``statuses``, and 500 and 503 (any operation can
     answer those), whose body is ``schema``: the envelope here, OpenAI's error object
     on the OpenAI face."""
-    return {status: {"description": ERROR_REASONS[status],
-                     "content": {"application/json": {"schema": schema}}}
-            for status in (*statuses, 500, 503)}
+    return {
+        status: {
+            "description": ERROR_REASONS[status],
+            "content": {"application/json": {"schema": schema}},
+        }
+        for status in (*statuses, 500, 503)
+    }
 
 
 def envelope_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -69,17 +78,25 @@ def envelope_schema(data_schema: dict[str, Any], *errors: int) -> dict[int | str
             "data": data_schema,
         },
     }
-    return {200: {"description": "success", "content": {"application/json": {"schema": success}}},
-            **envelope_errors(*errors)}
-
+    return {
+        200: {"description": "success", "content": {"application/json": {"schema": success}}},
+        **envelope_errors(*errors),
+    }
 
 
 def event_stream(description: str, data_schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     """An OpenAPI 200 answer of server-sent events: each a ``status`` event whose data
     is JSON matching ``data_schema`` (OpenAPI 3.1: ``schema`` describes one event)."""
-    event = {"type": "object", "required": ["event", "data"], "properties": {
-        "event": {"const": "status"},
-        "data": {"type": "string", "contentMediaType": "application/json",
-                 "contentSchema": data_schema}}}
-    return {200: {"description": description,
-                  "content": {"text/event-stream": {"schema": event}}}}
+    event = {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": "status"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data_schema,
+            },
+        },
+    }
+    return {200: {"description": description, "content": {"text/event-stream": {"schema": event}}}}

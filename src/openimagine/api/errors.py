@@ -78,12 +78,14 @@ def response_for(exc: Exception, path: str = "") -> Response:
         return error_response(_from_validation(exc), path)
     if isinstance(exc, OperationalError):
         log.error("database unavailable: %s", exc.orig)
-        return error_response(ServiceUnavailable("Service unavailable, please try again later."),
-                              path)
+        return error_response(
+            ServiceUnavailable("Service unavailable, please try again later."), path
+        )
     if isinstance(exc, StorageError):
         log.error("rate-limit storage unavailable: %s", exc.storage_error)
-        return error_response(ServiceUnavailable("Service unavailable, please try again later."),
-                              path)
+        return error_response(
+            ServiceUnavailable("Service unavailable, please try again later."), path
+        )
     log.exception("unexpected error", exc_info=exc)
     return error_response(InternalError("Internal server error"), path)
 
@@ -106,6 +108,12 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers["Allow"] = ", ".join(allowed)
         return response
 
-    for kind in (ServiceError, StarletteHTTPException, RequestValidationError,
-                 OperationalError, StorageError, Exception):
+    for kind in (
+        ServiceError,
+        StarletteHTTPException,
+        RequestValidationError,
+        OperationalError,
+        StorageError,
+        Exception,
+    ):
         app.add_exception_handler(kind, handle)

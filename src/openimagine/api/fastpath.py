@@ -65,8 +65,11 @@ class FastPath:
         found = self.exact.get((method, path))
         if found is None and self.prefixes and method in ("GET", "HEAD"):
             for prefix, target in self.prefixes.items():
-                if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[
-                        len(prefix):]:
+                if (
+                    path.startswith(prefix)
+                    and len(path) > len(prefix)
+                    and "/" not in path[len(prefix) :]
+                ):
                     return target
         return found
 
@@ -100,8 +103,9 @@ def _answer_head(routes: list[BaseRoute], path: str, endpoint: Endpoint) -> None
     as Starlette's routes do (the server drops the body), FastAPI's GET routes refuse
     it (405): a plain route beside the GET one, outside the OpenAPI document (which
     lists GET only), makes both ways answer alike."""
-    index = next(n for n, route in enumerate(routes)
-                 if isinstance(route, APIRoute) and route.path == path)
+    index = next(
+        n for n, route in enumerate(routes) if isinstance(route, APIRoute) and route.path == path
+    )
     routes.insert(index + 1, Route(path, endpoint, methods=["HEAD"], include_in_schema=False))
 
 
@@ -118,11 +122,12 @@ async def answer(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send)
 
 # -- hand-read parameters ------------------------------------------------------------
 
+
 def path_tail(request: Request, prefix: str) -> str:
     """The path after ``prefix`` (``/v1/videos/<id>``): a direct route has no router
     to fill path parameters, so the endpoint reads it from the scope on both paths."""
     path: str = request.scope["path"]
-    return path[len(prefix):]
+    return path[len(prefix) :]
 
 
 def wanted_task_id(task_id: object) -> str:

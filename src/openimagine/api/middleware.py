@@ -23,10 +23,12 @@ def ratelimit_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     if headers and is_openai_path(scope.get("path", "")):
         values = dict(headers)
         reset_in = max(0, int(values[b"x-ratelimit-reset"]) - int(time.time()))
-        headers = [*headers,
-                   (b"x-ratelimit-limit-requests", values[b"x-ratelimit-limit"]),
-                   (b"x-ratelimit-remaining-requests", values[b"x-ratelimit-remaining"]),
-                   (b"x-ratelimit-reset-requests", b"%ds" % reset_in)]
+        headers = [
+            *headers,
+            (b"x-ratelimit-limit-requests", values[b"x-ratelimit-limit"]),
+            (b"x-ratelimit-remaining-requests", values[b"x-ratelimit-remaining"]),
+            (b"x-ratelimit-reset-requests", b"%ds" % reset_in),
+        ]
     return headers
 
 

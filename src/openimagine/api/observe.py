@@ -56,16 +56,29 @@ UNMATCHED = "unmatched"
 # Method labels; any other token a client sends is counted as "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds: a cached status poll to a long upload.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0, 30.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 Answer = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def multiprocess_dir() -> str | None:
     """prometheus-client's multiprocess folder (read by it once, at import)."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(
-        "prometheus_multiproc_dir")
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
 
 
 class _Ids:
@@ -113,14 +126,21 @@ class HttpMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         shared = multiprocess_dir() is not None
         own = None if shared else self.registry
-        self.requests = Counter("openimagine_http_requests", "HTTP requests answered, by "
-                                "method, route template and status",
-                                ["method", "route", "status"], registry=own)
-        self.latency = Histogram("openimagine_http_request_duration_seconds",
-                                 "Seconds from a request's arrival to the end of its answer "
-                                 "(a live stream: until it closes), by method and route "
-                                 "template", ["method", "route"], buckets=LATENCY_BUCKETS,
-                                 registry=own)
+        self.requests = Counter(
+            "openimagine_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=own,
+        )
+        self.latency = Histogram(
+            "openimagine_http_request_duration_seconds",
+            "Seconds from a request's arrival to the end of its answer "
+            "(a live stream: until it closes), by method and route "
+            "template",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=own,
+        )
         if shared:
             MultiProcessCollector(self.registry)
         else:
@@ -135,7 +155,8 @@ class HttpMetrics:
         if children is None:
             children = self._children[(method, route, status)] = (
                 self.requests.labels(method, route, str(status)),
-                self.latency.labels(method, route))
+                self.latency.labels(method, route),
+            )
         children[0].inc()
         children[1].observe(seconds)
 
@@ -163,8 +184,7 @@ class Accounting:
         self.log = logging.getLogger(ACCESS_LOG)
         self._lines: list[tuple[float, str, str, str, int, float, bytes, str | None]] = []
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send,
-                       answer: Answer) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, answer: Answer) -> None:
         start = time.perf_counter()
         rid = request_id(scope)
         status = 500  # unless an answer starts
@@ -183,12 +203,23 @@ class Accounting:
             route = route_of(scope)
             if self.metrics is not None:
                 method = scope["method"]
-                self.metrics.observe(method if method in METHODS else "other", route, status,
-                                     seconds)
+                self.metrics.observe(
+                    method if method in METHODS else "other", route, status, seconds
+                )
             if self.log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
-                self._lines.append((time.time(), scope["method"], route, scope["path"], status,
-                                    seconds, rid, client[0] if client else None))
+                self._lines.append(
+                    (
+                        time.time(),
+                        scope["method"],
+                        route,
+                        scope["path"],
+                        status,
+                        seconds,
+                        rid,
+                        client[0] if client else None,
+                    )
+                )
                 if len(self._lines) == 1:
                     asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
                 elif len(self._lines) >= self.FLUSH_LINES:
@@ -209,15 +240,30 @@ def _utc_second(second: int, cache: dict[int, str] = {}) -> str:  # noqa: B006 -
     return text
 
 
-def access_line(at: float, method: str, route: str, path: str, status: int, seconds: float,
-                rid: bytes, client: str | None) -> str:
+def access_line(
+    at: float,
+    method: str,
+    route: str,
+    path: str,
+    status: int,
+    seconds: float,
+    rid: bytes,
+    client: str | None,
+) -> str:
     """One request as a JSON object on one line."""
     second = int(at)
-    return orjson.dumps({
-        "time": f"{_utc_second(second)}.{int((at - second) * 1000):03d}Z",
-        "method": method, "route": route, "path": path, "status": status,
-        "duration_ms": round(seconds * 1000, 3), "request_id": rid.decode(), "client": client,
-    }).decode()
+    return orjson.dumps(
+        {
+            "time": f"{_utc_second(second)}.{int((at - second) * 1000):03d}Z",
+            "method": method,
+            "route": route,
+            "path": path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "request_id": rid.decode(),
+            "client": client,
+        }
+    ).decode()
 
 
 def log_access_lines(enabled: bool = True, stream: object = None) -> None:
@@ -251,13 +297,17 @@ def check_scraper(request: Request, token: str | None) -> None:
     """With ``OPENIMAGINE_METRICS_TOKEN``: that Bearer token; without: loopback only."""
     if token:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                  token.encode()):
-            raise Forbidden("Forbidden: /metrics needs Authorization: Bearer "
-                            "<OPENIMAGINE_METRICS_TOKEN>")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            raise Forbidden(
+                "Forbidden: /metrics needs Authorization: Bearer <OPENIMAGINE_METRICS_TOKEN>"
+            )
     elif not _is_loopback(request.client.host if request.client else None):
-        raise Forbidden("Forbidden: /metrics answers loopback clients only, unless "
-                        "OPENIMAGINE_METRICS_TOKEN is set")
+        raise Forbidden(
+            "Forbidden: /metrics answers loopback clients only, unless "
+            "OPENIMAGINE_METRICS_TOKEN is set"
+        )
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -269,5 +319,6 @@ async def metrics(request: Request) -> Response:
     http: HttpMetrics = request.app.state.metrics
     # The database's series scan tasks and the ledger: never on the event loop.
     body, content_type = await asyncio.get_running_loop().run_in_executor(
-        ctx.executor, http.render, request.headers.get("accept", ""))
+        ctx.executor, http.render, request.headers.get("accept", "")
+    )
     return Response(body, headers={"Content-Type": content_type})

@@ -123,8 +123,9 @@ def read_tasks(db: Database, ids: list[str]) -> list[Record]:
         return list(connection.execute(select(*TASK_VIEW_COLUMNS).where(Task.id.in_(ids))))
 
 
-def stream_response(hub: StatusHub, first: Record,
-                    view: Callable[[Record], dict[str, Any]]) -> EventSourceResponse:
+def stream_response(
+    hub: StatusHub, first: Record, view: Callable[[Record], dict[str, Any]]
+) -> EventSourceResponse:
     """``text/event-stream`` of ``view(task)``: now, on each change, until final."""
     task_id = first.id
 
@@ -142,5 +143,8 @@ def stream_response(hub: StatusHub, first: Record,
         finally:
             hub.unwatch(task_id, queue)
 
-    return EventSourceResponse(events(), ping=PING_SECONDS, headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventSourceResponse(
+        events(),
+        ping=PING_SECONDS,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -70,8 +70,9 @@ def resolve_config(api_key: str | None, base_url: str | None) -> tuple[str, str]
         )
     url = (base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL).strip()
     if not url.startswith(("http://", "https://")):
-        raise OpenImagineError(f"base URL must start with http:// or https://, got {url!r}",
-                               code="BAD_BASE_URL")
+        raise OpenImagineError(
+            f"base URL must start with http:// or https://, got {url!r}", code="BAD_BASE_URL"
+        )
     return key.strip(), url.rstrip("/")
 
 
@@ -80,11 +81,15 @@ def download_headers() -> dict[str, str]:
 
 
 def default_headers(api_key: str) -> dict[str, str]:
-    return {**download_headers(), "Authorization": f"Bearer {api_key}",
-            "Accept": "application/json"}
+    return {
+        **download_headers(),
+        "Authorization": f"Bearer {api_key}",
+        "Accept": "application/json",
+    }
 
 
 # --- image references -------------------------------------------------------
+
 
 def image_ref(value: ImageInput) -> str:
     """An ``http(s)`` URL or data URI as given; a local file as a data URI."""
@@ -94,18 +99,23 @@ def image_ref(value: ImageInput) -> str:
     if not path.is_file():
         raise InvalidRequestError(
             f"image {str(value)!r} is neither an http(s) URL, a data URI nor an existing file",
-            status=400, code="INVALID_REQUEST",
+            status=400,
+            code="INVALID_REQUEST",
         )
     data = path.read_bytes()
     kind = sniff_image_type(data)
     if kind is None:
-        raise InvalidRequestError(f"image {str(path)!r} is not a JPEG, PNG or WebP file",
-                                  status=400, code="INVALID_REQUEST")
+        raise InvalidRequestError(
+            f"image {str(path)!r} is not a JPEG, PNG or WebP file",
+            status=400,
+            code="INVALID_REQUEST",
+        )
     return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def generate_body(prompt: str, *, mode: str | None, ratio: str | None,
-                  images: Images) -> dict[str, Any]:
+def generate_body(
+    prompt: str, *, mode: str | None, ratio: str | None, images: Images
+) -> dict[str, Any]:
     body: dict[str, Any] = {"prompt": prompt}
     if mode is not None:
         body["mode"] = mode
@@ -119,6 +129,7 @@ def generate_body(prompt: str, *, mode: str | None, ratio: str | None,
 
 
 # --- responses --------------------------------------------------------------
+
 
 def _json(response: httpx.Response) -> Any:
     try:
@@ -172,8 +183,9 @@ def error_from_response(response: httpx.Response) -> APIStatusError:
         message = f"HTTP {status}: {text}" if text else f"HTTP {status} {response.reason_phrase}"
     code = body.get("error") if isinstance(body, dict) else None
     retry_after = retry_after_seconds(response.headers) if status == 429 else None
-    return make_status_error(status, message, code if isinstance(code, str) else None,
-                             retry_after=retry_after)
+    return make_status_error(
+        status, message, code if isinstance(code, str) else None, retry_after=retry_after
+    )
 
 
 def raise_for_response(response: httpx.Response) -> dict[str, Any]:
@@ -182,13 +194,16 @@ def raise_for_response(response: httpx.Response) -> dict[str, Any]:
         raise error_from_response(response)
     body = _json(response)
     if not isinstance(body, dict):
-        raise APIStatusError(f"unexpected response from {response.request.url}: not JSON",
-                             status=response.status_code)
+        raise APIStatusError(
+            f"unexpected response from {response.request.url}: not JSON",
+            status=response.status_code,
+        )
     data = body.get("data")
     return data if isinstance(data, dict) else {}
 
 
 # --- retries ----------------------------------------------------------------
+
 
 def backoff(attempt: int) -> float:
     """Jittered exponential backoff: 0.5 s, 1 s, 2 s ... up to 8 s, minus up to 25%."""
@@ -201,8 +216,9 @@ def never_sent(error: Exception) -> bool:
     return isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
 
 
-def retry_delay_after_error(error: Exception, *, attempt: int, max_retries: int,
-                            idempotent: bool) -> float | None:
+def retry_delay_after_error(
+    error: Exception, *, attempt: int, max_retries: int, idempotent: bool
+) -> float | None:
     """Seconds to wait before retrying after a transport error, or None to raise."""
     if attempt >= max_retries:
         return None
@@ -211,14 +227,23 @@ def retry_delay_after_error(error: Exception, *, attempt: int, max_retries: int,
     return None
 
 
-def retry_delay_after_response(response: httpx.Response, *, attempt: int, max_retries: int,
-                               idempotent: bool, keyed: bool = False) -> float | None:
+def retry_delay_after_response(
+    response: httpx.Response,
+    *,
+    attempt: int,
+    max_retries: int,
+    idempotent: bool,
+    keyed: bool = False,
+) -> float | None:
     """Seconds to wait before retrying after this response, or None to stop."""
     if attempt >= max_retries:
         return None
     status = effective_status(response)
-    retryable = RETRYABLE_KEYED_STATUSES if keyed else (
-        RETRYABLE_READ_STATUSES if idempotent else REJECTED_BEFORE_WORK)
+    retryable = (
+        RETRYABLE_KEYED_STATUSES
+        if keyed
+        else (RETRYABLE_READ_STATUSES if idempotent else REJECTED_BEFORE_WORK)
+    )
     if status not in retryable:
         return None
     if status in REJECTED_BEFORE_WORK:
@@ -247,11 +272,14 @@ def ensure_downloadable(task: Task) -> None:
     if task.failed:
         raise TaskFailedError(task)
     if not task.completed:
-        raise OpenImagineError(f"task {task.task_id} is {task.status}: nothing to download yet",
-                               code="NOT_COMPLETED")
+        raise OpenImagineError(
+            f"task {task.task_id} is {task.status}: nothing to download yet", code="NOT_COMPLETED"
+        )
     if task.files_expired:
-        raise OpenImagineError(f"task {task.task_id}'s files expired: the server's retention "
-                               "deleted them", code="FILES_EXPIRED")
+        raise OpenImagineError(
+            f"task {task.task_id}'s files expired: the server's retention deleted them",
+            code="FILES_EXPIRED",
+        )
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"

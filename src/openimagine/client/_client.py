@@ -25,10 +25,15 @@ class Client:
     ``generate`` is retried more carefully than the reads.
     """
 
-    def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
-                 timeout: float | httpx.Timeout = _base.DEFAULT_TIMEOUT,
-                 max_retries: int = _base.DEFAULT_MAX_RETRIES,
-                 http_client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float | httpx.Timeout = _base.DEFAULT_TIMEOUT,
+        max_retries: int = _base.DEFAULT_MAX_RETRIES,
+        http_client: httpx.Client | None = None,
+    ) -> None:
         self.api_key, self.base_url = _base.resolve_config(api_key, base_url)
         self.max_retries = max_retries
         self._owns_http = http_client is None
@@ -50,9 +55,15 @@ class Client:
 
     # --- the API ------------------------------------------------------------
 
-    def generate(self, prompt: str, *, mode: str | None = None, ratio: str | None = None,
-                 images: Images = None,
-                 idempotency_key: str | None = None) -> Task:
+    def generate(
+        self,
+        prompt: str,
+        *,
+        mode: str | None = None,
+        ratio: str | None = None,
+        images: Images = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
         """Submit a generation; returns the new ``pending`` task (only ``task_id`` is known).
 
         ``images``: http(s) URLs, data URIs, or paths of local JPEG/PNG/WebP
@@ -61,8 +72,13 @@ class Client:
         body = _base.generate_body(prompt, mode=mode, ratio=ratio, images=images)
         # One key for this submit and its retries: a retry can never bill twice.
         key = idempotency_key or _base.new_idempotency_key()
-        data = self._request("POST", "/v1/generate", json=body, idempotent=True,
-                                  headers={_base.IDEMPOTENCY_HEADER: key})
+        data = self._request(
+            "POST",
+            "/v1/generate",
+            json=body,
+            idempotent=True,
+            headers={_base.IDEMPOTENCY_HEADER: key},
+        )
         return Task.from_data({"status": "pending", **data})
 
     def status(self, task_id: str) -> Task:
@@ -73,8 +89,14 @@ class Client:
         """Plan, balance, rate limit and recent usage (openimagine's ``GET /v1/account``)."""
         return Account.from_data(self._request("GET", "/v1/account", idempotent=True))
 
-    def wait(self, task: Task | str, *, timeout: float = 600, poll_interval: float = 2.0,
-             on_progress: Callable[[Task], Any] | None = None) -> Task:
+    def wait(
+        self,
+        task: Task | str,
+        *,
+        timeout: float = 600,
+        poll_interval: float = 2.0,
+        on_progress: Callable[[Task], Any] | None = None,
+    ) -> Task:
         """Wait until the task is done; ``on_progress(task)`` on every change.
 
         Follows the server's live status stream; where it has none, or the
@@ -104,14 +126,22 @@ class Client:
             raise TaskFailedError(current)
         return current
 
-    def generate_and_wait(self, prompt: str, *, mode: str | None = None,
-                          ratio: str | None = None, images: Images = None,
-                          timeout: float = 600, poll_interval: float = 2.0,
-                          on_progress: Callable[[Task], Any] | None = None) -> Task:
+    def generate_and_wait(
+        self,
+        prompt: str,
+        *,
+        mode: str | None = None,
+        ratio: str | None = None,
+        images: Images = None,
+        timeout: float = 600,
+        poll_interval: float = 2.0,
+        on_progress: Callable[[Task], Any] | None = None,
+    ) -> Task:
         """``generate`` then ``wait``: the completed task, with its video URLs."""
         task = self.generate(prompt, mode=mode, ratio=ratio, images=images)
-        return self.wait(task, timeout=timeout, poll_interval=poll_interval,
-                         on_progress=on_progress)
+        return self.wait(
+            task, timeout=timeout, poll_interval=poll_interval, on_progress=on_progress
+        )
 
     def download(self, task: Task | str, dir: str | os.PathLike[str]) -> list[Path]:
         """Stream every video of a completed task to ``dir/<task_id>-<n>.mp4`` (n from 1)."""
@@ -135,19 +165,29 @@ class Client:
 
     # --- transport ----------------------------------------------------------
 
-    def _follow_stream(self, task_id: str, deadline: float, timeout: float,
-                       on_progress: Callable[[Task], Any] | None) -> Task | None:
+    def _follow_stream(
+        self,
+        task_id: str,
+        deadline: float,
+        timeout: float,
+        on_progress: Callable[[Task], Any] | None,
+    ) -> Task | None:
         """The task's last state from ``GET /v1/status/stream``; None when the server
         offers no stream (or refused it: polling then says why)."""
         url = self.base_url + _base.STREAM_PATH
         current: Task | None = None
         parser = _base.SSEParser()
         try:
-            with self._http.stream("GET", url, params={"task_id": task_id},
-                                   headers=self._headers, timeout=httpx.Timeout(
-                                       _base.STREAM_READ_TIMEOUT, connect=10.0)) as response:
+            with self._http.stream(
+                "GET",
+                url,
+                params={"task_id": task_id},
+                headers=self._headers,
+                timeout=httpx.Timeout(_base.STREAM_READ_TIMEOUT, connect=10.0),
+            ) as response:
                 if response.status_code != 200 or not response.headers.get(
-                        "content-type", "").startswith("text/event-stream"):
+                    "content-type", ""
+                ).startswith("text/event-stream"):
                     return None
                 for line in response.iter_lines():
                     data = parser.feed(line)
@@ -158,30 +198,49 @@ class Client:
                         if current.done:
                             return current
                     if time.monotonic() > deadline:
-                        raise TaskTimeoutError(current or Task.from_data(
-                            {"status": "pending"}, task_id=task_id), timeout)
+                        raise TaskTimeoutError(
+                            current or Task.from_data({"status": "pending"}, task_id=task_id),
+                            timeout,
+                        )
         except httpx.TransportError:
             pass  # the stream broke: polling takes over
         return current
 
-    def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                 json: Any = None, idempotent: bool,
-                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        idempotent: bool,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         url = self.base_url + path
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, url, params=params, json=json,
-                                              headers={**self._headers, **(headers or {})})
+                response = self._http.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    headers={**self._headers, **(headers or {})},
+                )
             except httpx.TransportError as exc:
                 delay = _base.retry_delay_after_error(
-                    exc, attempt=attempt, max_retries=self.max_retries, idempotent=idempotent)
+                    exc, attempt=attempt, max_retries=self.max_retries, idempotent=idempotent
+                )
                 if delay is None:
                     raise _base.connection_error(exc, url) from exc
             else:
                 delay = _base.retry_delay_after_response(
-                    response, attempt=attempt, max_retries=self.max_retries,
-                    idempotent=idempotent, keyed=bool(headers))
+                    response,
+                    attempt=attempt,
+                    max_retries=self.max_retries,
+                    idempotent=idempotent,
+                    keyed=bool(headers),
+                )
                 if delay is None:
                     return _base.raise_for_response(response)
             time.sleep(delay)
@@ -202,13 +261,15 @@ class Client:
                         return
                     response.read()
                 delay = _base.retry_delay_after_response(
-                    response, attempt=attempt, max_retries=self.max_retries, idempotent=True)
+                    response, attempt=attempt, max_retries=self.max_retries, idempotent=True
+                )
                 if delay is None:
                     raise _base.error_from_response(response)
             except httpx.TransportError as exc:
                 partial.unlink(missing_ok=True)
                 delay = _base.retry_delay_after_error(
-                    exc, attempt=attempt, max_retries=self.max_retries, idempotent=True)
+                    exc, attempt=attempt, max_retries=self.max_retries, idempotent=True
+                )
                 if delay is None:
                     raise _base.connection_error(exc, url) from exc
             time.sleep(delay)

@@ -66,8 +66,14 @@ class NotFoundError(APIStatusError):
 class RateLimitError(APIStatusError):
     """429 RATE_LIMITED. ``retry_after`` is the server's wait in seconds, when it said."""
 
-    def __init__(self, message: str, *, status: int = 429, code: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, status=status, code=code)
         self.retry_after = retry_after
 
@@ -108,8 +114,9 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
-def make_status_error(status: int, message: str, code: str | None, *,
-                      retry_after: float | None = None) -> APIStatusError:
+def make_status_error(
+    status: int, message: str, code: str | None, *, retry_after: float | None = None
+) -> APIStatusError:
     """The one status-to-exception map."""
     if status == 429:
         return RateLimitError(message, status=status, code=code, retry_after=retry_after)

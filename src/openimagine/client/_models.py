@@ -136,8 +136,9 @@ class Account:
             tasks=dict(usage.get("tasks") or {}),
             credits_spent=_int(usage.get("credits_spent")),
             recent_tasks=[
-                RecentTask(str(t.get("task_id")), str(t.get("status")),
-                           _parse_time(t.get("created_at")))
+                RecentTask(
+                    str(t.get("task_id")), str(t.get("status")), _parse_time(t.get("created_at"))
+                )
                 for t in usage.get("recent_tasks") or []
                 if isinstance(t, dict)
             ],

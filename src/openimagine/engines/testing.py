@@ -18,8 +18,12 @@ from openimagine.engines.preview import INFO as PREVIEW_INFO
 from openimagine.engines.preview import PreviewEngine
 from openimagine.settings import Settings
 
-SLEEP_INFO = EngineInfo(name="test-sleep", description="preview after a pause (tests)",
-                        modes=PREVIEW_INFO.modes, ratios=PREVIEW_INFO.ratios)
+SLEEP_INFO = EngineInfo(
+    name="test-sleep",
+    description="preview after a pause (tests)",
+    modes=PREVIEW_INFO.modes,
+    ratios=PREVIEW_INFO.ratios,
+)
 FAIL_INFO = EngineInfo(name="test-fail", description="always raises (tests)")
 CRASH_INFO = EngineInfo(name="test-crash", description="kills its own process (tests)")
 
@@ -42,7 +46,8 @@ class SleepEngine:
         # The pause was the first half of the progress bar; rendering is the second.
         report = job.on_progress
         return self.preview.generate(
-            replace(job, on_progress=lambda fraction: report(0.5 + 0.5 * fraction)))
+            replace(job, on_progress=lambda fraction: report(0.5 + 0.5 * fraction))
+        )
 
 
 class FailEngine:

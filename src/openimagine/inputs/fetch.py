@@ -37,7 +37,6 @@ Resolver = Callable[[str, int], Sequence[str]]
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
-
 def is_public_address(ip: IPAddress) -> bool:
     """True when ``ip`` is a globally routable unicast address.
 
@@ -274,9 +273,7 @@ def fetch_image_bytes(
     raise FetchFailed(f"more than {settings.fetch_max_redirects} redirects")
 
 
-def _fetch_one(
-    client: httpx.Client, url: str, settings: Settings, deadline: float
-) -> bytes | str:
+def _fetch_one(client: httpx.Client, url: str, settings: Settings, deadline: float) -> bytes | str:
     """One hop: the body as bytes, or the next URL (str) when redirected."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
@@ -320,4 +317,3 @@ def load_images(
             data = fetch_image_bytes(ref, settings, policy=policy)
         images.append(decode_image(data, max_pixels=settings.max_image_pixels))
     return images
-

@@ -127,8 +127,11 @@ def url_problem(url: str) -> str | None:
 
 def _netloc_char(exclude: str) -> str:
     # ASCII only: a netloc with other characters may be refused by urlsplit's NFKC check.
-    return char_class(lambda ch: ch.isascii() and ch.isprintable() and ch not in exclude,
-                      negate=False, planes=(0,))
+    return char_class(
+        lambda ch: ch.isascii() and ch.isprintable() and ch not in exclude,
+        negate=False,
+        planes=(0,),
+    )
 
 
 # ``url_problem``'s rules as a pattern (narrower only in keeping the host ASCII and
@@ -154,9 +157,10 @@ def url_schema(max_length: int) -> dict[str, object]:
 
 def image_ref_schema() -> dict[str, object]:
     """The JSON schema of one reference ``parse_image_refs`` accepts."""
-    return {"anyOf": [url_schema(MAX_URL_LENGTH),
-                      {"type": "string", "pattern": DATA_URI_PATTERN}],
-            "description": "an http(s) URL or a data:image/...;base64, URI"}
+    return {
+        "anyOf": [url_schema(MAX_URL_LENGTH), {"type": "string", "pattern": DATA_URI_PATTERN}],
+        "description": "an http(s) URL or a data:image/...;base64, URI",
+    }
 
 
 def _b64decode(payload: str) -> bytes:
@@ -190,5 +194,3 @@ def decode_data_uri(ref: str, *, max_bytes: int | None = None) -> bytes:
     if max_bytes is not None and len(data) > max_bytes:
         raise ImageTooLarge(len(data), max_bytes)
     return data
-
-

@@ -52,9 +52,11 @@ def make_stills(video: Path, thumbnail: Path, spritesheet: Path) -> Stills:
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         fps = float(stream.average_rate) if stream.average_rate else None
-        seconds = (float(stream.duration * stream.time_base)
-                   if stream.duration is not None and stream.time_base is not None
-                   else total / (fps or 24))
+        seconds = (
+            float(stream.duration * stream.time_base)
+            if stream.duration is not None and stream.time_base is not None
+            else total / (fps or 24)
+        )
         for index, frame in enumerate(container.decode(stream)):
             if index == middle or (still is None and index >= total - 1):
                 still = frame.to_image()

@@ -165,31 +165,43 @@ def authenticate(db: Database, key: str) -> Principal | None:
 # Status polling is the hottest request: the key's account and the task in one
 # round trip. The task joins only when it belongs to that account.
 _PRINCIPAL_AND_TASK = (
-    select(Account.id.label("principal_id"), Account.plan.label("principal_plan"),
-           *TASK_VIEW_COLUMNS)
+    select(
+        Account.id.label("principal_id"), Account.plan.label("principal_plan"), *TASK_VIEW_COLUMNS
+    )
     .select_from(ApiKey)
     .join(Account, ApiKey.account_id == Account.id)
-    .outerjoin(Task, (Task.id == bindparam("task_id")) & (Task.account_id == Account.id)
-               & Task.deleted_at.is_(None))
+    .outerjoin(
+        Task,
+        (Task.id == bindparam("task_id"))
+        & (Task.account_id == Account.id)
+        & Task.deleted_at.is_(None),
+    )
     .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
 )
 
 
-def authenticate_with_task(db: Database, key: str, task_id: str) -> tuple[Principal | None, Record | None]:
+def authenticate_with_task(
+    db: Database, key: str, task_id: str
+) -> tuple[Principal | None, Record | None]:
     """``authenticate`` and the caller's task ``task_id`` (None if not theirs) at once."""
     if not key.startswith(KEY_PREFIX):
         return None, None
     return _principal_and_task(
-        db.fetch_first(_PRINCIPAL_AND_TASK, {"key_hash": hash_key(key), "task_id": task_id}))
+        db.fetch_first(_PRINCIPAL_AND_TASK, {"key_hash": hash_key(key), "task_id": task_id})
+    )
 
 
-async def authenticate_with_task_async(db: Database, key: str,
-                                       task_id: str) -> tuple[Principal | None, Record | None]:
+async def authenticate_with_task_async(
+    db: Database, key: str, task_id: str
+) -> tuple[Principal | None, Record | None]:
     """``authenticate_with_task`` from the event loop (``db.async_reads``)."""
     if not key.startswith(KEY_PREFIX):
         return None, None
-    return _principal_and_task(await db.fetch_first_async(
-        _PRINCIPAL_AND_TASK, {"key_hash": hash_key(key), "task_id": task_id}))
+    return _principal_and_task(
+        await db.fetch_first_async(
+            _PRINCIPAL_AND_TASK, {"key_hash": hash_key(key), "task_id": task_id}
+        )
+    )
 
 
 def _principal_and_task(row: Record | None) -> tuple[Principal | None, Record | None]:
@@ -202,9 +214,16 @@ def _principal_and_task(row: Record | None) -> tuple[Principal | None, Record | 
 
 # The account's usage is kept on its row (migration 0005): one row to read,
 # whatever its history. Built once: ``GET /v1/account`` reads it by id.
-_USAGE = select(Account.name, Account.plan, Account.balance, Account.tasks_pending,
-                Account.tasks_processing, Account.tasks_completed, Account.tasks_failed,
-                Account.credits_spent)
+_USAGE = select(
+    Account.name,
+    Account.plan,
+    Account.balance,
+    Account.tasks_pending,
+    Account.tasks_processing,
+    Account.tasks_completed,
+    Account.tasks_failed,
+    Account.credits_spent,
+)
 _USAGE_BY_ID = _USAGE.where(Account.id == bindparam("account_id"))
 _USAGE_BY_NAME = _USAGE.where(Account.name == bindparam("name"))
 
@@ -231,8 +250,9 @@ def summary(db: Database, *, name: str | None = None, account_id: int | None = N
     return summary_of(row)
 
 
-async def authenticate_with_summary_async(db: Database,
-                                          key: str) -> tuple[Principal | None, dict | None]:
+async def authenticate_with_summary_async(
+    db: Database, key: str
+) -> tuple[Principal | None, dict | None]:
     """The key's account and its ``summary``, in one round trip from the event loop."""
     if not key.startswith(KEY_PREFIX):
         return None, None
@@ -250,10 +270,12 @@ def summary_of(row: Record) -> dict:
         "plan": row.plan,
         "balance": int(row.balance),
         "usage": {
-            "tasks": {"pending": int(row.tasks_pending),
-                      "processing": int(row.tasks_processing),
-                      "completed": int(row.tasks_completed),
-                      "failed": int(row.tasks_failed)},
+            "tasks": {
+                "pending": int(row.tasks_pending),
+                "processing": int(row.tasks_processing),
+                "completed": int(row.tasks_completed),
+                "failed": int(row.tasks_failed),
+            },
             "credits_spent": int(row.credits_spent),
         },
     }

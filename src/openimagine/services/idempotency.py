@@ -55,8 +55,9 @@ class Replay:
 
 def check_key(value: str) -> str:
     if not 1 <= len(value) <= MAX_KEY or not (value.isascii() and value.isprintable()):
-        raise InvalidRequest(f"The Idempotency-Key header must be 1 to {MAX_KEY} printable "
-                             "ASCII characters")
+        raise InvalidRequest(
+            f"The Idempotency-Key header must be 1 to {MAX_KEY} printable ASCII characters"
+        )
     return value
 
 
@@ -70,64 +71,94 @@ def fingerprint(route: str, fields: dict[str, Any], uploads: Sequence[bytes] = (
     return digest.hexdigest()
 
 
-def begin(db: Database, account_id: int, key: str, route: str,
-          request_hash: str) -> Claimed | Replay:
+def begin(
+    db: Database, account_id: int, key: str, route: str, request_hash: str
+) -> Claimed | Replay:
     now = utcnow()
     with db.write() as session:
         # Forget this account's key if it is older than the retention.
-        session.execute(delete(IdempotencyKey).where(
-            IdempotencyKey.account_id == account_id, IdempotencyKey.key == key,
-            IdempotencyKey.created_at < now - KEEP))
+        session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.account_id == account_id,
+                IdempotencyKey.key == key,
+                IdempotencyKey.created_at < now - KEEP,
+            )
+        )
     try:
         with db.write() as session:
-            row = IdempotencyKey(account_id=account_id, key=key, route=route,
-                                 request_hash=request_hash, task_id=None, created_at=now)
+            row = IdempotencyKey(
+                account_id=account_id,
+                key=key,
+                route=route,
+                request_hash=request_hash,
+                task_id=None,
+                created_at=now,
+            )
             session.add(row)
             session.flush()
             return Claimed(row.id)
     except IntegrityError:
         pass  # the key is taken: by this request before, or by another one
     with db.write() as session:
-        found = session.execute(select(IdempotencyKey).where(
-            IdempotencyKey.account_id == account_id, IdempotencyKey.key == key)).scalar_one()
+        found = session.execute(
+            select(IdempotencyKey).where(
+                IdempotencyKey.account_id == account_id, IdempotencyKey.key == key
+            )
+        ).scalar_one()
         if found.route != route or found.request_hash != request_hash:
-            raise IdempotencyKeyReused("This Idempotency-Key was already used with another "
-                                       "request; use a new key for a new request")
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used with another "
+                "request; use a new key for a new request"
+            )
         if found.task_id is not None:
             return Replay(found.task_id)
         taken_over = session.execute(
             update(IdempotencyKey)
-            .where(IdempotencyKey.id == found.id, IdempotencyKey.task_id.is_(None),
-                   IdempotencyKey.created_at < now - ABANDONED_AFTER)
+            .where(
+                IdempotencyKey.id == found.id,
+                IdempotencyKey.task_id.is_(None),
+                IdempotencyKey.created_at < now - ABANDONED_AFTER,
+            )
             .values(created_at=now)
             # Decided by the database alone: SQLite hands back naive datetimes,
             # which Python cannot compare with ``now`` to sync the session.
-            .execution_options(synchronize_session=False))
+            .execution_options(synchronize_session=False)
+        )
         if rows_changed(taken_over) == 1:
             return Claimed(found.id)
-    raise Conflict("A request with this Idempotency-Key is still being handled; "
-                              "retry it in a moment")
+    raise Conflict(
+        "A request with this Idempotency-Key is still being handled; retry it in a moment"
+    )
 
 
 def record(session: Session, claimed: Claimed, task_id: str) -> None:
     """In the transaction that creates ``task_id``: the key's answer."""
-    session.execute(update(IdempotencyKey).where(IdempotencyKey.id == claimed.row_id)
-                    .values(task_id=task_id))
+    session.execute(
+        update(IdempotencyKey).where(IdempotencyKey.id == claimed.row_id).values(task_id=task_id)
+    )
 
 
 def abandon(db: Database, claimed: Claimed) -> None:
     """The request failed before creating a task: a retry may use the key again."""
     with db.write() as session:
-        session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == claimed.row_id,
-                                                     IdempotencyKey.task_id.is_(None)))
+        session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.id == claimed.row_id, IdempotencyKey.task_id.is_(None)
+            )
+        )
 
 
 def forget_expired(db: Database, *, limit: int = 1000) -> int:
     """Delete up to ``limit`` keys past the retention; the workers' reapers call it
     every round. An idle round only reads (no write lock on SQLite)."""
     with db.read() as session:
-        ids = list(session.scalars(select(IdempotencyKey.id).where(
-            IdempotencyKey.created_at < utcnow() - KEEP).limit(limit)))
+        ids = list(
+            session.scalars(
+                select(IdempotencyKey.id)
+                .where(IdempotencyKey.created_at < utcnow() - KEEP)
+                .limit(limit)
+            )
+        )
     if ids:
         with db.write() as session:
             session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids)))

@@ -29,8 +29,9 @@ def grant(session: Session, account_id: int, amount: int, *, note: str | None = 
     session.add(LedgerEntry(account_id=account_id, kind="grant", amount=amount, note=note))
 
 
-def debit_for_task(session: Session, account_id: int, task_id: str, price: int, *,
-                   max_in_flight: int | None = None) -> None:
+def debit_for_task(
+    session: Session, account_id: int, task_id: str, price: int, *, max_in_flight: int | None = None
+) -> None:
     """Take ``price`` for a new task, or raise ``InsufficientCredits`` or, when the
     account's unfinished tasks would exceed ``max_in_flight``, ``TooManyTasks``
     (the caller's transaction then writes nothing).
@@ -42,22 +43,26 @@ def debit_for_task(session: Session, account_id: int, task_id: str, price: int, 
     admissible = [Account.id == account_id, Account.balance >= price]
     if max_in_flight is not None:
         admissible.append(Account.tasks_pending + Account.tasks_processing <= max_in_flight)
-    changed = rows_changed(session.execute(
-        update(Account)
-        .where(*admissible)
-        .values(balance=Account.balance - price, credits_spent=Account.credits_spent + price)
-    ))
+    changed = rows_changed(
+        session.execute(
+            update(Account)
+            .where(*admissible)
+            .values(balance=Account.balance - price, credits_spent=Account.credits_spent + price)
+        )
+    )
     if changed != 1:
         # Which rule refused it; the row is locked by now, so this is what the
         # UPDATE saw. Credits first: waiting would not help there.
-        row = session.execute(select(Account.balance, Account.plan).where(
-            Account.id == account_id)).first()
+        row = session.execute(
+            select(Account.balance, Account.plan).where(Account.id == account_id)
+        ).first()
         if row is None or row.balance < price or max_in_flight is None:
             raise InsufficientCredits(f"Insufficient credits: a generation costs {price} credits")
         raise TooManyTasks(
             f"Too many tasks: the {row.plan} plan allows {max_in_flight} unfinished tasks "
             "at once; submit again when one has finished",
-            retry_after=IN_FLIGHT_RETRY_AFTER)
+            retry_after=IN_FLIGHT_RETRY_AFTER,
+        )
     session.add(LedgerEntry(account_id=account_id, kind="debit", amount=-price, task_id=task_id))
 
 
@@ -67,6 +72,7 @@ def refund_task(session: Session, account_id: int, task_id: str, amount: int) ->
     the unique (task_id, kind) constraint refuses a second refund regardless."""
     session.add(LedgerEntry(account_id=account_id, kind="refund", amount=amount, task_id=task_id))
     session.execute(
-        update(Account).where(Account.id == account_id)
+        update(Account)
+        .where(Account.id == account_id)
         .values(balance=Account.balance + amount, credits_spent=Account.credits_spent - amount)
     )

@@ -79,8 +79,15 @@ _NEXT_ACCOUNT_FAIR = text(_NEXT_ACCOUNT.format(priority=""))
 _NEXT_ACCOUNT_BY_PLAN = text(_NEXT_ACCOUNT.format(priority=PLAN_PRIORITY))
 
 
-def claim_next(db: Database, *, owner: str, model: str, lease_seconds: float,
-               task_id: str | None = None, plan_priority: bool = False) -> Claim | None:
+def claim_next(
+    db: Database,
+    *,
+    owner: str,
+    model: str,
+    lease_seconds: float,
+    task_id: str | None = None,
+    plan_priority: bool = False,
+) -> Claim | None:
     """Take a pending task of ``model`` (or exactly ``task_id``) with one atomic statement.
 
     Fair among accounts: the oldest pending task of the account with the fewest
@@ -99,20 +106,28 @@ def claim_next(db: Database, *, owner: str, model: str, lease_seconds: float,
     with db.write() as session:
         if task_id is not None:
             return _claim(session, owner, model, lease_seconds, Task.id == task_id)
-        chosen = session.scalar(_NEXT_ACCOUNT_BY_PLAN if plan_priority else _NEXT_ACCOUNT_FAIR,
-                                {"model": model})
+        chosen = session.scalar(
+            _NEXT_ACCOUNT_BY_PLAN if plan_priority else _NEXT_ACCOUNT_FAIR, {"model": model}
+        )
         if chosen is None:
             return None
-        return (_claim(session, owner, model, lease_seconds, Task.account_id == chosen)
-                or _claim(session, owner, model, lease_seconds))
+        return _claim(session, owner, model, lease_seconds, Task.account_id == chosen) or _claim(
+            session, owner, model, lease_seconds
+        )
 
 
-def _claim(session: Session, owner: str, model: str, lease_seconds: float,
-           *which: ColumnElement[bool]) -> Claim | None:
+def _claim(
+    session: Session, owner: str, model: str, lease_seconds: float, *which: ColumnElement[bool]
+) -> Claim | None:
     """Claim the oldest pending task of ``model`` that matches ``which``, skipping locked rows."""
     now = utcnow()
-    candidate = (select(Task.id).where(Task.status == TaskStatus.PENDING, Task.model == model, *which)
-                 .order_by(Task.created_at).limit(1).with_for_update(skip_locked=True))
+    candidate = (
+        select(Task.id)
+        .where(Task.status == TaskStatus.PENDING, Task.model == model, *which)
+        .order_by(Task.created_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
     statement = (
         update(Task)
         .where(Task.id == candidate.scalar_subquery(), Task.status == TaskStatus.PENDING)
@@ -125,8 +140,17 @@ def _claim(session: Session, owner: str, model: str, lease_seconds: float,
             progress=0,
         )
         .returning(
-            Task.id, Task.attempts, Task.account_id, Task.prompt, Task.mode, Task.ratio,
-            Task.images, Task.model, Task.upstream, Task.variations, Task.duration,
+            Task.id,
+            Task.attempts,
+            Task.account_id,
+            Task.prompt,
+            Task.mode,
+            Task.ratio,
+            Task.images,
+            Task.model,
+            Task.upstream,
+            Task.variations,
+            Task.duration,
             Task.resolution,
         )
     )
@@ -134,9 +158,21 @@ def _claim(session: Session, owner: str, model: str, lease_seconds: float,
     if row is None:
         return None
     session.execute(update(Account).where(Account.id == row.account_id).values(served_at=now))
-    return Claim(row.id, row.attempts, owner, row.account_id, row.prompt, row.mode, row.ratio,
-                 list(row.images or []), row.model, row.upstream, row.variations, row.duration,
-                 row.resolution)
+    return Claim(
+        row.id,
+        row.attempts,
+        owner,
+        row.account_id,
+        row.prompt,
+        row.mode,
+        row.ratio,
+        list(row.images or []),
+        row.model,
+        row.upstream,
+        row.variations,
+        row.duration,
+        row.resolution,
+    )
 
 
 def renew(db: Database, claim: Claim, *, lease_seconds: float, progress: int | None) -> bool:
@@ -145,40 +181,78 @@ def renew(db: Database, claim: Claim, *, lease_seconds: float, progress: int | N
     if progress is not None:
         values["progress"] = max(0, min(99, progress))
     with db.write() as session:
-        return rows_changed(session.execute(update(Task).where(*_fenced(claim)).values(**values))) == 1
+        return (
+            rows_changed(session.execute(update(Task).where(*_fenced(claim)).values(**values))) == 1
+        )
 
 
 def save_upstream(db: Database, claim: Claim, state: dict) -> bool:
     """Record a relay's upstream jobs on the task (before polling them); False if fenced out."""
     with db.write() as session:
-        return rows_changed(session.execute(
-            update(Task).where(*_fenced(claim)).values(upstream=state))) == 1
+        return (
+            rows_changed(
+                session.execute(update(Task).where(*_fenced(claim)).values(upstream=state))
+            )
+            == 1
+        )
 
 
-def complete(db: Database, claim: Claim, *, outputs: list[str], seeds: list[int],
-             rendered_by: str | None = None, media: dict | None = None) -> bool:
+def complete(
+    db: Database,
+    claim: Claim,
+    *,
+    outputs: list[str],
+    seeds: list[int],
+    rendered_by: str | None = None,
+    media: dict | None = None,
+) -> bool:
     with db.write() as session:
-        changed = rows_changed(session.execute(
-            update(Task)
-            .where(*_fenced(claim))
-            .values(status=TaskStatus.COMPLETED, outputs=outputs, seeds=seeds, progress=100,
-                    rendered_by=rendered_by or claim.model, media=media,
-                    finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
-        ))
+        changed = rows_changed(
+            session.execute(
+                update(Task)
+                .where(*_fenced(claim))
+                .values(
+                    status=TaskStatus.COMPLETED,
+                    outputs=outputs,
+                    seeds=seeds,
+                    progress=100,
+                    rendered_by=rendered_by or claim.model,
+                    media=media,
+                    finished_at=utcnow(),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        )
         if changed == 1:  # its webhooks, in the same transaction (the outbox)
             webhooks.enqueue(session, claim.task_id, "completed")
     return changed == 1
 
 
-def _fail_and_refund(session: Session, task_id: str, account_id: int, price: int,
-                     message: str, detail: str, *conditions) -> bool:  # type: ignore[no-untyped-def]
-    changed = rows_changed(session.execute(
-        update(Task)
-        .where(Task.id == task_id, *conditions)
-        .values(status=TaskStatus.FAILED, error_message=message, error_detail=detail[:4000],
-                consumed_credits=0, finished_at=utcnow(), lease_owner=None,
-                lease_expires_at=None)
-    ))
+def _fail_and_refund(
+    session: Session,
+    task_id: str,
+    account_id: int,
+    price: int,
+    message: str,
+    detail: str,
+    *conditions,
+) -> bool:  # type: ignore[no-untyped-def]
+    changed = rows_changed(
+        session.execute(
+            update(Task)
+            .where(Task.id == task_id, *conditions)
+            .values(
+                status=TaskStatus.FAILED,
+                error_message=message,
+                error_detail=detail[:4000],
+                consumed_credits=0,
+                finished_at=utcnow(),
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+    )
     if changed != 1:
         return False
     if price:
@@ -191,23 +265,35 @@ def fail(db: Database, claim: Claim, *, message: str, detail: str) -> bool:
     """Mark the task failed and refund it, in one transaction; False if fenced out."""
     with db.write() as session:
         price = session.scalar(select(Task.price).where(Task.id == claim.task_id)) or 0
-        return _fail_and_refund(session, claim.task_id, claim.account_id, price, message, detail,
-                                *_fenced(claim)[1:])
+        return _fail_and_refund(
+            session, claim.task_id, claim.account_id, price, message, detail, *_fenced(claim)[1:]
+        )
 
 
 def release(db: Database, claim: Claim) -> bool:
     """Give an unfinished task back to the queue (graceful shutdown): the attempt is not counted."""
     with db.write() as session:
-        return rows_changed(session.execute(
-            update(Task)
-            .where(*_fenced(claim))
-            .values(status=TaskStatus.PENDING, attempts=Task.attempts - 1, lease_owner=None,
-                    lease_expires_at=None, progress=0)
-        )) == 1
+        return (
+            rows_changed(
+                session.execute(
+                    update(Task)
+                    .where(*_fenced(claim))
+                    .values(
+                        status=TaskStatus.PENDING,
+                        attempts=Task.attempts - 1,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        progress=0,
+                    )
+                )
+            )
+            == 1
+        )
 
 
-def reap_expired(db: Database, *, max_attempts: int,
-                 on_requeue: Callable[[str, str], None] | None = None) -> tuple[int, int]:
+def reap_expired(
+    db: Database, *, max_attempts: int, on_requeue: Callable[[str, str], None] | None = None
+) -> tuple[int, int]:
     """Re-queue tasks whose lease expired; fail (and refund) those out of attempts.
 
     Returns (re-queued, failed). Safe to run from every worker at once: each
@@ -233,15 +319,29 @@ def reap_expired(db: Database, *, max_attempts: int,
         with db.write() as session:
             if row.attempts >= max_attempts:
                 detail = f"lease expired on attempt {row.attempts} of {max_attempts}"
-                failed += _fail_and_refund(session, row.id, row.account_id, row.price,
-                                           ENGINE_FAILED, detail, *still_expired)
+                failed += _fail_and_refund(
+                    session,
+                    row.id,
+                    row.account_id,
+                    row.price,
+                    ENGINE_FAILED,
+                    detail,
+                    *still_expired,
+                )
             else:
-                changed = rows_changed(session.execute(
-                    update(Task)
-                    .where(Task.id == row.id, *still_expired)
-                    .values(status=TaskStatus.PENDING, lease_owner=None, lease_expires_at=None,
-                            dispatched_at=now, progress=0)
-                ))
+                changed = rows_changed(
+                    session.execute(
+                        update(Task)
+                        .where(Task.id == row.id, *still_expired)
+                        .values(
+                            status=TaskStatus.PENDING,
+                            lease_owner=None,
+                            lease_expires_at=None,
+                            dispatched_at=now,
+                            progress=0,
+                        )
+                    )
+                )
                 requeued += changed
         if changed and on_requeue is not None:
             on_requeue(row.id, row.model)
@@ -252,7 +352,9 @@ def pending_by_model(db: Database) -> dict[str, int]:
     """How many tasks wait, per model."""
     with db.read() as session:
         rows = session.execute(
-            select(Task.model, func.count()).where(Task.status == TaskStatus.PENDING).group_by(Task.model)
+            select(Task.model, func.count())
+            .where(Task.status == TaskStatus.PENDING)
+            .group_by(Task.model)
         ).all()
     return {model: count for model, count in rows}
 
@@ -272,14 +374,19 @@ def take_stale_pending(db: Database, *, model: str, older_than: float, limit: in
     now = utcnow()
     last = func.coalesce(Task.dispatched_at, Task.created_at)
     with db.write() as session:
-        ids = list(session.scalars(
-            select(Task.id)
-            .where(Task.status == TaskStatus.PENDING, Task.model == model,
-                   last < now - timedelta(seconds=older_than))
-            .order_by(last)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ))
+        ids = list(
+            session.scalars(
+                select(Task.id)
+                .where(
+                    Task.status == TaskStatus.PENDING,
+                    Task.model == model,
+                    last < now - timedelta(seconds=older_than),
+                )
+                .order_by(last)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
         if ids:
             session.execute(update(Task).where(Task.id.in_(ids)).values(dispatched_at=now))
     return ids
@@ -295,6 +402,13 @@ def cancel(db: Database, task_id: str, account_id: int) -> bool:
     (a relay stops polling); its late result is fenced out."""
     with db.write() as session:
         price = session.scalar(select(Task.price).where(Task.id == task_id)) or 0
-        return _fail_and_refund(session, task_id, account_id, price, CANCELLED,
-                                "cancelled by its owner", Task.account_id == account_id,
-                                Task.status.in_((TaskStatus.PENDING, TaskStatus.PROCESSING)))
+        return _fail_and_refund(
+            session,
+            task_id,
+            account_id,
+            price,
+            CANCELLED,
+            "cancelled by its owner",
+            Task.account_id == account_id,
+            Task.status.in_((TaskStatus.PENDING, TaskStatus.PROCESSING)),
+        )

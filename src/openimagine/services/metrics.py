@@ -70,8 +70,9 @@ Totals = dict[tuple[str, str], list[float]]
 def _engine_seconds(db: Database) -> ColumnElement[Any]:
     """Seconds from ``started_at`` to ``finished_at`` (NULL when either is)."""
     if db.is_sqlite:
-        return cast((func.julianday(Task.finished_at) - func.julianday(Task.started_at))
-                    * 86400.0, Float)
+        return cast(
+            (func.julianday(Task.finished_at) - func.julianday(Task.started_at)) * 86400.0, Float
+        )
     return func.extract("epoch", Task.finished_at - Task.started_at)
 
 
@@ -79,17 +80,25 @@ def _finished(session: Session, db: Database, *where: ColumnElement[bool]) -> To
     seconds = _engine_seconds(db)
     buckets = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in ENGINE_BUCKETS]
     rows = session.execute(
-        select(Task.model, Task.status, func.count(), func.count(seconds),
-               func.sum(seconds), func.sum(Task.price),
-               func.sum(Task.price - Task.consumed_credits), *buckets)
-        .where(Task.status.in_(FINISHED), *where).group_by(Task.model, Task.status))
+        select(
+            Task.model,
+            Task.status,
+            func.count(),
+            func.count(seconds),
+            func.sum(seconds),
+            func.sum(Task.price),
+            func.sum(Task.price - Task.consumed_credits),
+            *buckets,
+        )
+        .where(Task.status.in_(FINISHED), *where)
+        .group_by(Task.model, Task.status)
+    )
     return {(row[0], row[1]): [float(value or 0) for value in row[2:]] for row in rows}
 
 
 def _add(into: Totals, more: Totals) -> Totals:
     for key, values in more.items():
-        into[key] = [a + b for a, b in zip(into.get(key, [0.0] * len(values)), values,
-                                           strict=True)]
+        into[key] = [a + b for a, b in zip(into.get(key, [0.0] * len(values)), values, strict=True)]
     return into
 
 
@@ -104,8 +113,10 @@ def _snapshot(db: Database) -> Iterator[Session]:
         with db.read() as session:
             yield session
         return
-    with Session(db.sql.execution_options(isolation_level="REPEATABLE READ")) as session, \
-            session.begin():
+    with (
+        Session(db.sql.execution_options(isolation_level="REPEATABLE READ")) as session,
+        session.begin(),
+    ):
         yield session
 
 
@@ -129,10 +140,13 @@ class FinishedTotals:
             waiting = set(self.waiting)
             ids = sorted(waiting)
             for start in range(0, len(ids), ID_CHUNK):
-                chunk = ids[start:start + ID_CHUNK]
+                chunk = ids[start : start + ID_CHUNK]
                 _add(closed, _finished(session, db, Task.id.in_(chunk)))
-                waiting -= set(session.scalars(select(Task.id).where(
-                    Task.id.in_(chunk), Task.status.in_(FINISHED))))
+                waiting -= set(
+                    session.scalars(
+                        select(Task.id).where(Task.id.in_(chunk), Task.status.in_(FINISHED))
+                    )
+                )
             window = [Task.created_at < horizon]
             if self.horizon is not None:
                 window.append(Task.created_at >= self.horizon)
@@ -143,8 +157,9 @@ class FinishedTotals:
                 _add(closed, _add(_finished(session, db), _negated(recent)))
             else:
                 _add(closed, _finished(session, db, *window))
-            waiting |= set(session.scalars(select(Task.id).where(
-                Task.status.in_(UNFINISHED), *window)))
+            waiting |= set(
+                session.scalars(select(Task.id).where(Task.status.in_(UNFINISHED), *window))
+            )
             self.horizon, self.closed, self.waiting = horizon, closed, waiting
         return _add({key: list(values) for key, values in closed.items()}, recent)
 
@@ -153,16 +168,28 @@ def snapshot(db: Database, finished: FinishedTotals | None = None) -> dict[str, 
     """Every figure the collector reports, read in one snapshot."""
     now = utcnow()
     with _snapshot(db) as session:
-        unfinished = list(session.execute(
-            select(Task.model, Task.status, func.count(), func.min(Task.created_at),
-                   func.sum(Task.price))
-            .where(Task.status.in_(UNFINISHED)).group_by(Task.model, Task.status)))
+        unfinished = list(
+            session.execute(
+                select(
+                    Task.model,
+                    Task.status,
+                    func.count(),
+                    func.min(Task.created_at),
+                    func.sum(Task.price),
+                )
+                .where(Task.status.in_(UNFINISHED))
+                .group_by(Task.model, Task.status)
+            )
+        )
         totals = (finished or FinishedTotals()).read(session, db, now)
-        deliveries = dict(session.execute(
-            select(WebhookDelivery.status, func.count(literal_column("*")))
-            .group_by(WebhookDelivery.status)).all())
-    return {"unfinished": unfinished, "finished": totals, "deliveries": deliveries,
-            "now": now}
+        deliveries = dict(
+            session.execute(
+                select(WebhookDelivery.status, func.count(literal_column("*"))).group_by(
+                    WebhookDelivery.status
+                )
+            ).all()
+        )
+    return {"unfinished": unfinished, "finished": totals, "deliveries": deliveries, "now": now}
 
 
 def _age(now: datetime, oldest: datetime | None) -> float:
@@ -183,8 +210,9 @@ class DatabaseCollector(Collector):
         return iter(())  # not read at registration: only on a scrape
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("openimagine_database_up",
-                               "1 when the database answered this scrape's queries, else 0")
+        up = GaugeMetricFamily(
+            "openimagine_database_up", "1 when the database answered this scrape's queries, else 0"
+        )
         try:
             figures = snapshot(self.db, self.finished)
         except Exception:  # the HTTP series still go out, and this says why the rest did not
@@ -198,14 +226,18 @@ class DatabaseCollector(Collector):
         yield from self._finished(figures)
         deliveries = figures["deliveries"]
         done = CounterMetricFamily(
-            "openimagine_webhook_deliveries", "Webhook deliveries ended, by outcome "
+            "openimagine_webhook_deliveries",
+            "Webhook deliveries ended, by outcome "
             "(delivered; failed: out of tries or 410; cancelled: endpoint removed)",
-            labels=["outcome"])
+            labels=["outcome"],
+        )
         for outcome in DELIVERY_OUTCOMES:
             done.add_metric([outcome], float(deliveries.get(outcome, 0)))
         yield done
-        waiting = GaugeMetricFamily("openimagine_webhook_deliveries_pending",
-                                    "Webhook deliveries not yet delivered, still to be tried")
+        waiting = GaugeMetricFamily(
+            "openimagine_webhook_deliveries_pending",
+            "Webhook deliveries not yet delivered, still to be tried",
+        )
         waiting.add_metric([], float(deliveries.get("pending", 0)))
         yield waiting
 
@@ -213,13 +245,17 @@ class DatabaseCollector(Collector):
         models = sorted(set(self.models()) | {row[0] for row in figures["unfinished"]})
         counts = {(row[0], row[1]): row[2] for row in figures["unfinished"]}
         oldest = {row[0]: row[3] for row in figures["unfinished"] if row[1] == "pending"}
-        depth = GaugeMetricFamily("openimagine_queue_depth", "Tasks pending, by model",
-                                  labels=["model"])
-        running = GaugeMetricFamily("openimagine_tasks_running", "Tasks processing, by model",
-                                    labels=["model"])
-        age = GaugeMetricFamily("openimagine_queue_oldest_age_seconds",
-                                "Age of the oldest pending task, by model (0: none pending)",
-                                labels=["model"])
+        depth = GaugeMetricFamily(
+            "openimagine_queue_depth", "Tasks pending, by model", labels=["model"]
+        )
+        running = GaugeMetricFamily(
+            "openimagine_tasks_running", "Tasks processing, by model", labels=["model"]
+        )
+        age = GaugeMetricFamily(
+            "openimagine_queue_oldest_age_seconds",
+            "Age of the oldest pending task, by model (0: none pending)",
+            labels=["model"],
+        )
         for model in models:
             depth.add_metric([model], float(counts.get((model, "pending"), 0)))
             running.add_metric([model], float(counts.get((model, "processing"), 0)))
@@ -227,30 +263,41 @@ class DatabaseCollector(Collector):
         yield from (depth, running, age)
 
     def _finished(self, figures: dict[str, Any]) -> Iterator[Metric]:
-        tasks = CounterMetricFamily("openimagine_tasks_finished",
-                                    "Tasks finished, by model and final status",
-                                    labels=["model", "status"])
+        tasks = CounterMetricFamily(
+            "openimagine_tasks_finished",
+            "Tasks finished, by model and final status",
+            labels=["model", "status"],
+        )
         engine = HistogramMetricFamily(
             "openimagine_task_engine_seconds",
             "Seconds from a task's start on a worker to its end, by model and final status",
-            labels=["model", "status"])
+            labels=["model", "status"],
+        )
         debited: dict[str, float] = {}
         refunded: dict[str, float] = {}
         for (model, status), values in sorted(figures["finished"].items()):
             count, timed, seconds, charged, returned, *cumulative = values
             tasks.add_metric([model, status], count)
-            engine.add_metric([model, status], [
-                *((floatToGoString(bound), n) for bound, n in zip(ENGINE_BUCKETS, cumulative,
-                                                                  strict=True)),
-                ("+Inf", timed)], sum_value=seconds)
+            engine.add_metric(
+                [model, status],
+                [
+                    *(
+                        (floatToGoString(bound), n)
+                        for bound, n in zip(ENGINE_BUCKETS, cumulative, strict=True)
+                    ),
+                    ("+Inf", timed),
+                ],
+                sum_value=seconds,
+            )
             debited[model] = debited.get(model, 0.0) + charged
             refunded[model] = refunded.get(model, 0.0) + returned
         for row in figures["unfinished"]:  # charged at submission, not yet finished
             debited[row[0]] = debited.get(row[0], 0.0) + float(row[4] or 0)
         yield from (tasks, engine)
         for name, what, by_model in (
-                ("debited", "Credits debited for tasks (at submission), by model", debited),
-                ("refunded", "Credits refunded for failed tasks, by model", refunded)):
+            ("debited", "Credits debited for tasks (at submission), by model", debited),
+            ("refunded", "Credits refunded for failed tasks, by model", refunded),
+        ):
             family = CounterMetricFamily(f"openimagine_credits_{name}", what, labels=["model"])
             for model, amount in sorted(by_model.items()):
                 family.add_metric([model], amount)

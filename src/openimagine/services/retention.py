@@ -39,8 +39,9 @@ BATCH = 100
 ROUND_LIMIT = 500
 
 
-def expires_at(finished_at: datetime | None, files_expired_at: datetime | None,
-               retention: timedelta | None) -> datetime | None:
+def expires_at(
+    finished_at: datetime | None, files_expired_at: datetime | None, retention: timedelta | None
+) -> datetime | None:
     """When a task's files are (or were) deleted; None while it runs or when kept forever."""
     if files_expired_at is not None:
         return as_utc(files_expired_at)
@@ -49,9 +50,15 @@ def expires_at(finished_at: datetime | None, files_expired_at: datetime | None,
     return as_utc(finished_at) + retention
 
 
-def expire_files(db: Database, storage: Storage, *, retention: timedelta,
-                 now: datetime | None = None, limit: int = ROUND_LIMIT,
-                 batch: int = BATCH) -> int:
+def expire_files(
+    db: Database,
+    storage: Storage,
+    *,
+    retention: timedelta,
+    now: datetime | None = None,
+    limit: int = ROUND_LIMIT,
+    batch: int = BATCH,
+) -> int:
     """Delete the files of up to ``limit`` tasks finished before ``now - retention``,
     oldest first; how many tasks' files went."""
     now = utcnow() if now is None else now
@@ -72,13 +79,15 @@ def _claim(db: Database, cutoff: datetime, now: datetime, count: int) -> Sequenc
     # The SELECT reads the partial index ``tasks_files_kept``. ``finished_at`` is set
     # only when a task ends (completed, or failed: cancelled tasks too) and never again.
     with db.write() as session:
-        ids = list(session.scalars(
-            select(Task.id)
-            .where(Task.files_expired_at.is_(None), Task.finished_at < cutoff)
-            .order_by(Task.finished_at)
-            .limit(count)
-            .with_for_update(skip_locked=True)
-        ))
+        ids = list(
+            session.scalars(
+                select(Task.id)
+                .where(Task.files_expired_at.is_(None), Task.finished_at < cutoff)
+                .order_by(Task.finished_at)
+                .limit(count)
+                .with_for_update(skip_locked=True)
+            )
+        )
         if not ids:
             return []
         return session.execute(
@@ -99,10 +108,12 @@ def _delete(db: Database, storage: Storage, claimed: Sequence[Record], now: date
             # Give this task and the rest back: a later round deletes their files.
             back = [row.id for row in claimed[done:]]
             with db.write() as session:
-                session.execute(update(Task)
-                                .where(Task.id.in_(back), Task.files_expired_at == now)
-                                .values(files_expired_at=None)
-                                .execution_options(synchronize_session=False))
+                session.execute(
+                    update(Task)
+                    .where(Task.id.in_(back), Task.files_expired_at == now)
+                    .values(files_expired_at=None)
+                    .execution_options(synchronize_session=False)
+                )
             raise
 
 

@@ -55,10 +55,19 @@ class NewTask:
     callback_url: str | None = None
 
 
-def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, model: str,
-           engine: str, price: int, max_in_flight: int | None = None,
-           max_queue: int | None = None,
-           also: Callable[[Session, str], None] | None = None) -> str:
+def submit(
+    db: Database,
+    principal: Principal,
+    new: NewTask,
+    *,
+    task_id: str,
+    model: str,
+    engine: str,
+    price: int,
+    max_in_flight: int | None = None,
+    max_queue: int | None = None,
+    also: Callable[[Session, str], None] | None = None,
+) -> str:
     """Create the task and debit its price in one transaction; a refusal leaves
     nothing behind: 402 (credits), 429 ``TooManyTasks`` (the account already has
     ``max_in_flight`` unfinished tasks) or 503 (``model`` already has
@@ -93,8 +102,9 @@ def submit(db: Database, principal: Principal, new: NewTask, *, task_id: str, mo
             )
         )
         session.flush()
-        ledger.debit_for_task(session, principal.account_id, task_id, price,
-                              max_in_flight=max_in_flight)
+        ledger.debit_for_task(
+            session, principal.account_id, task_id, price, max_in_flight=max_in_flight
+        )
         if also is not None:
             # What must commit with the task or not at all (an Idempotency-Key's answer).
             also(session, task_id)
@@ -117,18 +127,26 @@ def _check_queue(session: Session, model: str, max_queue: int) -> None:
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(QUEUE_LOCK, func.hashtext(model))))
-    waiting = session.scalar(select(func.count()).select_from(
-        select(Task.id).where(Task.model == model, Task.status == TaskStatus.PENDING)
-        .limit(max_queue).subquery()))
+    waiting = session.scalar(
+        select(func.count()).select_from(
+            select(Task.id)
+            .where(Task.model == model, Task.status == TaskStatus.PENDING)
+            .limit(max_queue)
+            .subquery()
+        )
+    )
     if waiting is not None and waiting >= max_queue:
         raise ServiceUnavailable(
             f"Service unavailable: the {model} model has {max_queue} tasks waiting, "
-            "its most; please try again later", retry_after=QUEUE_FULL_RETRY_AFTER)
+            "its most; please try again later",
+            retry_after=QUEUE_FULL_RETRY_AFTER,
+        )
 
 
 # Built once: status polling is the hottest path. Core rows, not ORM objects.
 _TASK_OF_ACCOUNT = select(Task.__table__).where(
-    Task.id == bindparam("task_id"), Task.account_id == bindparam("account_id"),
+    Task.id == bindparam("task_id"),
+    Task.account_id == bindparam("account_id"),
     Task.deleted_at.is_(None),  # deleted by its owner: gone for every face
 )
 
@@ -136,8 +154,7 @@ _TASK_OF_ACCOUNT = select(Task.__table__).where(
 def get_task(db: Database, principal: Principal, task_id: str) -> Record:
     """The task row (attributes as on ``Task``); another account's task is ``NotFound``
     exactly like a missing one."""
-    row = db.fetch_first(_TASK_OF_ACCOUNT,
-                         {"task_id": task_id, "account_id": principal.account_id})
+    row = db.fetch_first(_TASK_OF_ACCOUNT, {"task_id": task_id, "account_id": principal.account_id})
     if row is None:
         raise NotFound("Task not found")
     return row
@@ -160,20 +177,21 @@ def recent_tasks(db: Database, principal: Principal, *, limit: int = 10) -> list
     return _recent_view(db.fetch_all(_recent(limit), {"account_id": principal.account_id}))
 
 
-async def recent_tasks_async(db: Database, principal: Principal, *,
-                             limit: int = 10) -> list[dict]:
+async def recent_tasks_async(db: Database, principal: Principal, *, limit: int = 10) -> list[dict]:
     """``recent_tasks`` from the event loop without a thread (``db.async_reads``)."""
-    return _recent_view(await db.fetch_all_async(_recent(limit),
-                                                 {"account_id": principal.account_id}))
+    return _recent_view(
+        await db.fetch_all_async(_recent(limit), {"account_id": principal.account_id})
+    )
 
 
 def _recent_view(rows: list[Record]) -> list[dict]:
-    return [{"task_id": r.id, "status": r.status, "created_at": rfc3339(r.created_at)}
-            for r in rows]
+    return [
+        {"task_id": r.id, "status": r.status, "created_at": rfc3339(r.created_at)} for r in rows
+    ]
 
 
 def image_url(ref: str, storage: Storage) -> str:
-    return storage.url(ref[len(STORED_PREFIX):]) if ref.startswith(STORED_PREFIX) else ref
+    return storage.url(ref[len(STORED_PREFIX) :]) if ref.startswith(STORED_PREFIX) else ref
 
 
 def task_view(task: Task | Record, storage: Storage) -> dict:
@@ -183,8 +201,11 @@ def task_view(task: Task | Record, storage: Storage) -> dict:
     and ``files_expired`` is true (absent otherwise, like ``request.images``)."""
     expired = task.files_expired_at is not None
     request: dict[str, object] = {"mode": task.mode, "prompt": task.prompt, "ratio": task.ratio}
-    images = task.images if not expired else [
-        ref for ref in task.images or [] if not ref.startswith(STORED_PREFIX)]
+    images = (
+        task.images
+        if not expired
+        else [ref for ref in task.images or [] if not ref.startswith(STORED_PREFIX)]
+    )
     if images:
         request["images"] = [image_url(ref, storage) for ref in images]
     completed = task.status == TaskStatus.COMPLETED
@@ -195,8 +216,7 @@ def task_view(task: Task | Record, storage: Storage) -> dict:
         "consumed_credits": task.consumed_credits,
         "error_message": task.error_message if task.status == TaskStatus.FAILED else None,
         "request": request,
-        "response": [storage.url(key) for key in task.outputs]
-        if completed and not expired else [],
+        "response": [storage.url(key) for key in task.outputs] if completed and not expired else [],
         "progress": 100 if completed else task.progress,
     }
     if expired:
@@ -204,25 +224,39 @@ def task_view(task: Task | Record, storage: Storage) -> dict:
     return view
 
 
-def list_tasks(db: Database, principal: Principal, *, after: str | None, limit: int,
-               ascending: bool, status: str | None = None) -> tuple[list[Record], bool]:
+def list_tasks(
+    db: Database,
+    principal: Principal,
+    *,
+    after: str | None,
+    limit: int,
+    ascending: bool,
+    status: str | None = None,
+) -> tuple[list[Record], bool]:
     """A page of the account's tasks by creation time (ties by id), after the task
     ``after``, of one ``status`` or all; and whether more follow. Keyset paging on
     ``tasks_by_account``: the page costs the same however long the history."""
-    order = (Task.created_at.asc(), Task.id.asc()) if ascending else (
-        Task.created_at.desc(), Task.id.desc())
-    query = select(*TASK_VIEW_COLUMNS).where(Task.account_id == principal.account_id,
-                                             Task.deleted_at.is_(None))
+    order = (
+        (Task.created_at.asc(), Task.id.asc())
+        if ascending
+        else (Task.created_at.desc(), Task.id.desc())
+    )
+    query = select(*TASK_VIEW_COLUMNS).where(
+        Task.account_id == principal.account_id, Task.deleted_at.is_(None)
+    )
     if status is not None:
         query = query.where(Task.status == status)
     with db.connect() as connection:
         if after is not None:
-            cursor = connection.execute(select(Task.created_at, Task.id).where(
-                Task.id == after, Task.account_id == principal.account_id)).first()
+            cursor = connection.execute(
+                select(Task.created_at, Task.id).where(
+                    Task.id == after, Task.account_id == principal.account_id
+                )
+            ).first()
             if cursor is None:
                 raise NotFound(f"No task found with id '{after}'")
-            later = (tuple_(Task.created_at, Task.id) > tuple_(cursor.created_at, cursor.id))
-            earlier = (tuple_(Task.created_at, Task.id) < tuple_(cursor.created_at, cursor.id))
+            later = tuple_(Task.created_at, Task.id) > tuple_(cursor.created_at, cursor.id)
+            earlier = tuple_(Task.created_at, Task.id) < tuple_(cursor.created_at, cursor.id)
             query = query.where(later if ascending else earlier)
         rows = connection.execute(query.order_by(*order).limit(limit + 1)).all()
     return list(rows[:limit]), len(rows) > limit
@@ -232,9 +266,13 @@ def mark_deleted(db: Database, principal: Principal, task_id: str) -> Record:
     """Hide the account's task from every read (its ledger stays); the row as it was,
     to remove its files. ``NotFound`` when it is not the account's or already gone."""
     with db.write() as session:
-        row = session.execute(select(*TASK_VIEW_COLUMNS).where(
-            Task.id == task_id, Task.account_id == principal.account_id,
-            Task.deleted_at.is_(None))).first()
+        row = session.execute(
+            select(*TASK_VIEW_COLUMNS).where(
+                Task.id == task_id,
+                Task.account_id == principal.account_id,
+                Task.deleted_at.is_(None),
+            )
+        ).first()
         if row is None:
             raise NotFound(f"No video found with id '{task_id}'")
         session.execute(update(Task).where(Task.id == task_id).values(deleted_at=utcnow()))
@@ -246,6 +284,7 @@ def stored_keys(task: Record | Task) -> list[str]:
     keys = list(task.outputs or [])
     if keys:
         keys += [still_key(task.id, variant) for variant in STILLS]
-    keys += [ref[len(STORED_PREFIX):] for ref in task.images or []
-             if ref.startswith(STORED_PREFIX)]
+    keys += [
+        ref[len(STORED_PREFIX) :] for ref in task.images or [] if ref.startswith(STORED_PREFIX)
+    ]
     return keys

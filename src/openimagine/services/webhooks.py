@@ -105,14 +105,17 @@ def check_events(events: object) -> list[str]:
     """The event types asked for (None: all of them), or ``InvalidRequest``."""
     if events is None:
         return list(EVENT_TYPES)
-    if not isinstance(events, list) or not events or not all(
-            isinstance(event, str) for event in events):
-        raise InvalidRequest("events must be a non-empty array of event types: "
-                             + ", ".join(EVENT_TYPES))
+    if (
+        not isinstance(events, list)
+        or not events
+        or not all(isinstance(event, str) for event in events)
+    ):
+        raise InvalidRequest(
+            "events must be a non-empty array of event types: " + ", ".join(EVENT_TYPES)
+        )
     unknown = [event for event in events if event not in EVENT_TYPES]
     if unknown:
-        raise InvalidRequest(f"Unknown event type {unknown[0]!r}: use "
-                             + ", ".join(EVENT_TYPES))
+        raise InvalidRequest(f"Unknown event type {unknown[0]!r}: use " + ", ".join(EVENT_TYPES))
     return [event for event in EVENT_TYPES if event in events]
 
 
@@ -128,10 +131,14 @@ class Endpoint:
     disabled_at: datetime | None
 
     def view(self) -> dict[str, Any]:
-        return {"id": self.id, "url": self.url, "events": self.events,
-                "created_at": rfc3339(self.created_at),
-                # A receiver that answered 410 Gone: nothing more is sent to it.
-                "disabled": self.disabled_at is not None}
+        return {
+            "id": self.id,
+            "url": self.url,
+            "events": self.events,
+            "created_at": rfc3339(self.created_at),
+            # A receiver that answered 410 Gone: nothing more is sent to it.
+            "disabled": self.disabled_at is not None,
+        }
 
 
 def _endpoint(row: WebhookEndpoint) -> Endpoint:
@@ -147,34 +154,53 @@ def account_id(db: Database, name: str) -> int:
     return found
 
 
-def add_endpoint(db: Database, account: int, url: str,
-                 events: Sequence[str]) -> tuple[Endpoint, str]:
+def add_endpoint(
+    db: Database, account: int, url: str, events: Sequence[str]
+) -> tuple[Endpoint, str]:
     """A new endpoint and its secret (shown to the caller this once)."""
     secret = new_secret()
     with db.write() as session:
-        count = len(session.scalars(select(WebhookEndpoint.id).where(
-            WebhookEndpoint.account_id == account, WebhookEndpoint.deleted_at.is_(None))).all())
+        count = len(
+            session.scalars(
+                select(WebhookEndpoint.id).where(
+                    WebhookEndpoint.account_id == account, WebhookEndpoint.deleted_at.is_(None)
+                )
+            ).all()
+        )
         if count >= MAX_ENDPOINTS:
-            raise Conflict(f"An account may have at most {MAX_ENDPOINTS} webhook "
-                           "endpoints; remove one first")
-        row = WebhookEndpoint(id="wh_" + secrets.token_hex(8), account_id=account, url=url,
-                              events=list(events), secret=secret, created_at=utcnow())
+            raise Conflict(
+                f"An account may have at most {MAX_ENDPOINTS} webhook endpoints; remove one first"
+            )
+        row = WebhookEndpoint(
+            id="wh_" + secrets.token_hex(8),
+            account_id=account,
+            url=url,
+            events=list(events),
+            secret=secret,
+            created_at=utcnow(),
+        )
         session.add(row)
     return _endpoint(row), secret
 
 
 def list_endpoints(db: Database, account: int) -> list[Endpoint]:
     with db.read() as session:
-        rows = session.scalars(select(WebhookEndpoint).where(
-            WebhookEndpoint.account_id == account, WebhookEndpoint.deleted_at.is_(None))
-            .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)).all()
+        rows = session.scalars(
+            select(WebhookEndpoint)
+            .where(WebhookEndpoint.account_id == account, WebhookEndpoint.deleted_at.is_(None))
+            .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+        ).all()
     return [_endpoint(row) for row in rows]
 
 
 def _own_endpoint(session: Session, account: int, endpoint_id: str) -> WebhookEndpoint:
-    row = session.scalar(select(WebhookEndpoint).where(
-        WebhookEndpoint.id == endpoint_id, WebhookEndpoint.account_id == account,
-        WebhookEndpoint.deleted_at.is_(None)))
+    row = session.scalar(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.id == endpoint_id,
+            WebhookEndpoint.account_id == account,
+            WebhookEndpoint.deleted_at.is_(None),
+        )
+    )
     if row is None:
         raise NotFound(f"No webhook endpoint '{endpoint_id}'")
     return row
@@ -182,9 +208,14 @@ def _own_endpoint(session: Session, account: int, endpoint_id: str) -> WebhookEn
 
 def _stop_endpoint(session: Session, endpoint_id: str) -> None:
     """Nothing more goes to the endpoint: its waiting deliveries are cancelled."""
-    session.execute(update(WebhookDelivery).where(
-        WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == DeliveryStatus.PENDING)
-        .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None, lease_owner=None))
+    session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+        )
+        .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None, lease_owner=None)
+    )
 
 
 def remove_endpoint(db: Database, account: int, endpoint_id: str) -> None:
@@ -211,8 +242,7 @@ def default_secret(db: Database, account: int, *, rotate: bool = False) -> str:
         try:
             with db.write() as session:
                 secret = new_secret()
-                session.add(WebhookSecret(account_id=account, secret=secret,
-                                          created_at=utcnow()))
+                session.add(WebhookSecret(account_id=account, secret=secret, created_at=utcnow()))
             return secret
         except IntegrityError:
             continue  # made at the same moment by another request: read (or rotate) it
@@ -228,8 +258,11 @@ def signing_secrets(db: Database, due: Due) -> list[str] | None:
         if row is None:  # never asked for yet: made now, so its owner can read it later
             return [default_secret(db, due.account_id)]
         keys = [row.secret]
-        if row.previous_secret and row.rotated_at is not None and (
-                as_utc(row.rotated_at) > utcnow() - ROTATION_OVERLAP):
+        if (
+            row.previous_secret
+            and row.rotated_at is not None
+            and (as_utc(row.rotated_at) > utcnow() - ROTATION_OVERLAP)
+        ):
             keys.append(row.previous_secret)
         return keys
     with db.read() as session:
@@ -245,24 +278,40 @@ def signing_secrets(db: Database, due: Due) -> list[str] | None:
 def enqueue(session: Session, task_id: str, status: str) -> int:
     """Write the deliveries announcing that ``task_id`` ended with ``status``
     (``completed`` or ``failed``), in the caller's transaction; how many."""
-    task = session.execute(select(Task.account_id, Task.face, Task.callback_url)
-                           .where(Task.id == task_id)).one()
+    task = session.execute(
+        select(Task.account_id, Task.face, Task.callback_url).where(Task.id == task_id)
+    ).one()
     kind = event_type(task.face, status)
     targets: list[tuple[str | None, str]] = [
-        (row.id, row.url) for row in session.execute(
+        (row.id, row.url)
+        for row in session.execute(
             select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.events).where(
                 WebhookEndpoint.account_id == task.account_id,
-                WebhookEndpoint.deleted_at.is_(None), WebhookEndpoint.disabled_at.is_(None)))
-        if kind in row.events]
+                WebhookEndpoint.deleted_at.is_(None),
+                WebhookEndpoint.disabled_at.is_(None),
+            )
+        )
+        if kind in row.events
+    ]
     if task.callback_url:
         targets.append((None, task.callback_url))
     now = utcnow()
     event_id = "evt_" + secrets.token_hex(16)
     for endpoint_id, url in targets:
-        session.add(WebhookDelivery(
-            event_id=event_id, event_type=kind, account_id=task.account_id, task_id=task_id,
-            endpoint_id=endpoint_id, url=url, status=DeliveryStatus.PENDING, attempts=0,
-            next_attempt_at=now, created_at=now))
+        session.add(
+            WebhookDelivery(
+                event_id=event_id,
+                event_type=kind,
+                account_id=task.account_id,
+                task_id=task_id,
+                endpoint_id=endpoint_id,
+                url=url,
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
     return len(targets)
 
 
@@ -287,44 +336,78 @@ def _due(now: datetime, first_delay: float) -> Any:
     # their ``next_attempt_at``, which the try before set.
     if not first_delay:
         return WebhookDelivery.next_attempt_at <= now
-    return or_(and_(WebhookDelivery.attempts > 0, WebhookDelivery.next_attempt_at <= now),
-               WebhookDelivery.next_attempt_at <= now - timedelta(seconds=first_delay))
+    return or_(
+        and_(WebhookDelivery.attempts > 0, WebhookDelivery.next_attempt_at <= now),
+        WebhookDelivery.next_attempt_at <= now - timedelta(seconds=first_delay),
+    )
 
 
 def has_due(db: Database, first_delay: float = 0.0) -> bool:
     """Whether some delivery is due: a read, so idle processes never take SQLite's
     write lock to find nothing."""
     with db.connect() as connection:
-        return connection.execute(select(WebhookDelivery.id).where(
-            WebhookDelivery.status == DeliveryStatus.PENDING,
-            _due(utcnow(), first_delay)).limit(1)).first() is not None
+        return (
+            connection.execute(
+                select(WebhookDelivery.id)
+                .where(
+                    WebhookDelivery.status == DeliveryStatus.PENDING, _due(utcnow(), first_delay)
+                )
+                .limit(1)
+            ).first()
+            is not None
+        )
 
 
-def claim_due(db: Database, *, owner: str, lease_seconds: float,
-              first_delay: float = 0.0) -> Due | None:
+def claim_due(
+    db: Database, *, owner: str, lease_seconds: float, first_delay: float = 0.0
+) -> Due | None:
     """Take the longest-due delivery for one try, with one atomic statement; while
     the lease lasts no other process takes it."""
     now = utcnow()
     due = (WebhookDelivery.status == DeliveryStatus.PENDING, _due(now, first_delay))
-    candidate = (select(WebhookDelivery.id).where(*due)
-                 .order_by(WebhookDelivery.next_attempt_at).limit(1)
-                 .with_for_update(skip_locked=True))
+    candidate = (
+        select(WebhookDelivery.id)
+        .where(*due)
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
     statement = (
         update(WebhookDelivery)
         .where(WebhookDelivery.id == candidate.scalar_subquery(), *due)
-        .values(attempts=WebhookDelivery.attempts + 1, lease_owner=owner,
-                next_attempt_at=now + timedelta(seconds=lease_seconds))
-        .returning(WebhookDelivery.id, WebhookDelivery.event_id, WebhookDelivery.event_type,
-                   WebhookDelivery.account_id, WebhookDelivery.task_id,
-                   WebhookDelivery.endpoint_id, WebhookDelivery.url,
-                   WebhookDelivery.created_at, WebhookDelivery.attempts)
+        .values(
+            attempts=WebhookDelivery.attempts + 1,
+            lease_owner=owner,
+            next_attempt_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(
+            WebhookDelivery.id,
+            WebhookDelivery.event_id,
+            WebhookDelivery.event_type,
+            WebhookDelivery.account_id,
+            WebhookDelivery.task_id,
+            WebhookDelivery.endpoint_id,
+            WebhookDelivery.url,
+            WebhookDelivery.created_at,
+            WebhookDelivery.attempts,
+        )
     )
     with db.write() as session:
         row = session.execute(statement).first()
     if row is None:
         return None
-    return Due(row.id, row.event_id, row.event_type, row.account_id, row.task_id,
-               row.endpoint_id, row.url, as_utc(row.created_at), row.attempts, owner)
+    return Due(
+        row.id,
+        row.event_id,
+        row.event_type,
+        row.account_id,
+        row.task_id,
+        row.endpoint_id,
+        row.url,
+        as_utc(row.created_at),
+        row.attempts,
+        owner,
+    )
 
 
 @dataclass(frozen=True)
@@ -342,8 +425,9 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def record(db: Database, due: Due, outcome: Outcome, *, schedule: Sequence[float],
-           at: datetime) -> str | None:
+def record(
+    db: Database, due: Due, outcome: Outcome, *, schedule: Sequence[float], at: datetime
+) -> str | None:
     """Log the try and set what comes next: delivered, another try after the
     schedule's next wait (longer if the receiver asked), or failed once the schedule
     is spent or the receiver answered 410 (which also disables its endpoint).
@@ -362,19 +446,36 @@ def record(db: Database, due: Due, outcome: Outcome, *, schedule: Sequence[float
             wait = max(wait, min(outcome.retry_after, MAX_RETRY_AFTER))
         next_at = now + timedelta(seconds=wait)
     with db.write() as session:
-        session.add(WebhookAttempt(
-            delivery_id=due.id, attempt=due.attempt, at=at, status_code=outcome.status_code,
-            latency_ms=outcome.latency_ms, error=(outcome.error or None) and outcome.error[:300],
-            next_attempt_at=next_at))
+        session.add(
+            WebhookAttempt(
+                delivery_id=due.id,
+                attempt=due.attempt,
+                at=at,
+                status_code=outcome.status_code,
+                latency_ms=outcome.latency_ms,
+                error=(outcome.error or None) and outcome.error[:300],
+                next_attempt_at=next_at,
+            )
+        )
         # Fenced: a process whose lease ran out (another took the row over) only logs.
-        changed = rows_changed(session.execute(update(WebhookDelivery).where(
-            WebhookDelivery.id == due.id, WebhookDelivery.lease_owner == due.owner,
-            WebhookDelivery.attempts == due.attempt, WebhookDelivery.status == DeliveryStatus.PENDING)
-            .values(status=status, next_attempt_at=next_at, lease_owner=None)))
+        changed = rows_changed(
+            session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == due.id,
+                    WebhookDelivery.lease_owner == due.owner,
+                    WebhookDelivery.attempts == due.attempt,
+                    WebhookDelivery.status == DeliveryStatus.PENDING,
+                )
+                .values(status=status, next_attempt_at=next_at, lease_owner=None)
+            )
+        )
         if outcome.status_code == 410 and due.endpoint_id is not None:
-            session.execute(update(WebhookEndpoint).where(
-                WebhookEndpoint.id == due.endpoint_id, WebhookEndpoint.disabled_at.is_(None))
-                .values(disabled_at=now))
+            session.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == due.endpoint_id, WebhookEndpoint.disabled_at.is_(None))
+                .values(disabled_at=now)
+            )
             _stop_endpoint(session, due.endpoint_id)
     return status if changed == 1 else None
 
@@ -382,10 +483,15 @@ def record(db: Database, due: Due, outcome: Outcome, *, schedule: Sequence[float
 def cancel(db: Database, due: Due) -> None:
     """Drop a claimed delivery whose endpoint is gone or disabled, unsent."""
     with db.write() as session:
-        session.execute(update(WebhookDelivery).where(
-            WebhookDelivery.id == due.id, WebhookDelivery.lease_owner == due.owner,
-            WebhookDelivery.status == DeliveryStatus.PENDING)
-            .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None, lease_owner=None))
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == due.id,
+                WebhookDelivery.lease_owner == due.owner,
+                WebhookDelivery.status == DeliveryStatus.PENDING,
+            )
+            .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None, lease_owner=None)
+        )
 
 
 # --- the log --------------------------------------------------------------------------
@@ -395,8 +501,14 @@ def _time(value: datetime | None) -> str | None:
     return rfc3339(value) if value is not None else None
 
 
-def deliveries(db: Database, account: int, endpoint_id: str | None, *, limit: int = 20,
-               after: int | None = None) -> tuple[list[dict[str, Any]], bool]:
+def deliveries(
+    db: Database,
+    account: int,
+    endpoint_id: str | None,
+    *,
+    limit: int = 20,
+    after: int | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
     """The deliveries to one of the account's endpoints (``DEFAULT``: to its tasks'
     callback URLs; None: to every receiver), newest first, each with its tries; and
     whether more follow. ``after``: the id of the last delivery of the page before."""
@@ -413,16 +525,34 @@ def deliveries(db: Database, account: int, endpoint_id: str | None, *, limit: in
         page = rows[:limit]
         tries: dict[int, list[dict[str, Any]]] = {row.id: [] for row in page}
         if page:
-            for attempt in session.scalars(select(WebhookAttempt).where(
-                    WebhookAttempt.delivery_id.in_(list(tries)))
-                    .order_by(WebhookAttempt.delivery_id, WebhookAttempt.attempt,
-                              WebhookAttempt.id)):
-                tries[attempt.delivery_id].append({
-                    "attempt": attempt.attempt, "at": _time(attempt.at),
-                    "status_code": attempt.status_code, "latency_ms": attempt.latency_ms,
-                    "error": attempt.error, "next_attempt_at": _time(attempt.next_attempt_at)})
-    return [{"id": row.id, "event_id": row.event_id, "type": row.event_type,
-             "task_id": row.task_id, "url": row.url, "status": row.status,
-             "created_at": _time(row.created_at),
-             "next_attempt_at": _time(row.next_attempt_at) if row.status == DeliveryStatus.PENDING else None,
-             "attempts": tries[row.id]} for row in page], len(rows) > limit
+            for attempt in session.scalars(
+                select(WebhookAttempt)
+                .where(WebhookAttempt.delivery_id.in_(list(tries)))
+                .order_by(WebhookAttempt.delivery_id, WebhookAttempt.attempt, WebhookAttempt.id)
+            ):
+                tries[attempt.delivery_id].append(
+                    {
+                        "attempt": attempt.attempt,
+                        "at": _time(attempt.at),
+                        "status_code": attempt.status_code,
+                        "latency_ms": attempt.latency_ms,
+                        "error": attempt.error,
+                        "next_attempt_at": _time(attempt.next_attempt_at),
+                    }
+                )
+    return [
+        {
+            "id": row.id,
+            "event_id": row.event_id,
+            "type": row.event_type,
+            "task_id": row.task_id,
+            "url": row.url,
+            "status": row.status,
+            "created_at": _time(row.created_at),
+            "next_attempt_at": _time(row.next_attempt_at)
+            if row.status == DeliveryStatus.PENDING
+            else None,
+            "attempts": tries[row.id],
+        }
+        for row in page
+    ], len(rows) > limit

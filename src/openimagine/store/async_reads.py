@@ -38,8 +38,13 @@ def conninfo(url: URL) -> str:
     """psycopg's connection string for a SQLAlchemy URL (``postgresql+psycopg://...``)."""
     from psycopg.conninfo import make_conninfo
 
-    parts: dict[str, Any] = {"host": url.host, "port": url.port, "user": url.username,
-                             "password": url.password, "dbname": url.database}
+    parts: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+    }
     parts.update({key: value for key, value in url.query.items() if isinstance(value, str)})
     return make_conninfo(**{key: value for key, value in parts.items() if value is not None})
 
@@ -53,10 +58,12 @@ class _Query:
         # Rows as this query's own named tuple (psycopg's namedtuple_row would
         # read the column names again on every execution).
         self.row_type: Any = namedtuple(  # type: ignore[misc] # names known at run time
-            "Row", [column.keyname for column in compiled._result_columns])  # noqa: SLF001
+            "Row", [column.keyname for column in compiled._result_columns]
+        )  # noqa: SLF001
         # Values the statement carries itself (a LIMIT): merged under the caller's.
-        self.fixed = {name: bind.effective_value for name, bind in compiled.binds.items()
-                      if not bind.required}
+        self.fixed = {
+            name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
+        }
 
     def params(self, given: dict[str, Any]) -> dict[str, Any]:
         return {**self.fixed, **given} if self.fixed else given
@@ -148,7 +155,8 @@ class AsyncReader:
         self._open += 1
         try:
             connection = await psycopg.AsyncConnection.connect(
-                self.conninfo, autocommit=True, prepare_threshold=0)
+                self.conninfo, autocommit=True, prepare_threshold=0
+            )
         except BaseException:
             self._open -= 1
             self._idle.put_nowait(None)  # a waiter may try in turn

@@ -80,16 +80,22 @@ class _DriverQuery:
         self.sql = str(compiled)
         self.order = tuple(compiled.positiontup or ())
         # Values the statement carries itself (a LIMIT): merged under the caller's.
-        self.fixed = {name: compiled.binds[name].effective_value for name in self.order
-                      if not compiled.binds[name].required}
+        self.fixed = {
+            name: compiled.binds[name].effective_value
+            for name in self.order
+            if not compiled.binds[name].required
+        }
         columns = compiled._result_columns  # noqa: SLF001 - names and types, in order
         self.row_type: Any = namedtuple(  # type: ignore[misc] # field names known at run time
-            "Row", [column.keyname for column in columns])
-        processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
-                      for column in columns]
+            "Row", [column.keyname for column in columns]
+        )
+        processors = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ]
         # Only the columns whose values need converting (dates, JSON).
-        self.conversions = [(index, process) for index, process in enumerate(processors)
-                            if process is not None]
+        self.conversions = [
+            (index, process) for index, process in enumerate(processors) if process is not None
+        ]
 
     def first(self, driver: Any, params: dict[str, Any]) -> Any:
         row = driver.execute(self.sql, self.values(params)).fetchone()
@@ -117,10 +123,13 @@ class Database:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite and self.url.database and self.url.database != ":memory:":
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, object] = {"pool_pre_ping": not self.is_sqlite,
-                                     "pool_size": 10, "max_overflow": 20,
-                                     # JSON columns are read on every status poll.
-                                     "json_deserializer": orjson.loads}
+        kwargs: dict[str, object] = {
+            "pool_pre_ping": not self.is_sqlite,
+            "pool_size": 10,
+            "max_overflow": 20,
+            # JSON columns are read on every status poll.
+            "json_deserializer": orjson.loads,
+        }
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         # SQLAlchemy's Engine (pools and dialect) is ``sql``: in openimagine an
@@ -132,7 +141,8 @@ class Database:
         # One-statement reads need no transaction: on a server, autocommit
         # saves the BEGIN and ROLLBACK round trips (SQLite: see _on_begin).
         self._single_sql = self.sql.execution_options(
-            single_statement=True, **({} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}))
+            single_statement=True, **({} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"})
+        )
         self._local = threading.local()
         self._write_lock: threading.Lock | nullcontext[None] = (
             threading.Lock() if self.is_sqlite else nullcontext()
@@ -147,8 +157,9 @@ class Database:
         # sessions and writes keep pinging.
         self._hot_sql: Engine | None = None
         if not self.is_sqlite:
-            self._hot_sql = create_engine(url, **{**kwargs, "pool_pre_ping": False},
-                                          isolation_level="AUTOCOMMIT")
+            self._hot_sql = create_engine(
+                url, **{**kwargs, "pool_pre_ping": False}, isolation_level="AUTOCOMMIT"
+            )
         # The event loop's own connections (``fetch_first_async``), per loop.
         self.async_reads = self.url.get_driver_name() == "psycopg"
         self._readers: dict[asyncio.AbstractEventLoop, AsyncReader] = {}
@@ -162,8 +173,9 @@ class Database:
         """A plain connection for one-statement reads on hot paths (no ORM session)."""
         return self._single_sql.connect()
 
-    def fetch_first(self, statement: Select[Unpack[tuple[Any, ...]]],
-                    params: dict[str, Any]) -> Record | None:
+    def fetch_first(
+        self, statement: Select[Unpack[tuple[Any, ...]]], params: dict[str, Any]
+    ) -> Record | None:
         """The first row of a one-statement read (attribute access by column
         name), as cheaply as possible: this serves every status poll.
 
@@ -178,14 +190,16 @@ class Database:
             return self._on_server(statement, params, many=False)
         return self._driver_query(statement).first(self._driver(), params)
 
-    async def fetch_first_async(self, statement: Select[Unpack[tuple[Any, ...]]],
-                                params: dict[str, Any]) -> Record | None:
+    async def fetch_first_async(
+        self, statement: Select[Unpack[tuple[Any, ...]]], params: dict[str, Any]
+    ) -> Record | None:
         """``fetch_first`` from the event loop without a thread (PostgreSQL with
         psycopg: ``async_reads``): see ``store/async_reads.py``."""
         return await self._reader().first(statement, params)  # type: ignore[no-any-return]
 
-    async def fetch_all_async(self, statement: Select[Unpack[tuple[Any, ...]]],
-                              params: dict[str, Any]) -> list[Record]:
+    async def fetch_all_async(
+        self, statement: Select[Unpack[tuple[Any, ...]]], params: dict[str, Any]
+    ) -> list[Record]:
         """``fetch_all`` from the event loop without a thread (as ``fetch_first_async``)."""
         return await self._reader().all(statement, params)
 
@@ -196,8 +210,9 @@ class Database:
             reader = self._readers[loop] = AsyncReader(self.url, self.sql.dialect)
         return reader
 
-    def fetch_all(self, statement: Select[Unpack[tuple[Any, ...]]],
-                  params: dict[str, Any]) -> list[Record]:
+    def fetch_all(
+        self, statement: Select[Unpack[tuple[Any, ...]]], params: dict[str, Any]
+    ) -> list[Record]:
         """Every row of a one-statement read, as cheaply as ``fetch_first``."""
         if self._hot_sql is not None:
             return self._on_server(statement, params, many=True)  # type: ignore[no-any-return]
@@ -239,8 +254,11 @@ class Database:
         # lock; left to SQLite's busy handler they would sleep in steps of up
         # to 100 ms (measured: ~100 submissions/s instead of the disk's speed).
         # Other processes still wait through busy_timeout.
-        with self._write_lock, Session(self._write_sql, expire_on_commit=False) as session, \
-                session.begin():
+        with (
+            self._write_lock,
+            Session(self._write_sql, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
 
     def ping(self) -> None:

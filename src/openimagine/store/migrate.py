@@ -26,7 +26,6 @@ def upgrade(database: Database) -> None:
         if connection.dialect.name == "postgresql":
             # Replicas starting together take turns: the later ones find the schema
             # at head instead of racing to create the same tables.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                               {"key": MIGRATION_LOCK})
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

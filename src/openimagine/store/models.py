@@ -186,14 +186,16 @@ class Task(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # When the retention janitor deleted its stored inputs and outputs
     # (``services/retention.py``): the row stays, its status says the files expired.
-    files_expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
-                                                              nullable=True)
+    files_expired_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
 
     __table_args__ = (
         Index("tasks_by_status", "status", "created_at"),
         # The retention janitor's work, oldest first: finished tasks whose files are kept.
-        Index("tasks_files_kept", "finished_at", sqlite_where=FILES_KEPT,
-              postgresql_where=FILES_KEPT),
+        Index(
+            "tasks_files_kept", "finished_at", sqlite_where=FILES_KEPT, postgresql_where=FILES_KEPT
+        ),
         Index("tasks_by_account", "account_id", "created_at", "id"),
         # Fair claims: the accounts with pending tasks of a model, each one's oldest.
         Index("tasks_queue", "model", "status", "account_id", "created_at"),
@@ -205,10 +207,25 @@ class Task(Base):
 # OpenAI face's Video object read only these): the status poll selects just
 # them, the hottest query of all.
 TASK_VIEW_COLUMNS = (
-    Task.id, Task.status, Task.created_at, Task.consumed_credits, Task.error_message,
-    Task.mode, Task.prompt, Task.ratio, Task.images, Task.outputs, Task.progress,
-    Task.model, Task.duration, Task.resolution, Task.media, Task.remixed_from,
-    Task.started_at, Task.finished_at, Task.files_expired_at,
+    Task.id,
+    Task.status,
+    Task.created_at,
+    Task.consumed_credits,
+    Task.error_message,
+    Task.mode,
+    Task.prompt,
+    Task.ratio,
+    Task.images,
+    Task.outputs,
+    Task.progress,
+    Task.model,
+    Task.duration,
+    Task.resolution,
+    Task.media,
+    Task.remixed_from,
+    Task.started_at,
+    Task.finished_at,
+    Task.files_expired_at,
 )
 
 
@@ -284,14 +301,14 @@ class WebhookDelivery(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
     # NULL: the task's own callback URL, signed with the account's default secret.
-    endpoint_id: Mapped[str | None] = mapped_column(ForeignKey("webhook_endpoints.id"),
-                                                    nullable=True)
+    endpoint_id: Mapped[str | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id"), nullable=True
+    )
     url: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(12), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # When it is due; while a process sends it, when its lease runs out.
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
-                                                             nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -316,7 +333,6 @@ class WebhookAttempt(Base):
     latency_ms: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(String(300), nullable=True)
     # The next try, or None when there is none.
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
-                                                             nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (Index("webhook_attempts_by_delivery", "delivery_id", "attempt"),)

@@ -134,11 +134,20 @@ class FakeUpstream:
         self._socket = sock
         port = sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}/v1"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"fake-{self.flavor}-{port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name=f"fake-{self.flavor}-{port}",
+            daemon=True,
+        )
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self._server.started:
@@ -187,9 +196,11 @@ class FakeUpstream:
 
     @staticmethod
     def _check(config: FakeConfig) -> None:
-        for name, value, allowed in (("outcome", config.outcome, OUTCOMES),
-                                     ("statuses", config.statuses, STATUS_SETS),
-                                     ("video_codec", config.video_codec, CODECS)):
+        for name, value, allowed in (
+            ("outcome", config.outcome, OUTCOMES),
+            ("statuses", config.statuses, STATUS_SETS),
+            ("video_codec", config.video_codec, CODECS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
@@ -209,8 +220,10 @@ class FakeUpstream:
     # ------------------------------------------------------------------ shared
 
     def _build_app(self) -> Starlette:
-        routes = [Route("/_fake/stats", self._control_stats, methods=["GET"]),
-                  Route("/_fake/config", self._control_config, methods=["POST"])]
+        routes = [
+            Route("/_fake/stats", self._control_stats, methods=["GET"]),
+            Route("/_fake/config", self._control_config, methods=["POST"]),
+        ]
         if self.flavor == "xai":
             routes += [
                 Route("/v1/videos/generations", self._xai_create, methods=["POST"]),
@@ -234,8 +247,12 @@ class FakeUpstream:
             return JSONResponse({"code": short, "error": message}, status, headers=headers)
         fallback = "server_error" if status >= 500 else "invalid_request_error"
         kind = _OPENAI_TYPES.get(status, fallback)
-        body = {"message": message, "type": kind, "param": None,
-                "code": code or _OPENAI_CODES.get(status)}
+        body = {
+            "message": message,
+            "type": kind,
+            "param": None,
+            "code": code or _OPENAI_CODES.get(status),
+        }
         return JSONResponse({"error": body}, status, headers=headers)
 
     def _authorized(self, request: Request) -> bool:
@@ -253,12 +270,14 @@ class FakeUpstream:
         with self._lock:
             config = self.config
             if config.create_status is not None:
-                return self._error(config.create_status,
-                                   f"create refused with {config.create_status} (fake)")
+                return self._error(
+                    config.create_status, f"create refused with {config.create_status} (fake)"
+                )
             if config.create_failures > 0:
                 # Spend one failure; the knob counts down so the retry after it succeeds.
-                self.config = dataclasses.replace(config,
-                                                  create_failures=config.create_failures - 1)
+                self.config = dataclasses.replace(
+                    config, create_failures=config.create_failures - 1
+                )
                 return self._error(503, "the service is overloaded, retry later (fake)")
         return None
 
@@ -266,10 +285,19 @@ class FakeUpstream:
         config = self.config
         word = config.moderate_word
         moderated = bool(word) and str(word).lower() in prompt.lower()
-        job = _Job(id=job_id, model=model, prompt=prompt, started=time.monotonic(),
-                   created_at=int(time.time()), job_seconds=config.job_seconds,
-                   outcome=config.outcome, moderated=moderated,
-                   statuses=config.statuses, codec=config.video_codec, extra=extra)
+        job = _Job(
+            id=job_id,
+            model=model,
+            prompt=prompt,
+            started=time.monotonic(),
+            created_at=int(time.time()),
+            job_seconds=config.job_seconds,
+            outcome=config.outcome,
+            moderated=moderated,
+            statuses=config.statuses,
+            codec=config.video_codec,
+            extra=extra,
+        )
         with self._lock:
             self._jobs[job_id] = job
             self._counts["jobs"] += 1
@@ -297,8 +325,9 @@ class FakeUpstream:
             return HTMLResponse(NOT_VIDEO)
         # Encoding is CPU work (once per codec, then cached); keep it off the event loop.
         width, height = job.extra.get("frame", (64, 64))
-        data = await run_in_threadpool(sample_mp4_bytes, codec=job.codec, faststart=False,
-                                       width=width, height=height)
+        data = await run_in_threadpool(
+            sample_mp4_bytes, codec=job.codec, faststart=False, width=width, height=height
+        )
         return Response(data, media_type="video/mp4")
 
     # ------------------------------------------------------------------ flavor xai
@@ -314,9 +343,13 @@ class FakeUpstream:
         problem = _xai_invalid(body)
         if problem:
             return self._error(400, problem)
-        job = self._new_job(str(uuid.uuid4()), str(body.get("model") or "grok-imagine-video"),
-                            body["prompt"], duration=int(round(body.get("duration", 6))),
-                            frame=_small_frame(*body.get("aspect_ratio", "1:1").split(":")))
+        job = self._new_job(
+            str(uuid.uuid4()),
+            str(body.get("model") or "grok-imagine-video"),
+            body["prompt"],
+            duration=int(round(body.get("duration", 6))),
+            frame=_small_frame(*body.get("aspect_ratio", "1:1").split(":")),
+        )
         return JSONResponse({"request_id": job.id})
 
     async def _xai_poll(self, request: Request) -> Response:
@@ -326,19 +359,40 @@ class FakeUpstream:
         if not job.finished():
             return JSONResponse({"status": "pending", "progress": job.progress()})
         if job.moderated:
-            return JSONResponse({"status": "done", "progress": 100, "model": job.model,
-                                 "video": {"url": None, "duration": 0,
-                                           "respect_moderation": False}})
+            return JSONResponse(
+                {
+                    "status": "done",
+                    "progress": 100,
+                    "model": job.model,
+                    "video": {"url": None, "duration": 0, "respect_moderation": False},
+                }
+            )
         if job.outcome == "failed":
             # HTTP 200 on purpose: xAI reports a failed job in the body only.
-            return JSONResponse({"status": "failed", "error": {
-                "code": "internal_error", "message": "upstream render crashed (fake)"}})
+            return JSONResponse(
+                {
+                    "status": "failed",
+                    "error": {
+                        "code": "internal_error",
+                        "message": "upstream render crashed (fake)",
+                    },
+                }
+            )
         if job.outcome == "expired":
             return JSONResponse({"status": "expired"})
         url = f"{str(request.base_url).rstrip('/')}/v1/files/{job.id}.mp4"
-        return JSONResponse({"status": "done", "progress": 100, "model": job.model,
-                             "video": {"url": url, "duration": job.extra["duration"],
-                                       "respect_moderation": True}})
+        return JSONResponse(
+            {
+                "status": "done",
+                "progress": 100,
+                "model": job.model,
+                "video": {
+                    "url": url,
+                    "duration": job.extra["duration"],
+                    "respect_moderation": True,
+                },
+            }
+        )
 
     async def _xai_file(self, request: Request) -> Response:
         job = await self._find(request, "downloads")
@@ -371,17 +425,27 @@ class FakeUpstream:
         problem = _openai_invalid(fields)
         if problem:
             return self._error(400, problem, code="invalid_value")
-        job = self._new_job(f"video_{uuid.uuid4().hex}", str(fields.get("model") or "fake-video"),
-                            fields["prompt"], seconds=str(fields.get("seconds") or "4"),
-                            size=str(fields.get("size") or "720x1280"),
-                            frame=_small_frame(*str(fields.get("size") or "720x1280").split("x")))
+        job = self._new_job(
+            f"video_{uuid.uuid4().hex}",
+            str(fields.get("model") or "fake-video"),
+            fields["prompt"],
+            seconds=str(fields.get("seconds") or "4"),
+            size=str(fields.get("size") or "720x1280"),
+            frame=_small_frame(*str(fields.get("size") or "720x1280").split("x")),
+        )
         return JSONResponse(self._video_object(job))
 
     def _video_object(self, job: _Job) -> dict[str, Any]:
         obj: dict[str, Any] = {
-            "id": job.id, "object": "video", "created_at": job.created_at, "status": "queued",
-            "model": job.model, "progress": job.progress(), "seconds": job.extra["seconds"],
-            "size": job.extra["size"], "prompt": job.prompt,
+            "id": job.id,
+            "object": "video",
+            "created_at": job.created_at,
+            "status": "queued",
+            "model": job.model,
+            "progress": job.progress(),
+            "seconds": job.extra["seconds"],
+            "size": job.extra["size"],
+            "prompt": job.prompt,
         }
         fraction = job.fraction()
         if not job.finished():
@@ -393,8 +457,10 @@ class FakeUpstream:
                 obj["status"] = "in_progress"
         elif job.moderated:
             obj["status"] = "failed"
-            obj["error"] = {"code": "content_policy_violation",
-                            "message": "the prompt was refused by the content policy (fake)"}
+            obj["error"] = {
+                "code": "content_policy_violation",
+                "message": "the prompt was refused by the content policy (fake)",
+            }
         elif job.outcome in ("failed", "expired"):
             obj["status"] = "failed"
             obj["error"] = {"code": "internal_error", "message": "upstream render crashed (fake)"}
@@ -433,13 +499,28 @@ class FakeUpstream:
         return JSONResponse({"id": job.id, "object": "video", "deleted": True})
 
 
-_XAI_CODES = {400: "Client specified an invalid argument", 401: "Unauthenticated",
-              403: "Permission denied", 404: "not found", 429: "Resource exhausted",
-              500: "Internal error", 503: "Service unavailable"}
-_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                 429: "rate_limit_error"}
-_OPENAI_CODES = {401: "invalid_api_key", 404: "not_found", 415: "unsupported_media_type",
-                 422: "unprocessable_entity", 503: "service_unavailable"}
+_XAI_CODES = {
+    400: "Client specified an invalid argument",
+    401: "Unauthenticated",
+    403: "Permission denied",
+    404: "not found",
+    429: "Resource exhausted",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+_OPENAI_CODES = {
+    401: "invalid_api_key",
+    404: "not_found",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    503: "service_unavailable",
+}
 
 
 def _small_frame(width: str, height: str) -> tuple[int, int]:
@@ -459,8 +540,11 @@ def _xai_invalid(body: Any) -> str | None:
     if not isinstance(prompt, str) or not prompt.strip():
         return "prompt must be a non-empty string"
     duration = body.get("duration", 6)
-    if isinstance(duration, bool) or not isinstance(duration, int | float) \
-            or not 1 <= duration <= 15:
+    if (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 1 <= duration <= 15
+    ):
         return f"duration must be a number from 1 to 15, got {duration!r}"
     if "aspect_ratio" in body and body["aspect_ratio"] not in XAI_RATIOS:
         return f"aspect_ratio must be one of {sorted(XAI_RATIOS)}, got {body['aspect_ratio']!r}"
@@ -521,14 +605,17 @@ def _openai_invalid(fields: dict[str, Any]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m openimagine.testing.fake_upstreams",
-                                     description="Serve a fake upstream video API on loopback.")
+    parser = argparse.ArgumentParser(
+        prog="python -m openimagine.testing.fake_upstreams",
+        description="Serve a fake upstream video API on loopback.",
+    )
     parser.add_argument("--flavor", choices=FLAVORS, required=True)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--job-seconds", type=float, default=FakeConfig.job_seconds)
     parser.add_argument("--api-key", default=None)
-    parser.add_argument("--moderate-word", default=FakeConfig.moderate_word,
-                        help='"" turns moderation off')
+    parser.add_argument(
+        "--moderate-word", default=FakeConfig.moderate_word, help='"" turns moderation off'
+    )
     parser.add_argument("--outcome", choices=OUTCOMES, default=FakeConfig.outcome)
     parser.add_argument("--create-failures", type=int, default=0)
     parser.add_argument("--create-status", type=int, default=None)

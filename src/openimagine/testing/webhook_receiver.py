@@ -53,8 +53,14 @@ class _Server(ThreadingHTTPServer):
 class WebhookReceiver:
     """Answers the first requests with ``answers`` in turn, later ones with ``then``."""
 
-    def __init__(self, *, port: int = 0, answers: Iterable[Answer] = (), then: Answer = 200,
-                 delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        answers: Iterable[Answer] = (),
+        then: Answer = 200,
+        delay: float = 0.0,
+    ) -> None:
         self.port = port
         self.answers = list(answers)
         self.then = then
@@ -79,9 +85,15 @@ class WebhookReceiver:
                     time.sleep(receiver.delay)
                 status, headers = receiver._next_answer()
                 with receiver._lock:
-                    receiver.received.append(Received(
-                        self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                        time.time(), status))
+                    receiver.received.append(
+                        Received(
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            time.time(),
+                            status,
+                        )
+                    )
                     receiver._lock.notify_all()
                 self.send_response(status)
                 for name, value in headers.items():
@@ -122,8 +134,10 @@ class WebhookReceiver:
             while len(self.received) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"{len(self.received)} of {count} webhook deliveries "
-                                         f"arrived within {timeout}s")
+                    raise AssertionError(
+                        f"{len(self.received)} of {count} webhook deliveries "
+                        f"arrived within {timeout}s"
+                    )
                 self._lock.wait(left)
             return list(self.received[:count])
 
@@ -150,8 +164,9 @@ def main() -> None:  # pragma: no cover - a tool for people
                         verdict = " (signature verifies)"
                     except WebhookVerificationError as exc:
                         verdict = f" (signature does NOT verify: {exc})"
-                print(f"{item.headers.get('webhook-id')}{verdict}: {item.body.decode()}",
-                      flush=True)
+                print(
+                    f"{item.headers.get('webhook-id')}{verdict}: {item.body.decode()}", flush=True
+                )
                 seen += 1
     except KeyboardInterrupt:
         receiver.stop()

@@ -71,6 +71,7 @@ STOP_SIGNAL = signal.SIGUSR2
 
 def register_run_task(app: Celery) -> None:
     """The consumer's side of ``TASK_NAME``: claim the task and run it here."""
+
     @app.task(name=TASK_NAME, bind=True)
     def run(self: Any, task_id: str) -> str:
         status = _current_process(self.app).run(task_id)
@@ -92,32 +93,49 @@ class WorkerProcess:
         catalog: Catalog = app.openimagine_catalog  # type: ignore[attr-defined]
         model: Model = app.openimagine_model  # type: ignore[attr-defined]
         self.model = model
-        self.runner = Runner(model, self.db, storage_from_settings(settings),
-                             create_model_engine(model, catalog), load_policy(settings))
+        self.runner = Runner(
+            model,
+            self.db,
+            storage_from_settings(settings),
+            create_model_engine(model, catalog),
+            load_policy(settings),
+        )
         dispatcher = CeleryDispatcher(app)
-        self.sweeper = Sweeper(settings, self.db, dispatcher, dispatcher.queue_depth,
-                               storage=self.runner.storage)
+        self.sweeper = Sweeper(
+            settings, self.db, dispatcher, dispatcher.queue_depth, storage=self.runner.storage
+        )
         self._stop = threading.Event()
         # Set by SIGTERM in this process: the running task is given back.
         self.stopping = threading.Event()
-        self._sweeping = threading.Thread(target=self.sweeper.run, args=(self._stop,),
-                                          name="openimagine-sweeper", daemon=True)
+        self._sweeping = threading.Thread(
+            target=self.sweeper.run, args=(self._stop,), name="openimagine-sweeper", daemon=True
+        )
         self._sweeping.start()
         # Webhooks go out from every worker process too (any process may send them).
-        self._stop_delivering = start_deliverer(settings, self.db, self.runner.storage,
-                                                name=self.name)
-        log.info("worker %s ready: model %s (%s), queue %s", self.name, model.name, model.engine,
-                 queue_name(model.name))
+        self._stop_delivering = start_deliverer(
+            settings, self.db, self.runner.storage, name=self.name
+        )
+        log.info(
+            "worker %s ready: model %s (%s), queue %s",
+            self.name,
+            model.name,
+            model.engine,
+            queue_name(model.name),
+        )
 
     def run(self, task_id: str) -> str:
-        claim = lifecycle.claim_next(self.db, owner=self.name, model=self.model.name,
-                                     lease_seconds=self.settings.lease_seconds, task_id=task_id)
+        claim = lifecycle.claim_next(
+            self.db,
+            owner=self.name,
+            model=self.model.name,
+            lease_seconds=self.settings.lease_seconds,
+            task_id=task_id,
+        )
         if claim is None:
             # Already claimed, finished, or of another model: the row says so.
             log.info("task %s: not pending; message dropped", task_id)
             return RunStatus.SKIPPED
-        outcome = run_with_heartbeat(self.runner, claim, threading.Event(),
-                                     stopping=self.stopping)
+        outcome = run_with_heartbeat(self.runner, claim, threading.Event(), stopping=self.stopping)
         log.info("task %s: %s", claim.task_id, outcome.status)
         return outcome.status
 
@@ -172,8 +190,9 @@ def _on_process_shutdown(**_: Any) -> None:
         _process.close()
 
 
-def run_worker(settings: Settings, model: Model, catalog: Catalog, *,
-               concurrency: int | None = None) -> None:
+def run_worker(
+    settings: Settings, model: Model, catalog: Catalog, *, concurrency: int | None = None
+) -> None:
     """``openimagine worker`` with a broker, for one model: consume ``openimagine.<model>``
     until stopped (SIGTERM: running tasks go back to the queue, then warm shutdown)."""
     from celery import signals
@@ -194,15 +213,23 @@ def run_worker(settings: Settings, model: Model, catalog: Catalog, *,
         signals.worker_ready.connect(lambda **_: _current_process(app), weak=False)
     node = f"openimagine-{model.name}-{os.getpid()}@{socket.gethostname()}"
     slots = max(1, concurrency or model.concurrency)
-    app.worker_main([
-        "worker",
-        "--queues", queue_name(model.name),
-        "--concurrency", str(slots),
-        # A relay waits on another API: threads in one process. A local engine
-        # renders: one forked process per slot (per GPU).
-        "--pool", "threads" if model.relay else "prefork",
-        "--hostname", node,
-        "--loglevel", "INFO",
-        # No start-up handshake with other workers: faster start, nothing we use.
-        "--without-mingle", "--without-gossip",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queue_name(model.name),
+            "--concurrency",
+            str(slots),
+            # A relay waits on another API: threads in one process. A local engine
+            # renders: one forked process per slot (per GPU).
+            "--pool",
+            "threads" if model.relay else "prefork",
+            "--hostname",
+            node,
+            "--loglevel",
+            "INFO",
+            # No start-up handshake with other workers: faster start, nothing we use.
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )

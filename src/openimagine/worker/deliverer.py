@@ -51,15 +51,24 @@ def render(db: Database, storage: Storage, due: webhooks.Due) -> bytes:
     payload: dict[str, Any]
     if due.event_type.startswith("video."):
         # OpenAI's event shape: what the openai SDK's ``webhooks.unwrap`` reads.
-        payload = {"id": due.event_id, "object": "event",
-                   "created_at": int(due.created_at.timestamp()), "type": due.event_type,
-                   "data": {"id": due.task_id}}
+        payload = {
+            "id": due.event_id,
+            "object": "event",
+            "created_at": int(due.created_at.timestamp()),
+            "type": due.event_type,
+            "data": {"id": due.task_id},
+        }
     else:
         with db.connect() as connection:
-            task = connection.execute(select(*TASK_VIEW_COLUMNS)
-                                      .where(Task.id == due.task_id)).one()
-        payload = {"id": due.event_id, "type": due.event_type,
-                   "timestamp": rfc3339(due.created_at), "data": tasks.task_view(task, storage)}
+            task = connection.execute(
+                select(*TASK_VIEW_COLUMNS).where(Task.id == due.task_id)
+            ).one()
+        payload = {
+            "id": due.event_id,
+            "type": due.event_type,
+            "timestamp": rfc3339(due.created_at),
+            "data": tasks.task_view(task, storage),
+        }
     return orjson.dumps(payload)
 
 
@@ -93,8 +102,16 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, db: Database, storage: Storage, *, name: str,
-                 concurrency: int = CONCURRENCY, policy: AddressPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        storage: Storage,
+        *,
+        name: str,
+        concurrency: int = CONCURRENCY,
+        policy: AddressPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.storage = storage
@@ -103,17 +120,21 @@ class Deliverer:
         self.lease_seconds = settings.webhook_timeout + LEASE_MARGIN
         self.poll_seconds = max(0.05, settings.poll_seconds)
         self.client = httpx.Client(
-            transport=guarded_transport(policy or AddressPolicy.from_settings(settings),
-                                        max_connections=concurrency),
+            transport=guarded_transport(
+                policy or AddressPolicy.from_settings(settings), max_connections=concurrency
+            ),
             # A proxy from the environment would be the only address checked.
-            trust_env=False, follow_redirects=False)
+            trust_env=False,
+            follow_redirects=False,
+        )
 
     def claim(self) -> webhooks.Due | None:
         first_delay = self.settings.webhook_retry_schedule[0]
         if not webhooks.has_due(self.db, first_delay):
             return None
-        return webhooks.claim_due(self.db, owner=self.name, lease_seconds=self.lease_seconds,
-                                  first_delay=first_delay)
+        return webhooks.claim_due(
+            self.db, owner=self.name, lease_seconds=self.lease_seconds, first_delay=first_delay
+        )
 
     def deliver(self, due: webhooks.Due) -> str:
         """One try of ``due``; its status afterwards."""
@@ -129,20 +150,31 @@ class Deliverer:
             outcome = webhooks.Outcome(None, 0, f"cannot render the event: {type(exc).__name__}")
         else:
             outcome = self.send(due.url, body, signed_headers(due.event_id, at, body, keys))
-        status = webhooks.record(self.db, due, outcome,
-                                 schedule=self.settings.webhook_retry_schedule,
-                                 at=at) or "taken over by another process"
-        log.log(logging.INFO if outcome.delivered else logging.WARNING,
-                "webhook %s (%s, try %d) to %s: %s -> %s", due.event_id, due.event_type,
-                due.attempt, due.url, outcome.status_code or outcome.error, status)
+        status = (
+            webhooks.record(
+                self.db, due, outcome, schedule=self.settings.webhook_retry_schedule, at=at
+            )
+            or "taken over by another process"
+        )
+        log.log(
+            logging.INFO if outcome.delivered else logging.WARNING,
+            "webhook %s (%s, try %d) to %s: %s -> %s",
+            due.event_id,
+            due.event_type,
+            due.attempt,
+            due.url,
+            outcome.status_code or outcome.error,
+            status,
+        )
         return status
 
     def send(self, url: str, body: bytes, headers: dict[str, str]) -> webhooks.Outcome:
         started = time.monotonic()
         try:
             # The body of the answer is never read: its status and headers say it all.
-            with self.client.stream("POST", url, content=body, headers=headers,
-                                    timeout=self.settings.webhook_timeout) as response:
+            with self.client.stream(
+                "POST", url, content=body, headers=headers, timeout=self.settings.webhook_timeout
+            ) as response:
                 status = response.status_code
                 retry_after = retry_after_seconds(response.headers.get("retry-after"))
         except (FetchFailed, httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -164,8 +196,9 @@ class Deliverer:
         tries under way finish first)."""
         slots = threading.BoundedSemaphore(self.concurrency)
         try:
-            with ThreadPoolExecutor(self.concurrency,
-                                    thread_name_prefix="openimagine-webhook") as pool:
+            with ThreadPoolExecutor(
+                self.concurrency, thread_name_prefix="openimagine-webhook"
+            ) as pool:
                 while not stop.is_set():
                     if not slots.acquire(timeout=self.poll_seconds):
                         continue
@@ -179,18 +212,21 @@ class Deliverer:
                         stop.wait(self.poll_seconds)
                         continue
                     pool.submit(self._deliver_logged, due).add_done_callback(
-                        lambda _: slots.release())
+                        lambda _: slots.release()
+                    )
         finally:
             self.client.close()
 
 
-def start_deliverer(settings: Settings, db: Database, storage: Storage, *,
-                    name: str) -> Callable[[], None]:
+def start_deliverer(
+    settings: Settings, db: Database, storage: Storage, *, name: str
+) -> Callable[[], None]:
     """Run a ``Deliverer`` in a thread of its own; returns the function that stops it."""
     deliverer = Deliverer(settings, db, storage, name=name)
     stop = threading.Event()
-    thread = threading.Thread(target=deliverer.run, args=(stop,), daemon=True,
-                              name="openimagine-webhooks")
+    thread = threading.Thread(
+        target=deliverer.run, args=(stop,), daemon=True, name="openimagine-webhooks"
+    )
     thread.start()
 
     def stop_it() -> None:

@@ -66,11 +66,15 @@ class CeleryDispatcher:
 
     def notify(self, task_id: str, model: str) -> None:
         try:
-            self.app.send_task(queues.TASK_NAME, args=[task_id], queue=queues.queue_name(model),
-                               ignore_result=True)
+            self.app.send_task(
+                queues.TASK_NAME, args=[task_id], queue=queues.queue_name(model), ignore_result=True
+            )
         except Exception:
-            log.warning("could not publish task %s; the sweeper will publish it again",
-                        task_id, exc_info=True)
+            log.warning(
+                "could not publish task %s; the sweeper will publish it again",
+                task_id,
+                exc_info=True,
+            )
 
     def queue_depth(self, model: str) -> int | None:
         """Messages ready in the model's queue (0 if it does not exist yet); None if unknown."""

@@ -39,8 +39,9 @@ class Progress:
 
 
 class Heartbeat:
-    def __init__(self, settings: Settings, db: Database, claim: lifecycle.Claim,
-                 cancelled: threading.Event) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, claim: lifecycle.Claim, cancelled: threading.Event
+    ) -> None:
         self.settings = settings
         self.db = db
         self.claim = claim
@@ -61,8 +62,12 @@ class Heartbeat:
     def beat(self) -> None:
         """Renew the lease with the progress; blocking. A lost lease stops the engine."""
         try:
-            ours = lifecycle.renew(self.db, self.claim, lease_seconds=self.settings.lease_seconds,
-                                   progress=self._written)
+            ours = lifecycle.renew(
+                self.db,
+                self.claim,
+                lease_seconds=self.settings.lease_seconds,
+                progress=self._written,
+            )
         except Exception:
             log.exception("heartbeat failed for %s", self.claim.task_id)
             return
@@ -71,9 +76,14 @@ class Heartbeat:
             self.cancelled.set()
 
 
-def run_with_heartbeat(runner: Runner, claim: lifecycle.Claim, cancelled: threading.Event, *,
-                       stopping: threading.Event | None = None,
-                       on_beat: Callable[[], None] | None = None) -> Outcome:
+def run_with_heartbeat(
+    runner: Runner,
+    claim: lifecycle.Claim,
+    cancelled: threading.Event,
+    *,
+    stopping: threading.Event | None = None,
+    on_beat: Callable[[], None] | None = None,
+) -> Outcome:
     """``runner.run(claim)`` in this thread, with a heartbeat thread meanwhile that
     writes progress, renews the lease, and stops the engine (cooperatively, through
     ``cancelled``) when the lease turns out to be someone else's or ``stopping`` is

@@ -40,10 +40,18 @@ def worker_name() -> str:
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, db: Database, storage: Storage, catalog: Catalog, *,
-                 models: list[Model] | None = None, wakeups: WakeupDispatcher | None = None,
-                 engines: dict[str, Engine] | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        storage: Storage,
+        catalog: Catalog,
+        *,
+        models: list[Model] | None = None,
+        wakeups: WakeupDispatcher | None = None,
+        engines: dict[str, Engine] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.storage = storage
@@ -55,8 +63,9 @@ class WorkerPool:
         # Told after each progress write and each outcome (live status streams).
         self.on_change = on_change or (lambda: None)
         slots = sum(model.concurrency for model in self.models)
-        self._executor = ThreadPoolExecutor(max_workers=max(1, slots),
-                                            thread_name_prefix="openimagine-task")
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, slots), thread_name_prefix="openimagine-task"
+        )
         self._cancels: set[threading.Event] = set()
         self.ready = asyncio.Event()
 
@@ -68,17 +77,25 @@ class WorkerPool:
         for model in self.models:
             engine = self._engines.get(model.name)
             if engine is None:
-                engine = await loop.run_in_executor(None, create_model_engine, model,
-                                                    self.catalog)
+                engine = await loop.run_in_executor(None, create_model_engine, model, self.catalog)
             runners.append(Runner(model, self.db, self.storage, engine, policy))
         self.ready.set()
-        log.info("worker %s: %s", self.name, ", ".join(
-            f"{model.name} ({model.engine}, {model.concurrency} at once)" for model in self.models))
+        log.info(
+            "worker %s: %s",
+            self.name,
+            ", ".join(
+                f"{model.name} ({model.engine}, {model.concurrency} at once)"
+                for model in self.models
+            ),
+        )
         # Webhooks go out from every process that runs workers or the API.
         stop_delivering = start_deliverer(self.settings, self.db, self.storage, name=self.name)
         try:
-            await asyncio.gather(self._reaper(stop), self._janitor(stop),
-                                 *(self._serve(runner, stop) for runner in runners))
+            await asyncio.gather(
+                self._reaper(stop),
+                self._janitor(stop),
+                *(self._serve(runner, stop) for runner in runners),
+            )
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
             await asyncio.to_thread(stop_delivering)
@@ -88,8 +105,9 @@ class WorkerPool:
         for event in list(self._cancels):
             event.set()
 
-    async def _sleep_until(self, stop: asyncio.Event, seconds: float,
-                           also: asyncio.Event | None = None) -> None:
+    async def _sleep_until(
+        self, stop: asyncio.Event, seconds: float, also: asyncio.Event | None = None
+    ) -> None:
         waiters = [asyncio.ensure_future(stop.wait())]
         if also is not None:
             waiters.append(asyncio.ensure_future(also.wait()))
@@ -137,9 +155,13 @@ class WorkerPool:
                 wakeup.clear()
                 try:
                     claim = await asyncio.to_thread(
-                        lifecycle.claim_next, self.db, owner=self.name, model=model.name,
+                        lifecycle.claim_next,
+                        self.db,
+                        owner=self.name,
+                        model=model.name,
                         lease_seconds=self.settings.lease_seconds,
-                        plan_priority=self.settings.plan_priority)
+                        plan_priority=self.settings.plan_priority,
+                    )
                 except Exception:
                     log.exception("claiming a %s task failed; trying again", model.name)
                     claim = None
@@ -180,8 +202,10 @@ class WorkerPool:
         def changed() -> None:  # from the heartbeat thread: live status streams
             loop.call_soon_threadsafe(self.on_change)
 
-        future = loop.run_in_executor(self._executor, functools.partial(
-            run_with_heartbeat, runner, claim, cancelled, on_beat=changed))
+        future = loop.run_in_executor(
+            self._executor,
+            functools.partial(run_with_heartbeat, runner, claim, cancelled, on_beat=changed),
+        )
         try:
             # Shielded: a cancelled coroutine must not drop the thread's outcome.
             outcome = await asyncio.shield(future)

@@ -32,8 +32,9 @@ def create_celery_app(settings: Settings) -> Celery:
     try:
         from celery import Celery
     except ImportError:
-        raise RuntimeError("OPENIMAGINE_BROKER_URL needs Celery: "
-                           "pip install 'openimagine[scale]'") from None
+        raise RuntimeError(
+            "OPENIMAGINE_BROKER_URL needs Celery: pip install 'openimagine[scale]'"
+        ) from None
 
     if not settings.broker_url:
         raise ValueError("create_celery_app needs settings.broker_url")
@@ -56,8 +57,12 @@ def create_celery_app(settings: Settings) -> Celery:
         broker_connection_timeout=3.0,
         # A failed publish must not hold an API request for long: the sweeper
         # publishes the task again.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
-                                   "interval_step": 0.2, "interval_max": 0.5},
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         # On a lost broker connection the running task goes on: its lease, not
         # the message, says who owns it, and the redelivered message is a no-op.
         worker_cancel_long_running_tasks_on_connection_loss=False,

@@ -76,8 +76,9 @@ class Outcome:
 
 
 class Runner:
-    def __init__(self, model: Model, db: Database, storage: Storage, engine: Engine,
-                 policy: ModerationPolicy) -> None:
+    def __init__(
+        self, model: Model, db: Database, storage: Storage, engine: Engine, policy: ModerationPolicy
+    ) -> None:
         self.model = model
         self.settings = model.settings
         self.db = db
@@ -89,11 +90,12 @@ class Runner:
         # An engine such as a GPU pipeline runs one job at a time per process;
         # a relay only waits on another API, so its jobs run side by side.
         self._engine_lock: threading.Lock | contextlib.nullcontext[None] = (
-            contextlib.nullcontext() if engine.info.relay else threading.Lock())
+            contextlib.nullcontext() if engine.info.relay else threading.Lock()
+        )
 
     def _load_image(self, ref: str) -> tuple[bytes, Image.Image]:
         if ref.startswith(STORED_PREFIX):
-            data = self.storage.read_bytes(ref[len(STORED_PREFIX):])
+            data = self.storage.read_bytes(ref[len(STORED_PREFIX) :])
         else:
             data = inputs.fetch_image_bytes(ref, self.settings)
         return data, inputs.decode_image(data, max_pixels=self.settings.max_image_pixels)
@@ -103,8 +105,9 @@ class Runner:
         written = lifecycle.fail(self.db, claim, message=message, detail=detail)
         return Outcome(RunStatus.FAILED if written else RunStatus.LOST, detail)
 
-    def run(self, claim: Claim, report: Callable[[float], None],
-            cancelled: threading.Event) -> Outcome:
+    def run(
+        self, claim: Claim, report: Callable[[float], None], cancelled: threading.Event
+    ) -> Outcome:
         try:
             return self._run(claim, report, cancelled)
         except Cancelled:
@@ -116,8 +119,9 @@ class Runner:
             log.exception("task %s: engine or encoding failed", claim.task_id)
             return self._fail(claim, ENGINE_FAILED, f"{type(exc).__name__}: {exc}")
 
-    def _run(self, claim: Claim, report: Callable[[float], None],
-             cancelled: threading.Event) -> Outcome:
+    def _run(
+        self, claim: Claim, report: Callable[[float], None], cancelled: threading.Event
+    ) -> Outcome:
         verdict = self.policy.check(claim.prompt)
         if not verdict.allowed:
             return self._fail(claim, INAPPROPRIATE, verdict.reason or "moderation")
@@ -140,19 +144,29 @@ class Runner:
         staging = self.storage.staging_dir
         if staging is not None:
             staging.mkdir(parents=True, exist_ok=True)
-        with self._engine_lock, tempfile.TemporaryDirectory(dir=staging,
-                                                            prefix=scratch_prefix()) as scratch:
+        with (
+            self._engine_lock,
+            tempfile.TemporaryDirectory(dir=staging, prefix=scratch_prefix()) as scratch,
+        ):
             job = Job(
-                task_id=claim.task_id, prompt=claim.prompt, mode=claim.mode, ratio=claim.ratio,
+                task_id=claim.task_id,
+                prompt=claim.prompt,
+                mode=claim.mode,
+                ratio=claim.ratio,
                 images=[image for _, image in loaded],
                 variations=claim.variations or self.settings.variations,
-                duration=claim.duration or self.settings.duration, fps=self.settings.fps,
+                duration=claim.duration or self.settings.duration,
+                fps=self.settings.fps,
                 resolution=claim.resolution or self.settings.resolution,
-                on_progress=engine_progress, is_cancelled=cancelled.is_set,
-                image_data=[data for data, _ in loaded], resume=claim.upstream,
-                save_state=save_state, scratch=Path(scratch),
-                pinned=frozenset(name for name in ("duration", "resolution")
-                                 if getattr(claim, name) is not None),
+                on_progress=engine_progress,
+                is_cancelled=cancelled.is_set,
+                image_data=[data for data, _ in loaded],
+                resume=claim.upstream,
+                save_state=save_state,
+                scratch=Path(scratch),
+                pinned=frozenset(
+                    name for name in ("duration", "resolution") if getattr(claim, name) is not None
+                ),
             )
             results = self.engine.generate(job)
             for index, result in enumerate(results):
@@ -175,8 +189,9 @@ class Runner:
                 keys.append(key)
         if cancelled.is_set():
             raise Cancelled()
-        if not lifecycle.complete(self.db, claim, outputs=keys, seeds=seeds,
-                                  rendered_by=rendered_by, media=media):
+        if not lifecycle.complete(
+            self.db, claim, outputs=keys, seeds=seeds, rendered_by=rendered_by, media=media
+        ):
             return Outcome(RunStatus.LOST, "lease taken over before the result was written")
         return Outcome(RunStatus.COMPLETED)
 

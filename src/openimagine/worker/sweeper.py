@@ -41,25 +41,37 @@ def sweep_interval(settings: Settings) -> float:
 
 
 class Sweeper:
-    def __init__(self, settings: Settings, db: Database, dispatcher: Dispatcher,
-                 queue_depth: Callable[[str], int | None] | None = None,
-                 storage: Storage | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        dispatcher: Dispatcher,
+        queue_depth: Callable[[str], int | None] | None = None,
+        storage: Storage | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.dispatcher = dispatcher
         self.queue_depth = queue_depth
-        self.janitor = (retention.Janitor(db, storage, settings.retention)
-                        if storage is not None else None)
+        self.janitor = (
+            retention.Janitor(db, storage, settings.retention) if storage is not None else None
+        )
 
     def sweep(self) -> tuple[int, int, int]:
         """One round; returns (re-queued, failed, re-published)."""
         requeued, failed = lifecycle.reap_expired(
-            self.db, max_attempts=self.settings.max_attempts, on_requeue=self.dispatcher.notify)
+            self.db, max_attempts=self.settings.max_attempts, on_requeue=self.dispatcher.notify
+        )
         idempotency.forget_expired(self.db)
         republished = 0 if self.queue_depth is None else self._republish(self.queue_depth)
         if requeued or failed or republished:
-            log.warning("sweeper: %d expired lease(s) re-queued, %d failed, %d pending task(s) "
-                        "published again", requeued, failed, republished)
+            log.warning(
+                "sweeper: %d expired lease(s) re-queued, %d failed, %d pending task(s) "
+                "published again",
+                requeued,
+                failed,
+                republished,
+            )
         return requeued, failed, republished
 
     def _republish(self, queue_depth: Callable[[str], int | None]) -> int:
@@ -69,8 +81,8 @@ class Sweeper:
             # Unknown depth (broker unreachable): assume every message may be missing.
             missing = pending if ready is None else pending - ready
             stale = lifecycle.take_stale_pending(
-                self.db, model=model, older_than=self.settings.redispatch_seconds,
-                limit=missing)
+                self.db, model=model, older_than=self.settings.redispatch_seconds, limit=missing
+            )
             for task_id in stale:
                 self.dispatcher.notify(task_id, model)
             republished += len(stale)

@@ -27,9 +27,14 @@ CODES = {"TOO_MANY_TASKS": "too_many_tasks"}
 
 def openai_error_body(error: ServiceError) -> dict:
     kind, code = KINDS.get(error.status, ("server_error", None))
-    return {"error": {"message": error.public_message, "type": kind,
-                      "param": getattr(error, "param", None),
-                      "code": CODES.get(error.code, code)}}
+    return {
+        "error": {
+            "message": error.public_message,
+            "type": kind,
+            "param": getattr(error, "param", None),
+            "code": CODES.get(error.code, code),
+        }
+    }
 
 
 def openai_error_response(error: ServiceError) -> Response:
@@ -39,5 +44,9 @@ def openai_error_response(error: ServiceError) -> Response:
         # Both: the SDK prefers the millisecond header, proxies know the standard one.
         headers["Retry-After"] = str(retry_after)
         headers["retry-after-ms"] = str(int(retry_after * 1000))
-    return Response(orjson.dumps(openai_error_body(error)), status_code=error.status,
-                    media_type="application/json", headers=headers)
+    return Response(
+        orjson.dumps(openai_error_body(error)),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
+    )

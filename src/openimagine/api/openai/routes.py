@@ -56,10 +56,13 @@ DEFAULT_LIST = 20
 VARIANTS = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg"}
 
 
-def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None
-          ) -> Response:
-    return Response(orjson.dumps(content), status_code=status_code,
-                    media_type="application/json", headers=headers)
+def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(content),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 def _video(ctx: AppContext, task: Record) -> dict[str, Any]:
@@ -68,8 +71,10 @@ def _video(ctx: AppContext, task: Record) -> dict[str, Any]:
 
 def _expired(task: Record, doing: str) -> str:
     """Why ``doing`` is refused on a video whose files the retention janitor deleted."""
-    return (f"Video {task.id}'s files expired at {rfc3339(task.files_expired_at)} "
-            f"(files are kept for a while after a video finishes): {doing}")
+    return (
+        f"Video {task.id}'s files expired at {rfc3339(task.files_expired_at)} "
+        f"(files are kept for a while after a video finishes): {doing}"
+    )
 
 
 def _own_task(ctx: AppContext, principal: Principal, video_id: str) -> Record:
@@ -83,6 +88,7 @@ def _own_task(ctx: AppContext, principal: Principal, video_id: str) -> Record:
 
 
 # -- create ------------------------------------------------------------------------
+
 
 async def _read_fields(request: Request, ctx: AppContext) -> tuple[dict[str, Any], list[bytes]]:
     """The create body as fields (multipart, form or JSON) and the uploaded image, if any."""
@@ -100,11 +106,13 @@ async def _read_fields(request: Request, ctx: AppContext) -> tuple[dict[str, Any
                     raise BadField(name, f"unexpected file field {name!r}")
                 data = await value.read()
                 if len(data) > ctx.settings.fetch_max_bytes:
-                    raise PayloadTooLarge(f"input_reference is over "
-                                          f"{ctx.settings.fetch_max_bytes} bytes")
+                    raise PayloadTooLarge(
+                        f"input_reference is over {ctx.settings.fetch_max_bytes} bytes"
+                    )
                 if inputs.sniff_image_type(data) is None:
-                    raise BadField("input_reference",
-                                   "input_reference must be a JPEG, PNG or WebP image")
+                    raise BadField(
+                        "input_reference", "input_reference must be a JPEG, PNG or WebP image"
+                    )
                 uploads.append(data)
             else:
                 fields[name] = value
@@ -116,8 +124,9 @@ async def _read_fields(request: Request, ctx: AppContext) -> tuple[dict[str, Any
 def _parse_create(ctx: AppContext, fields: dict[str, Any], uploads: list[bytes]) -> VideoRequest:
     name = fields.get("model")
     if name is not None and (not isinstance(name, str) or name not in ctx.catalog.models):
-        raise BadField("model", f"Unknown model {name!r}: use one of "
-                                f"{', '.join(ctx.catalog.names)}")
+        raise BadField(
+            "model", f"Unknown model {name!r}: use one of {', '.join(ctx.catalog.names)}"
+        )
     model, info = ctx.model(name)
     prompt = parse_prompt(fields.get("prompt"))
     ratio, resolution = parse_size(fields.get("size"), model, info)
@@ -127,8 +136,9 @@ def _parse_create(ctx: AppContext, fields: dict[str, Any], uploads: list[bytes])
     if (refs or uploads) and not info.image_input:
         raise BadField("input_reference", f"The {model.name} model does not take images")
     if refs and uploads:
-        raise BadField("input_reference", "give input_reference as a file or as an image_url, "
-                                          "not both")
+        raise BadField(
+            "input_reference", "give input_reference as a file or as an image_url, not both"
+        )
     webhook = fields.get("webhook")
     if webhook is not None:
         _check_webhook(ctx, webhook)
@@ -141,23 +151,45 @@ def _check_webhook(ctx: AppContext, webhook: object) -> None:
         raise BadField("webhook", f"webhook {problem}")
 
 
-def _create(ctx: AppContext, principal: Principal, wanted: VideoRequest,
-            uploads: list[bytes], remixed_from: str | None = None,
-            idempotent: idempotency.IdempotentRequest | None = None) -> tuple[Record, bool]:
+def _create(
+    ctx: AppContext,
+    principal: Principal,
+    wanted: VideoRequest,
+    uploads: list[bytes],
+    remixed_from: str | None = None,
+    idempotent: idempotency.IdempotentRequest | None = None,
+) -> tuple[Record, bool]:
     """The new task (or, for a replayed Idempotency-Key, the one made before) and
     whether it was replayed."""
-    new = tasks.NewTask(wanted.prompt, "normal", wanted.ratio, wanted.image_refs, variations=1,
-                        duration=wanted.duration, resolution=wanted.resolution,
-                        remixed_from=remixed_from, face=webhooks.OPENAI_FACE,
-                        callback_url=wanted.webhook)
-    submitted = submit_task(ctx, principal, wanted.model, new, price=video_price(wanted.model),
-                            uploads=uploads, idempotent=idempotent)
+    new = tasks.NewTask(
+        wanted.prompt,
+        "normal",
+        wanted.ratio,
+        wanted.image_refs,
+        variations=1,
+        duration=wanted.duration,
+        resolution=wanted.resolution,
+        remixed_from=remixed_from,
+        face=webhooks.OPENAI_FACE,
+        callback_url=wanted.webhook,
+    )
+    submitted = submit_task(
+        ctx,
+        principal,
+        wanted.model,
+        new,
+        price=video_price(wanted.model),
+        uploads=uploads,
+        idempotent=idempotent,
+    )
     return tasks.get_task(ctx.db, principal, submitted.task_id), submitted.replayed
 
 
-@router.post("/v1/videos",
-             responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 409, 413, 422, 429),
-             openapi_extra={**REQUIRES_KEY, "requestBody": schemas.CREATE_BODY})
+@router.post(
+    "/v1/videos",
+    responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 409, 413, 422, 429),
+    openapi_extra={**REQUIRES_KEY, "requestBody": schemas.CREATE_BODY},
+)
 async def create_video(request: Request) -> Response:
     """Start a video job (one video, priced at the model's price over its variations)."""
     ctx = get_context(request)
@@ -167,22 +199,34 @@ async def create_video(request: Request) -> Response:
     principal = await authenticated(request, lambda _ctx, principal: principal, writes=False)
     fields, uploads = await _read_fields(request, ctx)
     wanted = _parse_create(ctx, fields, uploads)
-    idempotent = None if key is None else idempotency.IdempotentRequest(
-        key, "videos", idempotency.fingerprint("videos", fields, uploads))
+    idempotent = (
+        None
+        if key is None
+        else idempotency.IdempotentRequest(
+            key, "videos", idempotency.fingerprint("videos", fields, uploads)
+        )
+    )
     task, replayed = await run_blocking(
-        ctx, lambda: _create(ctx, principal, wanted, uploads, idempotent=idempotent),
-        writes=True)
-    return _json(_video(ctx, task),
-                 headers={idempotency.REPLAYED_HEADER: "true"} if replayed else None)
+        ctx, lambda: _create(ctx, principal, wanted, uploads, idempotent=idempotent), writes=True
+    )
+    return _json(
+        _video(ctx, task), headers={idempotency.REPLAYED_HEADER: "true"} if replayed else None
+    )
 
 
 # -- read ----------------------------------------------------------------------------
 
-@router.get("/v1/videos/{video_id}",
-            responses=schemas.responses(schemas.VIDEO, 401, 404, 429),
-            openapi_extra={**REQUIRES_KEY, "parameters": [  # read by hand, see below
-                {"name": "video_id", "in": "path", "required": True,
-                 "schema": {"type": "string"}}]})
+
+@router.get(
+    "/v1/videos/{video_id}",
+    responses=schemas.responses(schemas.VIDEO, 401, 404, 429),
+    openapi_extra={
+        **REQUIRES_KEY,
+        "parameters": [  # read by hand, see below
+            {"name": "video_id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+    },
+)
 async def retrieve_video(request: Request) -> Response:
     """A video job, with ``openai-poll-after-ms`` (about the time it still needs)."""
     ctx = get_context(request)
@@ -195,30 +239,50 @@ async def retrieve_video(request: Request) -> Response:
     return _json(_video(ctx, task), headers={"openai-poll-after-ms": str(poll_after_ms(task))})
 
 
-@router.get("/v1/videos/{video_id}/events", responses={**event_stream(
-    "text/event-stream: a `status` event (the Video object) now and on every change, a "
-    "comment every 15 s, closed after the final event", schemas.VIDEO),
-    **schemas.responses(None, 401, 404, 429)}, openapi_extra=REQUIRES_KEY)
+@router.get(
+    "/v1/videos/{video_id}/events",
+    responses={
+        **event_stream(
+            "text/event-stream: a `status` event (the Video object) now and on every change, a "
+            "comment every 15 s, closed after the final event",
+            schemas.VIDEO,
+        ),
+        **schemas.responses(None, 401, 404, 429),
+    },
+    openapi_extra=REQUIRES_KEY,
+)
 async def video_events(request: Request, video_id: str) -> Response:
     """A video job as it changes (server-sent events), until it is final."""
     ctx = get_context(request)
-    task = await authenticated(request, lambda ctx, principal: _own_task(ctx, principal,
-                                                                         video_id), writes=False)
+    task = await authenticated(
+        request, lambda ctx, principal: _own_task(ctx, principal, video_id), writes=False
+    )
     assert ctx.hub is not None
     return stream_response(ctx.hub, task, lambda row: _video(ctx, row))
 
 
 LIST_PARAMETERS = [
     {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
-    {"name": "limit", "in": "query", "required": False,
-     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": DEFAULT_LIST}},
-    {"name": "order", "in": "query", "required": False,
-     "schema": {"enum": ["asc", "desc"], "default": "desc"}},
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": DEFAULT_LIST},
+    },
+    {
+        "name": "order",
+        "in": "query",
+        "required": False,
+        "schema": {"enum": ["asc", "desc"], "default": "desc"},
+    },
 ]
 
 
-@router.get("/v1/videos", responses=schemas.responses(schemas.LIST, 400, 401, 404, 429),
-            openapi_extra={**REQUIRES_KEY, "parameters": LIST_PARAMETERS})
+@router.get(
+    "/v1/videos",
+    responses=schemas.responses(schemas.LIST, 400, 401, 404, 429),
+    openapi_extra={**REQUIRES_KEY, "parameters": LIST_PARAMETERS},
+)
 async def list_videos(request: Request) -> Response:
     """The caller's video jobs, newest first (``order=asc``: oldest), ``after`` a cursor."""
     params = query(request, "after", "limit", "order")
@@ -232,20 +296,36 @@ async def list_videos(request: Request) -> Response:
     after = params.get("after") or None
 
     def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
-        rows, more = tasks.list_tasks(ctx.db, principal, after=after, limit=limit,
-                                      ascending=order == "asc")
+        rows, more = tasks.list_tasks(
+            ctx.db, principal, after=after, limit=limit, ascending=order == "asc"
+        )
         data = [_video(ctx, row) for row in rows]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": more}
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": more,
+        }
 
     return _json(await authenticated(request, page, writes=False))
 
 
-@router.get("/v1/videos/{video_id}/content",
-            responses={**schemas.CONTENT, **schemas.responses(None, 400, 401, 404, 429)},
-            openapi_extra={**REQUIRES_KEY, "parameters": [
-                {"name": "variant", "in": "query", "required": False,
-                 "schema": {"enum": list(VARIANTS), "default": "video"}}]})
+@router.get(
+    "/v1/videos/{video_id}/content",
+    responses={**schemas.CONTENT, **schemas.responses(None, 400, 401, 404, 429)},
+    openapi_extra={
+        **REQUIRES_KEY,
+        "parameters": [
+            {
+                "name": "variant",
+                "in": "query",
+                "required": False,
+                "schema": {"enum": list(VARIANTS), "default": "video"},
+            }
+        ],
+    },
+)
 async def download_content(request: Request, video_id: str) -> Response:
     """The MP4 (Range requests work), its WebP thumbnail or its JPEG spritesheet."""
     variant = query(request, "variant").get("variant", "video")
@@ -260,8 +340,9 @@ async def download_content(request: Request, video_id: str) -> Response:
     if task.files_expired_at is not None:
         raise NotFound(_expired(task, "its content is no longer available"))
     if task.status != TaskStatus.COMPLETED or not task.outputs:
-        raise NotFound(f"Video {video_id} has no content: it is "
-                       f"{video_object(task, None)['status']}")
+        raise NotFound(
+            f"Video {video_id} has no content: it is {video_object(task, None)['status']}"
+        )
     key = task.outputs[0] if variant == "video" else tasks.still_key(task.id, variant)
     if isinstance(ctx.storage, LocalStorage):
         path = ctx.storage.path(key)
@@ -274,11 +355,15 @@ async def download_content(request: Request, video_id: str) -> Response:
 
 # -- change --------------------------------------------------------------------------
 
-@router.delete("/v1/videos/{video_id}",
-               responses=schemas.responses(schemas.DELETED, 401, 404, 429),
-               openapi_extra=REQUIRES_KEY)
+
+@router.delete(
+    "/v1/videos/{video_id}",
+    responses=schemas.responses(schemas.DELETED, 401, 404, 429),
+    openapi_extra=REQUIRES_KEY,
+)
 async def delete_video(request: Request, video_id: str) -> Response:
     """Delete a video job and its files (an unfinished one is cancelled and refunded first)."""
+
     def delete(ctx: AppContext, principal: Principal) -> dict[str, Any]:
         task = _own_task(ctx, principal, video_id)
         lifecycle.cancel(ctx.db, task.id, principal.account_id)
@@ -290,15 +375,19 @@ async def delete_video(request: Request, video_id: str) -> Response:
     return _json(await authenticated(request, delete, writes=True))
 
 
-@router.post("/v1/videos/{video_id}/cancel",
-             responses=schemas.responses(schemas.VIDEO, 401, 404, 409, 429),
-             openapi_extra=REQUIRES_KEY)
+@router.post(
+    "/v1/videos/{video_id}/cancel",
+    responses=schemas.responses(schemas.VIDEO, 401, 404, 409, 429),
+    openapi_extra=REQUIRES_KEY,
+)
 async def cancel_video(request: Request, video_id: str) -> Response:
     """Cancel a queued or running video: it ends failed (code ``cancelled``), refunded."""
+
     def cancel(ctx: AppContext, principal: Principal) -> Record:
         task = _own_task(ctx, principal, video_id)
         if not lifecycle.cancel(ctx.db, task.id, principal.account_id) and (
-                task.error_message != lifecycle.CANCELLED):
+            task.error_message != lifecycle.CANCELLED
+        ):
             raise Conflict(f"Video {task.id} is already {video_object(task, None)['status']}")
         return _own_task(ctx, principal, video_id)
 
@@ -306,9 +395,11 @@ async def cancel_video(request: Request, video_id: str) -> Response:
     return _json(_video(ctx, await authenticated(request, cancel, writes=True)))
 
 
-@router.post("/v1/videos/{video_id}/remix",
-             responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 404, 409, 413, 429),
-             openapi_extra={**REQUIRES_KEY, "requestBody": schemas.REMIX_BODY})
+@router.post(
+    "/v1/videos/{video_id}/remix",
+    responses=schemas.responses(schemas.VIDEO, 400, 401, 402, 404, 409, 413, 429),
+    openapi_extra={**REQUIRES_KEY, "requestBody": schemas.REMIX_BODY},
+)
 async def remix_video(request: Request, video_id: str) -> Response:
     """A new video with the source's model, size, seconds and images, and a new prompt."""
     raw = await request.body()
@@ -323,17 +414,23 @@ async def remix_video(request: Request, video_id: str) -> Response:
         if source.files_expired_at is not None:
             raise InvalidRequest(_expired(source, "it can no longer be remixed"))
         if source.status != TaskStatus.COMPLETED:  # a valid request, the wrong moment: 409
-            raise Conflict(f"Only a completed video can be remixed; {source.id} is "
-                           f"{video_object(source, None)['status']}")
+            raise Conflict(
+                f"Only a completed video can be remixed; {source.id} is "
+                f"{video_object(source, None)['status']}"
+            )
         model = ctx.catalog.models.get(source.model)
         if model is None:
             raise InvalidRequest(f"The model {source.model!r} of {source.id} is no longer served")
         # The source's stored inputs are copied: the remix keeps them if the source goes.
         refs = [ref for ref in source.images if not ref.startswith(tasks.STORED_PREFIX)]
-        uploads = [ctx.storage.read_bytes(ref[len(tasks.STORED_PREFIX):])
-                   for ref in source.images if ref.startswith(tasks.STORED_PREFIX)]
-        wanted = VideoRequest(model, prompt, source.ratio, source.resolution, source.duration,
-                              refs, webhook)
+        uploads = [
+            ctx.storage.read_bytes(ref[len(tasks.STORED_PREFIX) :])
+            for ref in source.images
+            if ref.startswith(tasks.STORED_PREFIX)
+        ]
+        wanted = VideoRequest(
+            model, prompt, source.ratio, source.resolution, source.duration, refs, webhook
+        )
         return _create(ctx, principal, wanted, uploads, remixed_from=source.id)[0]
 
     ctx = get_context(request)

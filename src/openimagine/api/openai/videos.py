@@ -43,8 +43,12 @@ SECONDS_PATTERN = f"^(?:{int_range(1, MAX_SECONDS)})?$"
 SIZE, SECONDS = re.compile(SIZE_PATTERN), re.compile(SECONDS_PATTERN)
 # When a request gives no size: OpenAI's default is portrait 720x1280.
 DEFAULT_RATIO = "9:16"
-STATUS = {TaskStatus.PENDING: "queued", TaskStatus.PROCESSING: "in_progress",
-          TaskStatus.COMPLETED: "completed", TaskStatus.FAILED: "failed"}
+STATUS = {
+    TaskStatus.PENDING: "queued",
+    TaskStatus.PROCESSING: "in_progress",
+    TaskStatus.COMPLETED: "completed",
+    TaskStatus.FAILED: "failed",
+}
 ERROR_CODES = {
     "Inappropriate content, please try another prompt.": "moderation_blocked",
     "File type not supported": "invalid_input",
@@ -93,8 +97,9 @@ def parse_size(value: object, model: Model, info: EngineInfo) -> tuple[str, int 
     match = SIZE.fullmatch(value) if isinstance(value, str) else None
     if not match:
         if isinstance(value, str) and re.fullmatch("[0-9]+[xX\u00d7][0-9]+", value):
-            raise BadField("size", f"size must be between {MIN_SIDE}x{MIN_SIDE} and "
-                                   f"{MAX_SIDE}x{MAX_SIDE}")
+            raise BadField(
+                "size", f"size must be between {MIN_SIDE}x{MIN_SIDE} and {MAX_SIDE}x{MAX_SIDE}"
+            )
         raise BadField("size", "size must be WIDTHxHEIGHT, e.g. 1280x720")
     width, height = int(match.group(1)), int(match.group(2))
     short = min(width, height)
@@ -130,8 +135,10 @@ def image_url_of(fields: Mapping[str, Any]) -> str | None:
     bracketed multipart field ``input_reference[image_url]``."""
     nested = fields.get("input_reference")
     if nested is not None and not isinstance(nested, dict):  # a file part is not in fields
-        raise BadField("input_reference", "input_reference must be an object with an "
-                                          "image_url, or an uploaded file")
+        raise BadField(
+            "input_reference",
+            "input_reference must be an object with an image_url, or an uploaded file",
+        )
     url = nested.get("image_url") if isinstance(nested, dict) else None
     if url is None:
         url = fields.get("input_reference[image_url]")
@@ -155,8 +162,9 @@ def _epoch(moment: datetime | None) -> int | None:
     return int(moment.timestamp()) if moment is not None else None
 
 
-def video_object(task: Record, model: Model | None,
-                 retention: timedelta | None = None) -> dict[str, Any]:
+def video_object(
+    task: Record, model: Model | None, retention: timedelta | None = None
+) -> dict[str, Any]:
     """The Video object of a task (either face's); ``model`` None when the models file
     no longer has the task's model; ``retention`` how long finished tasks keep their
     files (``expires_at``; None: forever)."""
@@ -178,14 +186,14 @@ def video_object(task: Record, model: Model | None,
         "progress": 100 if task.status == TaskStatus.COMPLETED else task.progress,
         "created_at": _epoch(task.created_at),
         "completed_at": _epoch(task.finished_at) if task.status == TaskStatus.COMPLETED else None,
-        "expires_at": _epoch(files_expire_at(task.finished_at, task.files_expired_at,
-                                             retention)),
+        "expires_at": _epoch(files_expire_at(task.finished_at, task.files_expired_at, retention)),
         "prompt": task.prompt,
         "seconds": str(round(seconds)),
         "size": f"{width}x{height}",
         "remixed_from_video_id": task.remixed_from,
         "error": {"code": ERROR_CODES.get(message, "video_build_failed"), "message": message}
-        if failed else None,
+        if failed
+        else None,
     }
 
 

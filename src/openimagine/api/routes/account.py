@@ -29,19 +29,26 @@ ACCOUNT_SCHEMA = envelope_schema(
             "account": {"type": "string"},
             "plan": {"enum": list(PLANS)},
             "balance": {"type": "integer", "description": "credits"},
-            "price": {"type": "integer",
-                      "description": "credits per generation of the default model"},
+            "price": {
+                "type": "integer",
+                "description": "credits per generation of the default model",
+            },
             "rate_limit": {
                 "type": "object",
                 "properties": {"requests_per_minute": {"type": "integer"}},
             },
-            "max_in_flight": {"type": "integer",
-                              "description": "unfinished tasks the plan allows at once"},
+            "max_in_flight": {
+                "type": "integer",
+                "description": "unfinished tasks the plan allows at once",
+            },
             "usage": {
                 "type": "object",
                 "properties": {
-                    "tasks": {"type": "object", "additionalProperties": {"type": "integer"},
-                              "description": "task counts by status"},
+                    "tasks": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                        "description": "task counts by status",
+                    },
                     "credits_spent": {"type": "integer", "description": "debits less refunds"},
                     "recent_tasks": {
                         "type": "array",
@@ -58,7 +65,8 @@ ACCOUNT_SCHEMA = envelope_schema(
             },
         },
     },
-    401, 429,
+    401,
+    429,
 )
 
 
@@ -91,6 +99,9 @@ async def account(request: Request) -> JSONResponse:
         # PostgreSQL: two awaited reads on the loop (key + usage, recent tasks),
         # not three in a thread whose GIL traffic slows every status poll.
         principal, info = await require_principal_with_summary_async(ctx, request)
-        return ok(_answer(ctx, info, await tasks.recent_tasks_async(
-            ctx.db, principal, limit=RECENT_TASKS)))
+        return ok(
+            _answer(
+                ctx, info, await tasks.recent_tasks_async(ctx.db, principal, limit=RECENT_TASKS)
+            )
+        )
     return ok(await authenticated(request, _account, writes=False))

@@ -44,16 +44,27 @@ class GenerateBody(BaseModel):
     mode: str | None = Field("normal", json_schema_extra={CATALOG: "modes"})
     ratio: str | None = Field("1:1", json_schema_extra={CATALOG: "ratios"})
     images: Annotated[list[ImageRef], Field(max_length=inputs.MAX_IMAGES)] | ImageRef | None = (
-        Field(None, description="up to 7 http(s) URLs or data URIs (the model's "
-                                "max_images, GET /v1/models)"))
-    model: str | None = Field(None, json_schema_extra={CATALOG: "models"},
-                              description="one of GET /v1/models (openimagine extension; "
-                                          "default: the deployment's default model)")
+        Field(
+            None,
+            description="up to 7 http(s) URLs or data URIs (the model's "
+            "max_images, GET /v1/models)",
+        )
+    )
+    model: str | None = Field(
+        None,
+        json_schema_extra={CATALOG: "models"},
+        description="one of GET /v1/models (openimagine extension; "
+        "default: the deployment's default model)",
+    )
     callback_url: Annotated[str, WithJsonSchema(url_schema(webhooks.MAX_URL_LENGTH))] | None = (
-        Field(None, description="an http(s) URL told when the task ends (task.completed / "
-                                "task.failed, Standard Webhooks signed with the account's "
-                                "default secret); not a loopback, private or link-local "
-                                "address unless OPENIMAGINE_ALLOW_PRIVATE_URLS"))
+        Field(
+            None,
+            description="an http(s) URL told when the task ends (task.completed / "
+            "task.failed, Standard Webhooks signed with the account's "
+            "default secret); not a loopback, private or link-local "
+            "address unless OPENIMAGINE_ALLOW_PRIVATE_URLS",
+        )
+    )
 
 
 def _choice(body: dict[str, Any], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -61,9 +72,7 @@ def _choice(body: dict[str, Any], name: str, default: str, allowed: tuple[str, .
     if value is None:
         return default
     if not isinstance(value, str) or value not in allowed:
-        raise InvalidRequest(
-            f"Unknown {name} {value!r}: use one of {', '.join(allowed)}"
-        )
+        raise InvalidRequest(f"Unknown {name} {value!r}: use one of {', '.join(allowed)}")
     return value
 
 
@@ -122,33 +131,39 @@ def parse_generate(raw: bytes, ctx: AppContext) -> Generation:
         if not _storable(ref):
             raise InvalidRequest(f"images[{index}] contains a NUL or an unpaired surrogate")
     if refs and not info.image_input:
-        raise InvalidRequest(
-            f"The {model.name} model does not take images; send a prompt only"
-        )
+        raise InvalidRequest(f"The {model.name} model does not take images; send a prompt only")
     if len(refs) > info.max_images:
         raise InvalidRequest(f"The {model.name} model takes at most {info.max_images} images")
     callback_url = body.get("callback_url")
     if callback_url is not None:
-        callback_url = webhooks.check_url(callback_url, "callback_url",
-                                          allow_private=ctx.settings.allow_private_urls)
+        callback_url = webhooks.check_url(
+            callback_url, "callback_url", allow_private=ctx.settings.allow_private_urls
+        )
     return Generation(model, prompt, mode, ratio, refs, callback_url)
 
 
-def _submit(ctx: AppContext, principal: Principal, raw: bytes,
-            key: str | None) -> Submitted:
+def _submit(ctx: AppContext, principal: Principal, raw: bytes, key: str | None) -> Submitted:
     wanted = parse_generate(raw, ctx)
-    new = tasks.NewTask(wanted.prompt, wanted.mode, wanted.ratio, wanted.refs,
-                        callback_url=wanted.callback_url)
+    new = tasks.NewTask(
+        wanted.prompt, wanted.mode, wanted.ratio, wanted.refs, callback_url=wanted.callback_url
+    )
     idempotent = None
     if key is not None:
-        fields = {"model": wanted.model.name, "prompt": wanted.prompt, "mode": wanted.mode,
-                  "ratio": wanted.ratio, "images": wanted.refs}
+        fields = {
+            "model": wanted.model.name,
+            "prompt": wanted.prompt,
+            "mode": wanted.mode,
+            "ratio": wanted.ratio,
+            "images": wanted.refs,
+        }
         if wanted.callback_url is not None:  # only when sent: older keys' hashes stay valid
             fields["callback_url"] = wanted.callback_url
         idempotent = idempotency.IdempotentRequest(
-            key, "generate", idempotency.fingerprint("generate", fields))
-    return submit_task(ctx, principal, wanted.model, new, price=wanted.model.price,
-                       idempotent=idempotent)
+            key, "generate", idempotency.fingerprint("generate", fields)
+        )
+    return submit_task(
+        ctx, principal, wanted.model, new, price=wanted.model.price, idempotent=idempotent
+    )
 
 
 @router.post(
@@ -158,10 +173,18 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes,
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": GenerateBody.model_json_schema()}},
-        }
+        },
     },
-    responses=envelope_schema({"type": "object", "properties": {"task_id": {"type": "string"}}},
-                              400, 401, 402, 409, 413, 422, 429),
+    responses=envelope_schema(
+        {"type": "object", "properties": {"task_id": {"type": "string"}}},
+        400,
+        401,
+        402,
+        409,
+        413,
+        422,
+        429,
+    ),
 )
 async def generate(request: Request) -> JSONResponse:
     """Submit a generation; its price is debited with the task in one transaction."""

@@ -12,16 +12,30 @@ from openimagine.errors import ServiceUnavailable
 router = APIRouter()
 
 
-@router.get("/healthz", responses=envelope_schema({
-    "type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}))
+@router.get(
+    "/healthz",
+    responses=envelope_schema(
+        {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+    ),
+)
 async def healthz() -> JSONResponse:
     return ok({"status": "ok"})
 
 
-@router.get("/readyz", responses=envelope_schema({
-    "type": "object", "required": ["status", "engine", "models"], "properties": {
-        "status": {"const": "ready"}, "engine": {"type": "string"},
-        "models": {"type": "array", "items": {"type": "string"}}}}))
+@router.get(
+    "/readyz",
+    responses=envelope_schema(
+        {
+            "type": "object",
+            "required": ["status", "engine", "models"],
+            "properties": {
+                "status": {"const": "ready"},
+                "engine": {"type": "string"},
+                "models": {"type": "array", "items": {"type": "string"}},
+            },
+        }
+    ),
+)
 def readyz(ctx: AppContext = Depends(get_context)) -> JSONResponse:
     try:
         ctx.db.ping()

@@ -38,16 +38,32 @@ def cancel_task(ctx: AppContext, principal: Principal, task_id: str) -> dict[str
     if not lifecycle.cancel(ctx.db, task_id, principal.account_id):
         task = tasks.get_task(ctx.db, principal, task_id)  # NotFound if not the account's
         if task.error_message != lifecycle.CANCELLED:
-            raise Conflict(f"Task {task_id} is already {task.status}; only a pending or "
-                           "processing task can be cancelled")
+            raise Conflict(
+                f"Task {task_id} is already {task.status}; only a pending or "
+                "processing task can be cancelled"
+            )
     return tasks.task_view(tasks.get_task(ctx.db, principal, task_id), ctx.storage)
 
 
-@router.post("/v1/cancel", responses={
-    **STATUS_SCHEMA, **envelope_errors(400, 401, 404, 409, 413, 429)}, openapi_extra={
-    **REQUIRES_KEY, "requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "required": ["task_id"],
-                   "properties": {"task_id": TASK_ID_SCHEMA}}}}}})
+@router.post(
+    "/v1/cancel",
+    responses={**STATUS_SCHEMA, **envelope_errors(400, 401, 404, 409, 413, 429)},
+    openapi_extra={
+        **REQUIRES_KEY,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["task_id"],
+                        "properties": {"task_id": TASK_ID_SCHEMA},
+                    }
+                }
+            },
+        },
+    },
+)
 async def cancel(request: Request) -> JSONResponse:
     """Cancel a pending or running task: it ends failed with "Task cancelled", refunded."""
     raw = await request.body()
@@ -64,23 +80,54 @@ async def cancel(request: Request) -> JSONResponse:
     return ok(await authenticated(request, run, writes=True))
 
 
-TASKS_SCHEMA = envelope_schema({
-    "type": "object",
-    "properties": {
-        "tasks": {"type": "array", "items": STATUS_SCHEMA[200]["content"]["application/json"][
-            "schema"]["properties"]["data"]},
-        "has_more": {"type": "boolean"},
-        "next": {"type": ["string", "null"], "description": "pass as after= for the next page"},
+TASKS_SCHEMA = envelope_schema(
+    {
+        "type": "object",
+        "properties": {
+            "tasks": {
+                "type": "array",
+                "items": STATUS_SCHEMA[200]["content"]["application/json"]["schema"]["properties"][
+                    "data"
+                ],
+            },
+            "has_more": {"type": "boolean"},
+            "next": {"type": ["string", "null"], "description": "pass as after= for the next page"},
+        },
     },
-}, 400, 401, 404, 429)
+    400,
+    401,
+    404,
+    429,
+)
 
 
-@router.get("/v1/tasks", responses=TASKS_SCHEMA, openapi_extra={**REQUIRES_KEY, "parameters": [
-    {"name": "status", "in": "query", "required": False, "schema": {"enum": list(STATUSES)}},
-    {"name": "limit", "in": "query", "required": False,
-     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": DEFAULT_LIST}},
-    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
-]})
+@router.get(
+    "/v1/tasks",
+    responses=TASKS_SCHEMA,
+    openapi_extra={
+        **REQUIRES_KEY,
+        "parameters": [
+            {
+                "name": "status",
+                "in": "query",
+                "required": False,
+                "schema": {"enum": list(STATUSES)},
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_LIST,
+                    "default": DEFAULT_LIST,
+                },
+            },
+            {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+        ],
+    },
+)
 async def list_tasks(request: Request) -> JSONResponse:
     """The caller's tasks, newest first, a page at a time (``next`` → ``after``)."""
     params = query(request, "status", "limit", "after")
@@ -94,10 +141,14 @@ async def list_tasks(request: Request) -> JSONResponse:
         count = whole_number(limit)
         if count is None or not 1 <= count <= MAX_LIST:
             raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIST}")
-        rows, more = tasks.list_tasks(ctx.db, principal, after=after, limit=count,
-                                      ascending=False, status=status)
-        return {"tasks": [tasks.task_view(row, ctx.storage) for row in rows],
-                "has_more": more, "next": rows[-1].id if more else None}
+        rows, more = tasks.list_tasks(
+            ctx.db, principal, after=after, limit=count, ascending=False, status=status
+        )
+        return {
+            "tasks": [tasks.task_view(row, ctx.storage) for row in rows],
+            "has_more": more,
+            "next": rows[-1].id if more else None,
+        }
 
     return ok(await authenticated(request, page, writes=False))
 
@@ -105,17 +156,23 @@ async def list_tasks(request: Request) -> JSONResponse:
 STREAM_DOC = event_stream(
     "text/event-stream: a `status` event (the GET /v1/status data) now and on every change, "
     "a comment every 15 s, closed after the final event",
-    STATUS_SCHEMA[200]["content"]["application/json"]["schema"]["properties"]["data"])
+    STATUS_SCHEMA[200]["content"]["application/json"]["schema"]["properties"]["data"],
+)
 
 
-@router.get("/v1/status/stream", responses={
-    **STREAM_DOC, **envelope_errors(400, 401, 404, 429)}, openapi_extra={
-    **REQUIRES_KEY, "parameters": [{"name": "task_id", "in": "query", "required": True,
-                                    "schema": TASK_ID_SCHEMA}]})
+@router.get(
+    "/v1/status/stream",
+    responses={**STREAM_DOC, **envelope_errors(400, 401, 404, 429)},
+    openapi_extra={
+        **REQUIRES_KEY,
+        "parameters": [
+            {"name": "task_id", "in": "query", "required": True, "schema": TASK_ID_SCHEMA}
+        ],
+    },
+)
 async def status_stream(request: Request) -> Response:
     """A task's status as it changes (server-sent events), until it is final."""
     ctx = get_context(request)
     task = await caller_task(ctx, request, query(request, "task_id").get("task_id"))
     assert ctx.hub is not None
-    return stream_response(ctx.hub, task,
-                           lambda row: tasks.task_view(row, ctx.storage))
+    return stream_response(ctx.hub, task, lambda row: tasks.task_view(row, ctx.storage))

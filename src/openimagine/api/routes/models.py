@@ -36,11 +36,24 @@ MODEL_SCHEMA: dict[str, Any] = {
         "max_images": {"type": "integer"},
     },
 }
-LIST_SCHEMA: dict[int | str, dict[str, Any]] = {200: {"description": "the models", "content": {"application/json": {"schema": {
-    "type": "object",
-    "required": ["object", "data"],
-    "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": MODEL_SCHEMA}},
-}}}}, **envelope_errors(401, 429)}
+LIST_SCHEMA: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the models",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["object", "data"],
+                    "properties": {
+                        "object": {"const": "list"},
+                        "data": {"type": "array", "items": MODEL_SCHEMA},
+                    },
+                }
+            }
+        },
+    },
+    **envelope_errors(401, 429),
+}
 
 
 def _models(ctx: AppContext, _principal: Principal) -> dict[str, Any]:
@@ -48,13 +61,20 @@ def _models(ctx: AppContext, _principal: Principal) -> dict[str, Any]:
     for name, model in ctx.catalog.models.items():
         info = ctx.infos[name]
         # What a client needs to choose and pay; never engines, upstreams or keys.
-        data.append({
-            "id": name, "object": "model", "created": STARTED, "owned_by": "openimagine",
-            "default": name == ctx.catalog.default, "price": model.price,
-            "variations": model.variations, "modes": list(info.modes),
-            "ratios": list(info.ratios),
-            "max_images": info.max_images if info.image_input else 0,
-        })
+        data.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": STARTED,
+                "owned_by": "openimagine",
+                "default": name == ctx.catalog.default,
+                "price": model.price,
+                "variations": model.variations,
+                "modes": list(info.modes),
+                "ratios": list(info.ratios),
+                "max_images": info.max_images if info.image_input else 0,
+            }
+        )
     return {"object": "list", "data": data}
 
 

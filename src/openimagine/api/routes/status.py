@@ -39,8 +39,10 @@ STATUS_SCHEMA = envelope_schema(
             "request": {"type": "object"},
             "response": {"type": "array", "items": {"type": "string", "format": "uri"}},
             "progress": {"type": "integer", "minimum": 0, "maximum": 100},
-            "files_expired": {"type": "boolean", "description": "present (true) once the "
-                              "retention janitor deleted the task's files"},
+            "files_expired": {
+                "type": "boolean",
+                "description": "present (true) once the retention janitor deleted the task's files",
+            },
         },
     }
 )
@@ -81,27 +83,43 @@ TASK_ID_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
 
 # The query parameter is read by hand (``api/fastpath.py`` says why): declared here.
 TASK_ID_PARAMETER = {
-    "parameters": [{"name": "task_id", "in": "query", "required": True,
-                    "schema": TASK_ID_SCHEMA}],
+    "parameters": [{"name": "task_id", "in": "query", "required": True, "schema": TASK_ID_SCHEMA}],
     **REQUIRES_KEY,
 }
 
 
-@router.get("/v1/status", responses={**STATUS_SCHEMA, **envelope_errors(400, 401, 404, 429)},
-            openapi_extra=TASK_ID_PARAMETER)
+@router.get(
+    "/v1/status",
+    responses={**STATUS_SCHEMA, **envelope_errors(400, 401, 404, 429)},
+    openapi_extra=TASK_ID_PARAMETER,
+)
 async def status_get(request: Request) -> JSONResponse:
     """A task's status; completed tasks list freshly signed video URLs."""
     ctx = get_context(request)
     return ok(await _status(ctx, request, query(request, "task_id").get("task_id")))
 
 
-@router.post("/v1/status", responses={
-    **STATUS_SCHEMA, **envelope_errors(400, 401, 404, 413, 429)}, openapi_extra={
-    # The contract's form. The server also takes the task_id query parameter when the
-    # body has none, which a schema cannot say (one of two places) and so leaves out.
-    **REQUIRES_KEY, "requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "required": ["task_id"],
-                   "properties": {"task_id": TASK_ID_SCHEMA}}}}}})
+@router.post(
+    "/v1/status",
+    responses={**STATUS_SCHEMA, **envelope_errors(400, 401, 404, 413, 429)},
+    openapi_extra={
+        # The contract's form. The server also takes the task_id query parameter when the
+        # body has none, which a schema cannot say (one of two places) and so leaves out.
+        **REQUIRES_KEY,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["task_id"],
+                        "properties": {"task_id": TASK_ID_SCHEMA},
+                    }
+                }
+            },
+        },
+    },
+)
 async def status_post(request: Request) -> JSONResponse:
     """The same, with ``{"task_id": "..."}`` in the body."""
     raw = await request.body()

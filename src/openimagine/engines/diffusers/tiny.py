@@ -270,22 +270,37 @@ def _cogvideox_components(*, i2v: bool) -> dict[str, Any]:
         temporal_compression_ratio=4,
     )
     # The same tiny sizes for both; the variants differ as the real ones do.
-    shared = {"out_channels": 4, "time_embed_dim": 2, "text_embed_dim": 32, "num_layers": 1,
-              "sample_width": 12, "sample_height": 8, "sample_frames": 9, "patch_size": 2,
-              "temporal_compression_ratio": 4, "max_text_seq_length": 16}
+    shared = {
+        "out_channels": 4,
+        "time_embed_dim": 2,
+        "text_embed_dim": 32,
+        "num_layers": 1,
+        "sample_width": 12,
+        "sample_height": 8,
+        "sample_frames": 9,
+        "patch_size": 2,
+        "temporal_compression_ratio": 4,
+        "max_text_seq_length": 16,
+    }
     if i2v:
         # Like THUDM/CogVideoX-5b-I2V: rotary plus *learned* positional
         # embeddings, which pin the size to the trained one (here 96x64, the
         # real model's 720x480 aspect ratio).
         transformer = CogVideoXTransformer3DModel(
-            num_attention_heads=2, attention_head_dim=16, in_channels=8,
-            use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=8,
+            use_rotary_positional_embeddings=True,
+            use_learned_positional_embeddings=True,
             **shared,
         )
     else:
         # Like THUDM/CogVideoX-2b: sin-cos positional embeddings, any size.
         transformer = CogVideoXTransformer3DModel(
-            num_attention_heads=4, attention_head_dim=8, in_channels=4, **shared,
+            num_attention_heads=4,
+            attention_head_dim=8,
+            in_channels=4,
+            **shared,
         )
     return {
         "transformer": transformer,

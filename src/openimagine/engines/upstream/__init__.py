@@ -12,5 +12,7 @@ __all__ = ["RelayEngine", "relay_engine"]
 
 def relay_engine(settings: Settings) -> RelayEngine:
     """The registry's factory: a relay needs a model of the models file, not just settings."""
-    raise ValueError(f"the {settings.engine} engine relays to an upstream API: describe it "
-                     "in a models file (OPENIMAGINE_MODELS_FILE)")
+    raise ValueError(
+        f"the {settings.engine} engine relays to an upstream API: describe it "
+        "in a models file (OPENIMAGINE_MODELS_FILE)"
+    )

@@ -77,14 +77,23 @@ class RelayEngine:
         jobs: list[dict] = [entry for entry in resumed.get("jobs", []) if isinstance(entry, dict)]
         rendering = self._model_named(resumed.get("model")) if jobs else None
         if jobs:
-            log.info("task %s: resuming %d upstream job(s) on %s", job.task_id, len(jobs),
-                     rendering.name if rendering else "?")
+            log.info(
+                "task %s: resuming %d upstream job(s) on %s",
+                job.task_id,
+                len(jobs),
+                rendering.name if rendering else "?",
+            )
         while len(jobs) < job.variations:
             rendering, base_url, upstream_id = self._create(job, rendering, deadline)
             jobs.append({"base_url": base_url, "id": upstream_id})
             job.save_state({"model": rendering.name, "jobs": jobs})
-            log.info("task %s: upstream job %s on %s (%s)", job.task_id, upstream_id, base_url,
-                     rendering.name)
+            log.info(
+                "task %s: upstream job %s on %s (%s)",
+                job.task_id,
+                upstream_id,
+                base_url,
+                rendering.name,
+            )
         assert rendering is not None
         paths = self._await_all(job, rendering, jobs, deadline)
         return [VideoFile(path, model=rendering.name) for path in paths]
@@ -102,8 +111,11 @@ class RelayEngine:
     def _create(self, job: Job, fixed: Model | None, deadline: float) -> tuple[Model, str, str]:
         """One upstream job: on ``fixed`` once a job was accepted, else on this model or,
         when every upstream of it is down, on its fallbacks in order."""
-        candidates = [fixed] if fixed else [self.model, *(
-            self.catalog.get(name) for name in self.model.fallbacks)]
+        candidates = (
+            [fixed]
+            if fixed
+            else [self.model, *(self.catalog.get(name) for name in self.model.fallbacks)]
+        )
         attempt = 0
         while True:
             last: Transient | None = None
@@ -111,19 +123,22 @@ class RelayEngine:
                 _check(job)
                 try:
                     link = self._link(model, base_url, deadline)
-                    upstream_id = ADAPTERS[model.engine].create(link, model,
-                                                                self._job_for(model, job))
+                    upstream_id = ADAPTERS[model.engine].create(
+                        link, model, self._job_for(model, job)
+                    )
                 except Transient as exc:
                     last = exc
                     if exc.cool_down:
                         upstreams_of(model.name, model.base_urls).mark_down(
-                            base_url, exc.retry_after)
+                            base_url, exc.retry_after
+                        )
                     continue
                 except Rejected as exc:
                     raise self._rejected(model, exc, "create") from None
                 except ValueError as exc:  # a 2xx answer without the job's id
-                    raise EngineFailure(self._scrub(model, f"create on {base_url}: {exc}")) \
-                        from None
+                    raise EngineFailure(
+                        self._scrub(model, f"create on {base_url}: {exc}")
+                    ) from None
                 upstreams_of(model.name, model.base_urls).started(base_url)
                 return model, base_url, upstream_id
             attempt += 1
@@ -134,8 +149,11 @@ class RelayEngine:
         resolution, unless the task asked for them itself (``job.pinned``)."""
         if model is self.model:
             return job
-        own = {name: getattr(model.settings, name) for name in ("duration", "resolution")
-               if name not in job.pinned}
+        own = {
+            name: getattr(model.settings, name)
+            for name in ("duration", "resolution")
+            if name not in job.pinned
+        }
         return replace(job, **own)
 
     @staticmethod
@@ -143,8 +161,7 @@ class RelayEngine:
         """(model, base URL) to try in order: every upstream that is up, this model's
         first; when none is, this model's own (soonest back first)."""
         pools = [(model, upstreams_of(model.name, model.base_urls)) for model in candidates]
-        up = [(model, url) for model, pool in pools if pool.any_up()
-              for url in pool.candidates()]
+        up = [(model, url) for model, pool in pools if pool.any_up() for url in pool.candidates()]
         if up:
             return up
         first, pool = pools[0]
@@ -152,8 +169,7 @@ class RelayEngine:
 
     # -- polling and downloading ---------------------------------------------------
 
-    def _await_all(self, job: Job, model: Model, jobs: list[dict],
-                   deadline: float) -> list[Path]:
+    def _await_all(self, job: Job, model: Model, jobs: list[dict], deadline: float) -> list[Path]:
         adapter = ADAPTERS[model.engine]
         upstreams = upstreams_of(model.name, model.base_urls)
         waiting = dict(enumerate(jobs))
@@ -171,8 +187,10 @@ class RelayEngine:
                         answer = adapter.poll(link, entry["id"])
                         if answer.state == "done":
                             paths[index] = self._download(
-                                link, adapter.content_url(link, entry["id"], answer),
-                                _scratch(job) / f"upstream-{index}.mp4")
+                                link,
+                                adapter.content_url(link, entry["id"], answer),
+                                _scratch(job) / f"upstream-{index}.mp4",
+                            )
                     except Transient as exc:
                         last = exc
                         continue
@@ -193,8 +211,10 @@ class RelayEngine:
                     continue
                 attempt = 0
                 if time.monotonic() >= deadline:
-                    raise EngineFailure(f"upstream jobs of {model.name} did not finish within "
-                                        f"{self.model.timeout:g} s")
+                    raise EngineFailure(
+                        f"upstream jobs of {model.name} did not finish within "
+                        f"{self.model.timeout:g} s"
+                    )
                 _sleep(job, min(interval, max(0.0, deadline - time.monotonic())))
                 interval = min(MAX_POLL_SECONDS, interval * 1.5)
         finally:
@@ -205,11 +225,15 @@ class RelayEngine:
     def _download(self, link: Link, url: str, path: Path) -> Path:
         """The video into ``path``; 429/5xx and network errors are ``Transient``."""
         try:
-            with link.client.stream("GET", url, headers=link.headers(url),
-                                    timeout=link.timeout(), follow_redirects=True) as response:
+            with link.client.stream(
+                "GET", url, headers=link.headers(url), timeout=link.timeout(), follow_redirects=True
+            ) as response:
                 if response.status_code == 429 or response.status_code >= 500:
-                    raise Transient(f"download {url}: HTTP {response.status_code}",
-                                    retry_after=retry_after_seconds(response), cool_down=False)
+                    raise Transient(
+                        f"download {url}: HTTP {response.status_code}",
+                        retry_after=retry_after_seconds(response),
+                        cool_down=False,
+                    )
                 if response.status_code >= 400:
                     raise EngineFailure(f"download {url}: HTTP {response.status_code}")
                 written = 0
@@ -217,38 +241,46 @@ class RelayEngine:
                     for chunk in response.iter_bytes(CHUNK):
                         written += len(chunk)
                         if written > MAX_DOWNLOAD_BYTES:
-                            raise EngineFailure(f"download {url}: over "
-                                                f"{MAX_DOWNLOAD_BYTES} bytes")
+                            raise EngineFailure(f"download {url}: over {MAX_DOWNLOAD_BYTES} bytes")
                         handle.write(chunk)
         except httpx.TransportError as exc:
-            raise Transient(f"download {url}: {type(exc).__name__}: {exc}",
-                            cool_down=False) from None
+            raise Transient(
+                f"download {url}: {type(exc).__name__}: {exc}", cool_down=False
+            ) from None
         return path
 
     # -- failures ------------------------------------------------------------------
 
-    def _wait_or_give_up(self, job: Job, attempt: int, last: Transient | None,
-                         deadline: float) -> None:
+    def _wait_or_give_up(
+        self, job: Job, attempt: int, last: Transient | None, deadline: float
+    ) -> None:
         if time.monotonic() >= deadline:
             reason = str(last) if last else "no upstream answered"
-            raise UpstreamUnreachable(self._scrub(self.model, f"gave up after "
-                                                  f"{self.model.timeout:g} s: {reason}"))
-        _sleep(job, backoff(attempt, retry_after=last.retry_after if last else None,
-                            deadline=deadline))
+            raise UpstreamUnreachable(
+                self._scrub(self.model, f"gave up after {self.model.timeout:g} s: {reason}")
+            )
+        _sleep(
+            job, backoff(attempt, retry_after=last.retry_after if last else None, deadline=deadline)
+        )
 
     def _rejected(self, model: Model, exc: Rejected, what: str) -> EngineFailure:
         detail = self._scrub(model, f"{model.name} {what}: {exc}")
         if exc.status in (401, 403):
             # Loud: every task of this model fails until an operator fixes the key.
-            log.error("model %s: the upstream refused its key (HTTP %d); check the variable %s",
-                      model.name, exc.status, model.api_key_env or "(no api_key_env set)")
+            log.error(
+                "model %s: the upstream refused its key (HTTP %d); check the variable %s",
+                model.name,
+                exc.status,
+                model.api_key_env or "(no api_key_env set)",
+            )
         elif _is_moderation(exc.body):
             return ContentRefused(detail)
         return EngineFailure(detail)
 
     def _failed(self, model: Model, entry: dict, answer: Poll) -> EngineFailure:
-        detail = self._scrub(model, f"{model.name} job {entry['id']} on {entry['base_url']}: "
-                                    f"{answer.detail}")
+        detail = self._scrub(
+            model, f"{model.name} job {entry['id']} on {entry['base_url']}: {answer.detail}"
+        )
         return ContentRefused(detail) if answer.moderated else EngineFailure(detail)
 
     @staticmethod

@@ -41,8 +41,14 @@ BODY_EXCERPT = 300
 class Transient(Exception):
     """Worth retrying: the upstream was unreachable, slow, busy or broken for now."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None,
-                 cool_down: bool = True, body: Any = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        cool_down: bool = True,
+        body: Any = None,
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
         # Connection refused and 5xx say "this server is down": skip it for a while.
@@ -83,14 +89,17 @@ def call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Re
     try:
         response = client.request(method, url, **kwargs)
     except httpx.TimeoutException as exc:
-        raise Transient(f"{method} {url}: timed out ({type(exc).__name__})",
-                        cool_down=False) from None
+        raise Transient(
+            f"{method} {url}: timed out ({type(exc).__name__})", cool_down=False
+        ) from None
     except httpx.TransportError as exc:
         raise Transient(f"{method} {url}: {type(exc).__name__}: {exc}") from None
     if response.status_code == 429 or response.status_code >= 500:
-        raise Transient(f"{method} {url}: HTTP {response.status_code}: "
-                        f"{response.text[:BODY_EXCERPT]}",
-                        retry_after=retry_after_seconds(response), body=json_body(response))
+        raise Transient(
+            f"{method} {url}: HTTP {response.status_code}: {response.text[:BODY_EXCERPT]}",
+            retry_after=retry_after_seconds(response),
+            body=json_body(response),
+        )
     if response.status_code >= 400:
         raise Rejected(response.status_code, json_body(response), response.text)
     return response
@@ -146,7 +155,8 @@ class Upstreams:
         with self._lock:
             if url in self._states:
                 self._states[url].down_until = time.monotonic() + max(
-                    COOLDOWN_SECONDS, seconds or 0.0)
+                    COOLDOWN_SECONDS, seconds or 0.0
+                )
 
     def started(self, url: str) -> None:
         with self._lock:
@@ -194,8 +204,9 @@ class Link:
         return {}
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        return call(self.client, method, url, headers=self.headers(url), timeout=self.timeout(),
-                    **kwargs)
+        return call(
+            self.client, method, url, headers=self.headers(url), timeout=self.timeout(), **kwargs
+        )
 
 
 def new_client() -> httpx.Client:

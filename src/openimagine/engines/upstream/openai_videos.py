@@ -18,8 +18,12 @@ from openimagine.engines.upstream.http import Link, Rejected, Transient
 from openimagine.engines.upstream.relay import Poll, image_file, prompt_with_mode
 
 INFO = EngineInfo(
-    name="openai-videos", description="relay to an OpenAI-videos server (SGLang, vLLM-Omni, "
-    "trtllm-serve)", modes=MODES, ratios=RATIOS, image_input=True, relay=True,
+    name="openai-videos",
+    description="relay to an OpenAI-videos server (SGLang, vLLM-Omni, trtllm-serve)",
+    modes=MODES,
+    ratios=RATIOS,
+    image_input=True,
+    relay=True,
 )
 # Video models take sizes in multiples of 16 (Wan, HunyuanVideo, LTX at 32 is a superset).
 SIZE_MULTIPLE = 16
@@ -56,14 +60,19 @@ def read_poll(body: dict) -> Poll:
     if status in ("failed", "cancelled", "expired", "deleted"):
         error = body.get("error") or {}
         code = str(error.get("code") or status)
-        return Poll("failed", progress, moderated=code in MODERATION_CODES,
-                    detail=f"{status}: {code}: {error.get('message') or ''}".strip())
+        return Poll(
+            "failed",
+            progress,
+            moderated=code in MODERATION_CODES,
+            detail=f"{status}: {code}: {error.get('message') or ''}".strip(),
+        )
     return Poll("pending" if status == "queued" else "running", progress)
 
 
 def _failed_video(body: object) -> bool:
-    return isinstance(body, dict) and body.get("object") == "video" and body.get(
-        "status") == "failed"
+    return (
+        isinstance(body, dict) and body.get("object") == "video" and body.get("status") == "failed"
+    )
 
 
 def poll(link: Link, upstream_id: str) -> Poll:

@@ -15,8 +15,13 @@ from openimagine.engines.upstream.http import Link
 from openimagine.engines.upstream.relay import Poll, data_url, prompt_with_mode
 
 INFO = EngineInfo(
-    name="xai", description="relay to xAI Grok Imagine (REST)", modes=MODES, ratios=RATIOS,
-    image_input=True, relay=True, resolutions=(480, 720),
+    name="xai",
+    description="relay to xAI Grok Imagine (REST)",
+    modes=MODES,
+    ratios=RATIOS,
+    image_input=True,
+    relay=True,
+    resolutions=(480, 720),
 )
 # xAI takes whole seconds, 1 to 15.
 MIN_SECONDS, MAX_SECONDS = 1, 15
@@ -41,8 +46,9 @@ def create_body(model: Model, job: Job) -> dict:
 
 
 def create(link: Link, model: Model, job: Job) -> str:
-    response = link.request("POST", f"{link.base_url}/videos/generations",
-                            json=create_body(model, job))
+    response = link.request(
+        "POST", f"{link.base_url}/videos/generations", json=create_body(model, job)
+    )
     request_id = (response.json() or {}).get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise ValueError(f"no request_id in the answer: {response.text[:200]}")
@@ -62,8 +68,12 @@ def read_poll(body: dict) -> Poll:
     if status in ("failed", "expired"):
         error = body.get("error") or {}
         code = str(error.get("code") or status)
-        return Poll("failed", progress, moderated=is_moderation(code),
-                    detail=f"{status}: {code}: {error.get('message') or ''}".strip())
+        return Poll(
+            "failed",
+            progress,
+            moderated=is_moderation(code),
+            detail=f"{status}: {code}: {error.get('message') or ''}".strip(),
+        )
     return Poll("running" if progress else "pending", progress)
 
 

@@ -61,6 +61,12 @@ def error_answers(schema: dict[str, Any], *statuses: int) -> dict[int | str, dic
     }
 
 
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a required JSON body of ``schema`` (routes read their
+    bodies themselves, so FastAPI cannot infer it)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def envelope_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``error_answers`` in the envelope ``{"code","message","error"}``."""
     return error_answers(ERROR_ENVELOPE, *statuses)

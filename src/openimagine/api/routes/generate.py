@@ -13,7 +13,7 @@ from openimagine import inputs
 from openimagine.api.auth import REQUIRES_KEY, authenticated
 from openimagine.api.bodies import json_object, text_schema, trimmed
 from openimagine.api.context import AppContext
-from openimagine.api.envelope import envelope_schema, ok
+from openimagine.api.envelope import envelope_schema, json_body, ok
 from openimagine.api.openapi import CATALOG
 from openimagine.api.submit import Submitted, submit_task
 from openimagine.catalog import Model
@@ -168,13 +168,7 @@ def _submit(ctx: AppContext, principal: Principal, raw: bytes, key: str | None) 
 
 @router.post(
     "/v1/generate",
-    openapi_extra={
-        **REQUIRES_KEY,
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": GenerateBody.model_json_schema()}},
-        },
-    },
+    openapi_extra={**REQUIRES_KEY, **json_body(GenerateBody.model_json_schema())},
     responses=envelope_schema(
         {"type": "object", "properties": {"task_id": {"type": "string"}}},
         400,

@@ -15,8 +15,8 @@ from openimagine.api.auth import (
 )
 from openimagine.api.bodies import parse_json, query
 from openimagine.api.context import AppContext, get_context
-from openimagine.api.envelope import envelope_errors, envelope_schema, event_stream, ok
-from openimagine.api.routes.status import STATUS_SCHEMA, TASK_ID_SCHEMA, caller_task
+from openimagine.api.envelope import envelope_errors, envelope_schema, event_stream, json_body, ok
+from openimagine.api.routes.status import STATUS_SCHEMA, TASK_ID_BODY, TASK_ID_SCHEMA, caller_task
 from openimagine.api.stream import stream_response
 from openimagine.errors import Conflict, InvalidRequest, NotFound
 from openimagine.patterns import whole_number
@@ -48,21 +48,7 @@ def cancel_task(ctx: AppContext, principal: Principal, task_id: str) -> dict[str
 @router.post(
     "/v1/cancel",
     responses={**STATUS_SCHEMA, **envelope_errors(400, 401, 404, 409, 413, 429)},
-    openapi_extra={
-        **REQUIRES_KEY,
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["task_id"],
-                        "properties": {"task_id": TASK_ID_SCHEMA},
-                    }
-                }
-            },
-        },
-    },
+    openapi_extra={**REQUIRES_KEY, **json_body(TASK_ID_BODY)},
 )
 async def cancel(request: Request) -> JSONResponse:
     """Cancel a pending or running task: it ends failed with "Task cancelled", refunded."""

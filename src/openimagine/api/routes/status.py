@@ -17,7 +17,7 @@ from openimagine.api.auth import (
 )
 from openimagine.api.bodies import parse_json, query
 from openimagine.api.context import AppContext, get_context
-from openimagine.api.envelope import envelope_errors, envelope_schema, ok
+from openimagine.api.envelope import envelope_errors, envelope_schema, json_body, ok
 from openimagine.api.fastpath import valid_task_id, wanted_task_id
 from openimagine.errors import InvalidRequest, NotFound
 from openimagine.services import tasks
@@ -80,6 +80,11 @@ async def _status(ctx: AppContext, request: Request, task_id: object) -> dict[st
 
 # Not blank (a task id is printable ASCII; any other string is simply not found).
 TASK_ID_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
+TASK_ID_BODY = {
+    "type": "object",
+    "required": ["task_id"],
+    "properties": {"task_id": TASK_ID_SCHEMA},
+}
 
 # The query parameter is read by hand (``api/fastpath.py`` says why): declared here.
 TASK_ID_PARAMETER = {
@@ -102,23 +107,9 @@ async def status_get(request: Request) -> JSONResponse:
 @router.post(
     "/v1/status",
     responses={**STATUS_SCHEMA, **envelope_errors(400, 401, 404, 413, 429)},
-    openapi_extra={
-        # The contract's form. The server also takes the task_id query parameter when the
-        # body has none, which a schema cannot say (one of two places) and so leaves out.
-        **REQUIRES_KEY,
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["task_id"],
-                        "properties": {"task_id": TASK_ID_SCHEMA},
-                    }
-                }
-            },
-        },
-    },
+    # The contract's form. The server also takes the task_id query parameter when the
+    # body has none, which a schema cannot say (one of two places) and so leaves out.
+    openapi_extra={**REQUIRES_KEY, **json_body(TASK_ID_BODY)},
 )
 async def status_post(request: Request) -> JSONResponse:
     """The same, with ``{"task_id": "..."}`` in the body."""

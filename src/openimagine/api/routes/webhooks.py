@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from openimagine.api.auth import REQUIRES_KEY, authenticated
 from openimagine.api.bodies import json_object, query
 from openimagine.api.context import AppContext
-from openimagine.api.envelope import envelope_schema, ok
+from openimagine.api.envelope import envelope_schema, json_body, ok
 from openimagine.errors import InvalidRequest
 from openimagine.inputs.refs import url_schema
 from openimagine.patterns import whole_number
@@ -83,37 +83,32 @@ ADDED[200]["links"] = {
     responses=ADDED,
     openapi_extra={
         **REQUIRES_KEY,
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["url"],
-                        "properties": {
-                            "url": {
-                                **url_schema(webhooks.MAX_URL_LENGTH),
-                                "description": (
-                                    "not a loopback, private or link-local address unless "
-                                    "OPENIMAGINE_ALLOW_PRIVATE_URLS"
-                                ),
+        **json_body(
+            {
+                "type": "object",
+                "required": ["url"],
+                "properties": {
+                    "url": {
+                        **url_schema(webhooks.MAX_URL_LENGTH),
+                        "description": (
+                            "not a loopback, private or link-local address unless "
+                            "OPENIMAGINE_ALLOW_PRIVATE_URLS"
+                        ),
+                    },
+                    "events": {
+                        "anyOf": [
+                            {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"enum": list(webhooks.EVENT_TYPES)},
                             },
-                            "events": {
-                                "anyOf": [
-                                    {
-                                        "type": "array",
-                                        "minItems": 1,
-                                        "items": {"enum": list(webhooks.EVENT_TYPES)},
-                                    },
-                                    {"type": "null"},
-                                ],
-                                "description": "default (or null): all",
-                            },
-                        },
-                    }
-                }
-            },
-        },
+                            {"type": "null"},
+                        ],
+                        "description": "default (or null): all",
+                    },
+                },
+            }
+        ),
     },
 )
 async def add_webhook(request: Request) -> JSONResponse:

@@ -59,9 +59,8 @@ SETTING_KEYS = (
     "test_sleep_seconds",
     "max_queue",
 )
-MODEL_KEYS = (
-    "engine",
-    "concurrency",
+# What only a relay's table may say.
+RELAY_KEYS = (
     "base_url",
     "base_urls",
     "api_key_env",
@@ -70,8 +69,8 @@ MODEL_KEYS = (
     "timeout",
     "images",
     "mode_prompts",
-    *SETTING_KEYS,
 )
+MODEL_KEYS = ("engine", "concurrency", *RELAY_KEYS, *SETTING_KEYS)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -284,19 +283,7 @@ def _model(name: str, table: dict[str, Any], settings: Settings) -> Model:
         table, "concurrency", int, DEFAULT_RELAY_CONCURRENCY if relay else 1, low=1, high=1024
     )
     if not relay:
-        relay_only = sorted(
-            set(table)
-            & {
-                "base_url",
-                "base_urls",
-                "api_key_env",
-                "upstream_model",
-                "fallbacks",
-                "timeout",
-                "images",
-                "mode_prompts",
-            }
-        )
+        relay_only = sorted(set(table) & set(RELAY_KEYS))
         if relay_only:
             raise CatalogError(
                 f"{', '.join(relay_only)} only apply to relay engines ({', '.join(RELAY_ENGINES)})"

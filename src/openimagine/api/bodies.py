@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from openimagine.errors import InvalidRequest
-from openimagine.patterns import char_class
+from openimagine.patterns import char_class, whole_number
 
 # No field of either face nests more than three levels; unknown fields are ignored,
 # but a value nested deeper than this is refused rather than handed to code (repr,
@@ -103,3 +103,22 @@ def trimmed(text: str) -> str:
     while end > start and _blank(text[end - 1]):
         end -= 1
     return text[start:end]
+
+
+# Every list (tasks, videos, webhook deliveries) pages the same way.
+MAX_LIST, DEFAULT_LIST = 100, 20
+LIMIT_PARAMETER: dict[str, Any] = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": DEFAULT_LIST},
+}
+
+
+def page_size(text: str | None) -> int:
+    """A list's ``limit`` query parameter: ``DEFAULT_LIST`` when absent, else a whole
+    number from 1 to ``MAX_LIST`` (400 otherwise)."""
+    count = DEFAULT_LIST if text is None else whole_number(text)
+    if count is None or not 1 <= count <= MAX_LIST:
+        raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIST}")
+    return count

@@ -21,7 +21,7 @@ from openimagine.api.auth import (
     authenticated,
     run_blocking,
 )
-from openimagine.api.bodies import json_object, parse_json, query
+from openimagine.api.bodies import LIMIT_PARAMETER, json_object, page_size, parse_json, query
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import event_stream
 from openimagine.api.fastpath import path_tail, valid_task_id, wanted_task_id
@@ -41,7 +41,6 @@ from openimagine.api.routes.status import caller_task
 from openimagine.api.stream import stream_response
 from openimagine.api.submit import submit_task
 from openimagine.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from openimagine.patterns import whole_number
 from openimagine.services import idempotency, lifecycle, tasks, webhooks
 from openimagine.services.accounts import Principal
 from openimagine.storage import LocalStorage
@@ -51,8 +50,6 @@ from openimagine.timeutil import rfc3339
 
 router = APIRouter()
 PREFIX = "/v1/videos/"
-MAX_LIST = 100
-DEFAULT_LIST = 20
 VARIANTS = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg"}
 
 
@@ -263,12 +260,7 @@ async def video_events(request: Request, video_id: str) -> Response:
 
 LIST_PARAMETERS = [
     {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": DEFAULT_LIST},
-    },
+    LIMIT_PARAMETER,
     {
         "name": "order",
         "in": "query",
@@ -286,10 +278,10 @@ LIST_PARAMETERS = [
 async def list_videos(request: Request) -> Response:
     """The caller's video jobs, newest first (``order=asc``: oldest), ``after`` a cursor."""
     params = query(request, "after", "limit", "order")
-    limit_text = params.get("limit", str(DEFAULT_LIST))
-    limit = whole_number(limit_text)
-    if limit is None or not 1 <= limit <= MAX_LIST:
-        raise BadField("limit", f"limit must be from 1 to {MAX_LIST}")
+    try:
+        limit = page_size(params.get("limit"))
+    except InvalidRequest as exc:
+        raise BadField("limit", exc.message) from None
     order = params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise BadField("order", "order must be asc or desc")

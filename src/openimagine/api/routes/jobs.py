@@ -13,20 +13,18 @@ from openimagine.api.auth import (
     REQUIRES_KEY,
     authenticated,
 )
-from openimagine.api.bodies import parse_json, query
+from openimagine.api.bodies import LIMIT_PARAMETER, page_size, parse_json, query
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_errors, envelope_schema, event_stream, json_body, ok
 from openimagine.api.routes.status import STATUS_SCHEMA, TASK_ID_BODY, TASK_ID_SCHEMA, caller_task
 from openimagine.api.stream import stream_response
 from openimagine.errors import Conflict, InvalidRequest, NotFound
-from openimagine.patterns import whole_number
 from openimagine.services import lifecycle, tasks
 from openimagine.services.accounts import Principal
 from openimagine.store.models import TaskStatus
 
 router = APIRouter()
 
-MAX_LIST, DEFAULT_LIST = 100, 20
 STATUSES = tuple(str(status) for status in TaskStatus)
 
 
@@ -99,17 +97,7 @@ TASKS_SCHEMA = envelope_schema(
                 "required": False,
                 "schema": {"enum": list(STATUSES)},
             },
-            {
-                "name": "limit",
-                "in": "query",
-                "required": False,
-                "schema": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_LIST,
-                    "default": DEFAULT_LIST,
-                },
-            },
+            LIMIT_PARAMETER,
             {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
         ],
     },
@@ -118,15 +106,13 @@ async def list_tasks(request: Request) -> JSONResponse:
     """The caller's tasks, newest first, a page at a time (``next`` → ``after``)."""
     params = query(request, "status", "limit", "after")
     status = params.get("status")  # "" too must be one of them
-    limit = params.get("limit", str(DEFAULT_LIST))
+    limit = params.get("limit")
     after = params.get("after") or None
 
     def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"Unknown status {status!r}: use one of {', '.join(STATUSES)}")
-        count = whole_number(limit)
-        if count is None or not 1 <= count <= MAX_LIST:
-            raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIST}")
+        count = page_size(limit)
         rows, more = tasks.list_tasks(
             ctx.db, principal, after=after, limit=count, ascending=False, status=status
         )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from openimagine.api.auth import REQUIRES_KEY, authenticated
-from openimagine.api.bodies import json_object, query
+from openimagine.api.bodies import LIMIT_PARAMETER, json_object, page_size, query
 from openimagine.api.context import AppContext
 from openimagine.api.envelope import envelope_schema, json_body, ok
 from openimagine.errors import InvalidRequest
@@ -21,7 +21,6 @@ from openimagine.store.models import DeliveryStatus
 
 router = APIRouter()
 
-MAX_LIST, DEFAULT_LIST = 100, 20
 
 ENDPOINT: dict[str, Any] = {
     "type": "object",
@@ -212,17 +211,7 @@ async def remove_webhook(request: Request, webhook_id: str) -> JSONResponse:
     openapi_extra={
         **REQUIRES_KEY,
         "parameters": [
-            {
-                "name": "limit",
-                "in": "query",
-                "required": False,
-                "schema": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_LIST,
-                    "default": DEFAULT_LIST,
-                },
-            },
+            LIMIT_PARAMETER,
             {
                 "name": "after",
                 "in": "query",
@@ -236,10 +225,8 @@ async def webhook_deliveries(request: Request, webhook_id: str) -> JSONResponse:
     """An endpoint's deliveries (``default``: those to tasks' ``callback_url``), newest
     first, each with every try: time, HTTP status, latency, next try."""
     params = query(request, "limit", "after")
-    limit, after = params.get("limit", str(DEFAULT_LIST)), params.get("after")
-    count, since = whole_number(limit), None if after is None else whole_number(after)
-    if count is None or not 1 <= count <= MAX_LIST:
-        raise InvalidRequest(f"limit must be from 1 to {MAX_LIST}")
+    count, after = page_size(params.get("limit")), params.get("after")
+    since = None if after is None else whole_number(after)
     if after is not None and since is None:
         raise InvalidRequest("after must be the id of a delivery")
 

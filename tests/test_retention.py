@@ -339,6 +339,39 @@ def test_a_failed_deletion_gives_the_tasks_back_for_a_later_round(
     assert expired_ids(db) == set(ids)
 
 
+class DyingStorage(BrokenStorage):
+    """Deletes ``lives`` files, then the process "dies" (SystemExit: no ``except
+    Exception`` stops it, as nothing stops a SIGKILL)."""
+
+    def __init__(self, storage: LocalStorage, lives: int) -> None:
+        super().__init__(storage)
+        self.lives = lives
+
+    def delete(self, key: str) -> None:
+        if self.lives == 0:
+            raise SystemExit("killed")
+        self.lives -= 1
+        self.storage.delete(key)
+
+
+def test_a_janitor_killed_mid_batch_leaves_no_file_behind(
+    store: tuple[Settings, Database, LocalStorage],
+) -> None:
+    """Files go first and the mark after, so a janitor that dies mid-batch leaves its
+    tasks unmarked (never marked expired with their files still there), and the
+    next round deletes what is left."""
+    _, db, storage = store
+    ids = finished_tasks(db, storage, 3)
+    with pytest.raises(SystemExit):
+        retention.expire_files(db, DyingStorage(storage, lives=1), retention=DAY)
+    expired = expired_ids(db)
+    assert expired < set(ids)  # what is marked has no file left
+    assert not any((storage.root / "outputs" / task_id).exists() for task_id in expired)
+    assert retention.expire_files(db, storage, retention=DAY) == 3 - len(expired)
+    assert expired_ids(db) == set(ids)
+    assert not any(p.is_file() for p in storage.root.rglob("*"))
+
+
 def test_unfinished_tasks_keep_their_files_and_the_janitor_uses_its_index(
     store: tuple[Settings, Database, LocalStorage],
 ) -> None:

@@ -2,32 +2,34 @@
 finished; its row stays.
 
 The workers' janitor (``Janitor``: the embedded pool runs one, and so does every
-Celery worker's sweeper) claims finished tasks whose files are older than the
-retention, oldest first and in batches, by setting ``files_expired_at`` in one
-transaction, then deletes their videos, stills and stored inputs through the
-storage (a folder or S3; a file already gone is fine). Their status answers
-``response: []`` with ``"files_expired": true``; the OpenAI face's ``expires_at``
-is when the files go (``expires_at``).
+Celery worker's sweeper) takes finished tasks whose files are older than the
+retention, oldest first and in batches, deletes their videos, stills and stored
+inputs through the storage (a folder or S3; a file already gone is fine), and
+only then sets their ``files_expired_at``. Their status answers ``response: []``
+with ``"files_expired": true``; the OpenAI face's ``expires_at`` is when the
+files go (``expires_at``).
 
-Safe from every worker at once: a claim changes only rows whose
-``files_expired_at`` is still NULL (skipping rows another claimer has locked, on
-PostgreSQL), so one claimer deletes each task's files. A deletion that fails (the
-bucket unreachable) gives its tasks back for a later round; a process killed
-between a claim and its deletions leaves those files behind.
+Deleting before marking is what makes it safe to stop anywhere: a process killed
+mid-batch, or a deletion that fails (the bucket unreachable), leaves those tasks
+unmarked, and a later round deletes what is left and marks them. Several workers
+may run it at once: two that pick the same task both delete its files (the second
+finds them gone) and the first mark wins; on PostgreSQL an advisory lock lets one
+janitor at a time run a round, so they rarely do.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from openimagine.services.tasks import stored_keys
 from openimagine.storage import Storage
-from openimagine.store.db import Database, Record
+from openimagine.store.db import Database, Record, rows_changed
 from openimagine.store.models import Task
 from openimagine.timeutil import as_utc, utcnow
 
@@ -37,6 +39,8 @@ log = logging.getLogger("openimagine.worker")
 # retention is first turned on over a long history; the next round goes on at once.
 BATCH = 100
 ROUND_LIMIT = 500
+# The PostgreSQL advisory lock of a janitor's round (any constant key of our own).
+JANITOR_LOCK = 0x6F696A61
 
 
 def expires_at(
@@ -60,61 +64,70 @@ def expire_files(
     batch: int = BATCH,
 ) -> int:
     """Delete the files of up to ``limit`` tasks finished before ``now - retention``,
-    oldest first; how many tasks' files went."""
+    oldest first; how many tasks this call marked expired."""
     now = utcnow() if now is None else now
-    done = 0
-    while done < limit:
-        wanted = min(batch, limit - done)
-        claimed = _claim(db, now - retention, now, wanted)
-        _delete(db, storage, claimed, now)
-        done += len(claimed)
-        if len(claimed) < wanted:
-            break
-    return done
+    with _one_janitor(db) as ours:
+        if not ours:
+            return 0  # another worker's janitor is running a round
+        done = 0
+        while done < limit:
+            wanted = min(batch, limit - done)
+            due = _due(db, now - retention, wanted)
+            deleted: list[str] = []
+            try:
+                for task in due:
+                    for key in stored_keys(task):
+                        storage.delete(key)
+                    deleted.append(task.id)
+            finally:  # a failure keeps the rest unmarked, for a later round
+                done += _mark(db, deleted, now)
+            if len(due) < wanted:
+                break
+        return done
 
 
-def _claim(db: Database, cutoff: datetime, now: datetime, count: int) -> Sequence[Record]:
-    # Two statements, not UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP
-    # LOCKED): PostgreSQL may run that subquery more than once (``take_stale_pending``).
-    # The SELECT reads the partial index ``tasks_files_kept``. ``finished_at`` is set
-    # only when a task ends (completed, or failed: cancelled tasks too) and never again.
-    with db.write() as session:
-        ids = list(
-            session.scalars(
-                select(Task.id)
-                .where(Task.files_expired_at.is_(None), Task.finished_at < cutoff)
-                .order_by(Task.finished_at)
-                .limit(count)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        if not ids:
-            return []
+@contextmanager
+def _one_janitor(db: Database) -> Iterator[bool]:
+    """On PostgreSQL, whether this janitor holds the round's advisory lock (held on
+    a connection of its own until the round ends); elsewhere always True."""
+    if db.is_sqlite:
+        yield True
+        return
+    with db.sql.connect() as connection:
+        ours = bool(connection.scalar(select(func.pg_try_advisory_lock(JANITOR_LOCK))))
+        try:
+            yield ours
+        finally:
+            if ours:
+                connection.scalar(select(func.pg_advisory_unlock(JANITOR_LOCK)))
+            connection.commit()
+
+
+def _due(db: Database, cutoff: datetime, count: int) -> Sequence[Record]:
+    # Reads the partial index ``tasks_files_kept``. ``finished_at`` is set only when
+    # a task ends (completed, or failed: cancelled tasks too) and never again.
+    with db.read() as session:
         return session.execute(
-            update(Task)
-            .where(Task.id.in_(ids), Task.files_expired_at.is_(None))
-            .values(files_expired_at=now)
-            .returning(Task.id, Task.outputs, Task.images)
-            .execution_options(synchronize_session=False)
+            select(Task.id, Task.outputs, Task.images)
+            .where(Task.files_expired_at.is_(None), Task.finished_at < cutoff)
+            .order_by(Task.finished_at)
+            .limit(count)
         ).all()
 
 
-def _delete(db: Database, storage: Storage, claimed: Sequence[Record], now: datetime) -> None:
-    for done, task in enumerate(claimed):
-        try:
-            for key in stored_keys(task):
-                storage.delete(key)
-        except Exception:
-            # Give this task and the rest back: a later round deletes their files.
-            back = [row.id for row in claimed[done:]]
-            with db.write() as session:
-                session.execute(
-                    update(Task)
-                    .where(Task.id.in_(back), Task.files_expired_at == now)
-                    .values(files_expired_at=None)
-                    .execution_options(synchronize_session=False)
-                )
-            raise
+def _mark(db: Database, ids: list[str], now: datetime) -> int:
+    """Mark ``ids`` expired; how many this call marked (not another janitor before)."""
+    if not ids:
+        return 0
+    with db.write() as session:
+        return rows_changed(
+            session.execute(
+                update(Task)
+                .where(Task.id.in_(ids), Task.files_expired_at.is_(None))
+                .values(files_expired_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        )
 
 
 def janitor_interval(retention: timedelta) -> float:

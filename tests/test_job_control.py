@@ -273,3 +273,22 @@ def test_keys_older_than_a_day_are_forgotten_by_the_workers(server: Server) -> N
 def tasks_of_keys(server: Server) -> int:
     with server.db.read() as session:
         return session.scalar(select(func.count()).select_from(IdempotencyKey)) or 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/tasks?limit=0",
+        "/v1/tasks?status=nope",
+        "/v1/tasks?limit=1&limit=2",
+        "/v1/videos?limit=101",
+        "/v1/videos?order=up",
+        "/v1/webhooks/default/deliveries?limit=0",
+        "/v1/webhooks/default/deliveries?after=x",
+    ],
+)
+def test_a_lists_bad_query_is_401_without_a_key_and_400_with_one(server: Server, path: str) -> None:
+    # The key (and the rate limit) come first on every call, as for bodies.
+    assert server.client.get(path).status_code == 401
+    key = server.account()
+    assert server.client.get(path, headers=auth(key)).status_code == 400

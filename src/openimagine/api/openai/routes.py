@@ -277,17 +277,18 @@ LIST_PARAMETERS = [
 )
 async def list_videos(request: Request) -> Response:
     """The caller's video jobs, newest first (``order=asc``: oldest), ``after`` a cursor."""
-    params = query(request, "after", "limit", "order")
-    try:
-        limit = page_size(params.get("limit"))
-    except InvalidRequest as exc:
-        raise BadField("limit", exc.message) from None
-    order = params.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise BadField("order", "order must be asc or desc")
-    after = params.get("after") or None
 
     def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+        # After the key and the rate limit, as on every call.
+        params = query(request, "after", "limit", "order")
+        try:
+            limit = page_size(params.get("limit"))
+        except InvalidRequest as exc:
+            raise BadField("limit", exc.message) from None
+        order = params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise BadField("order", "order must be asc or desc")
+        after = params.get("after") or None
         rows, more = tasks.list_tasks(
             ctx.db, principal, after=after, limit=limit, ascending=order == "asc"
         )

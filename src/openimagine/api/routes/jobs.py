@@ -104,12 +104,13 @@ TASKS_SCHEMA = envelope_schema(
 )
 async def list_tasks(request: Request) -> JSONResponse:
     """The caller's tasks, newest first, a page at a time (``next`` → ``after``)."""
-    params = query(request, "status", "limit", "after")
-    status = params.get("status")  # "" too must be one of them
-    limit = params.get("limit")
-    after = params.get("after") or None
 
     def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+        # After the key and the rate limit, as on every call.
+        params = query(request, "status", "limit", "after")
+        status = params.get("status")  # "" too must be one of them
+        limit = params.get("limit")
+        after = params.get("after") or None
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"Unknown status {status!r}: use one of {', '.join(STATUSES)}")
         count = page_size(limit)

@@ -224,13 +224,14 @@ async def remove_webhook(request: Request, webhook_id: str) -> JSONResponse:
 async def webhook_deliveries(request: Request, webhook_id: str) -> JSONResponse:
     """An endpoint's deliveries (``default``: those to tasks' ``callback_url``), newest
     first, each with every try: time, HTTP status, latency, next try."""
-    params = query(request, "limit", "after")
-    count, after = page_size(params.get("limit")), params.get("after")
-    since = None if after is None else whole_number(after)
-    if after is not None and since is None:
-        raise InvalidRequest("after must be the id of a delivery")
 
     def page(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+        # After the key and the rate limit, as on every call.
+        params = query(request, "limit", "after")
+        count, after = page_size(params.get("limit")), params.get("after")
+        since = None if after is None else whole_number(after)
+        if after is not None and since is None:
+            raise InvalidRequest("after must be the id of a delivery")
         rows, more = webhooks.deliveries(
             ctx.db, principal.account_id, webhook_id, limit=count, after=since
         )

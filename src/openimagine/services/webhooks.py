@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -461,12 +461,7 @@ def record(
         changed = rows_changed(
             session.execute(
                 update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == due.id,
-                    WebhookDelivery.lease_owner == due.owner,
-                    WebhookDelivery.attempts == due.attempt,
-                    WebhookDelivery.status == DeliveryStatus.PENDING,
-                )
+                .where(*_still_held(due), WebhookDelivery.attempts == due.attempt)
                 .values(status=status, next_attempt_at=next_at, lease_owner=None)
             )
         )
@@ -480,16 +475,21 @@ def record(
     return status if changed == 1 else None
 
 
+def _still_held(due: Due) -> tuple[ColumnElement[bool], ...]:
+    """The fence of every write after a claim: still this process's, still pending."""
+    return (
+        WebhookDelivery.id == due.id,
+        WebhookDelivery.lease_owner == due.owner,
+        WebhookDelivery.status == DeliveryStatus.PENDING,
+    )
+
+
 def cancel(db: Database, due: Due) -> None:
     """Drop a claimed delivery whose endpoint is gone or disabled, unsent."""
     with db.write() as session:
         session.execute(
             update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == due.id,
-                WebhookDelivery.lease_owner == due.owner,
-                WebhookDelivery.status == DeliveryStatus.PENDING,
-            )
+            .where(*_still_held(due))
             .values(status=DeliveryStatus.CANCELLED, next_attempt_at=None, lease_owner=None)
         )
 

@@ -15,7 +15,13 @@ from __future__ import annotations
 from openimagine.catalog import Model
 from openimagine.engines.base import MODES, RATIOS, EngineInfo, Job, frame_size
 from openimagine.engines.upstream.http import Link, Rejected, Transient
-from openimagine.engines.upstream.relay import Poll, image_file, prompt_with_mode
+from openimagine.engines.upstream.relay import (
+    Poll,
+    failed_poll,
+    image_file,
+    job_id,
+    prompt_with_mode,
+)
 
 INFO = EngineInfo(
     name="openai-videos",
@@ -46,10 +52,7 @@ def create_fields(model: Model, job: Job) -> dict[str, tuple]:
 
 def create(link: Link, model: Model, job: Job) -> str:
     response = link.request("POST", f"{link.base_url}/videos", files=create_fields(model, job))
-    video_id = (response.json() or {}).get("id")
-    if not isinstance(video_id, str) or not video_id:
-        raise ValueError(f"no id in the answer: {response.text[:200]}")
-    return video_id
+    return job_id(response, "id")
 
 
 def read_poll(body: dict) -> Poll:
@@ -58,14 +61,7 @@ def read_poll(body: dict) -> Poll:
     if status == "completed":
         return Poll("done", 1.0)
     if status in ("failed", "cancelled", "expired", "deleted"):
-        error = body.get("error") or {}
-        code = str(error.get("code") or status)
-        return Poll(
-            "failed",
-            progress,
-            moderated=code in MODERATION_CODES,
-            detail=f"{status}: {code}: {error.get('message') or ''}".strip(),
-        )
+        return failed_poll(body, status, progress, MODERATION_CODES.__contains__)
     return Poll("pending" if status == "queued" else "running", progress)
 
 

@@ -4,7 +4,10 @@ prompt and images are put for an upstream."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import httpx
 
 from openimagine.catalog import Model
 from openimagine.engines.base import Job
@@ -21,6 +24,26 @@ class Poll:
     moderated: bool = False
     # The upstream's own words about a failure: for operators, never for clients.
     detail: str = ""
+
+
+def job_id(response: httpx.Response, field: str) -> str:
+    """The upstream's id of the job it just created (``field`` of its JSON answer)."""
+    value = (response.json() or {}).get(field)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"no {field} in the answer: {response.text[:200]}")
+    return value
+
+
+def failed_poll(body: dict, status: str, progress: float, moderated: Callable[[str], bool]) -> Poll:
+    """A failed job's poll: the upstream's error code and message kept for operators."""
+    error = body.get("error") or {}
+    code = str(error.get("code") or status)
+    return Poll(
+        "failed",
+        progress,
+        moderated=moderated(code),
+        detail=f"{status}: {code}: {error.get('message') or ''}".strip(),
+    )
 
 
 def prompt_with_mode(model: Model, job: Job) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from openimagine.catalog import Model
 from openimagine.engines.base import MODES, RATIOS, EngineInfo, Job
 from openimagine.engines.upstream.http import Link
-from openimagine.engines.upstream.relay import Poll, data_url, prompt_with_mode
+from openimagine.engines.upstream.relay import Poll, data_url, failed_poll, job_id, prompt_with_mode
 
 INFO = EngineInfo(
     name="xai",
@@ -49,10 +49,7 @@ def create(link: Link, model: Model, job: Job) -> str:
     response = link.request(
         "POST", f"{link.base_url}/videos/generations", json=create_body(model, job)
     )
-    request_id = (response.json() or {}).get("request_id")
-    if not isinstance(request_id, str) or not request_id:
-        raise ValueError(f"no request_id in the answer: {response.text[:200]}")
-    return request_id
+    return job_id(response, "request_id")
 
 
 def read_poll(body: dict) -> Poll:
@@ -66,14 +63,7 @@ def read_poll(body: dict) -> Poll:
             return Poll("failed", 1.0, detail="done without a video url")
         return Poll("done", 1.0, video_url=video["url"])
     if status in ("failed", "expired"):
-        error = body.get("error") or {}
-        code = str(error.get("code") or status)
-        return Poll(
-            "failed",
-            progress,
-            moderated=is_moderation(code),
-            detail=f"{status}: {code}: {error.get('message') or ''}".strip(),
-        )
+        return failed_poll(body, status, progress, is_moderation)
     return Poll("running" if progress else "pending", progress)
 
 

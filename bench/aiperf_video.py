@@ -29,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from api_bench import free_port, wait_ready
+from api_bench import bench_account, free_port, wait_ready
 
 PROMPTS = [
     "a lighthouse in a storm",
@@ -76,24 +76,7 @@ def main() -> None:
             OPENIMAGINE_RATE_LIMITS="pro=100000",
         )
         cli = [sys.executable, "-m", "openimagine"]
-        created = subprocess.run(
-            [
-                *cli,
-                "accounts",
-                "create",
-                "aiperf",
-                "--plan",
-                "pro",
-                "--credits",
-                "100000",
-                "--json",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        key = json.loads(created.stdout)["api_key"]
+        key = bench_account(env, "aiperf", plan="pro", credits=100_000)
         server = subprocess.Popen(
             [*cli, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

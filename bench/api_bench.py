@@ -74,6 +74,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def bench_account(
+    env: dict[str, str],
+    name: str = "bench",
+    *,
+    plan: str = "enterprise",
+    credits: int = 100_000_000,
+) -> str:
+    """A new account with credits to spare, made with the CLI in ``env``: its API key."""
+    command = [*CLI, "accounts", "create", name, "--plan", plan, "--credits", str(credits)]
+    created = subprocess.run(
+        [*command, "--json"], env=env, check=True, capture_output=True, text=True
+    )
+    return json.loads(created.stdout)["api_key"]
+
+
 def start_process(stack: ExitStack, command: list[str], env: dict[str, str]) -> subprocess.Popen:
     """``command`` in the background, quiet, stopped (terminated, then killed) when
     ``stack`` closes."""
@@ -255,24 +270,7 @@ class Deployment:
         return self.env.get("OPENIMAGINE_DATABASE_URL", default)
 
     def account(self, name: str) -> dict[str, str]:
-        created = subprocess.run(
-            [
-                *CLI,
-                "accounts",
-                "create",
-                name,
-                "--plan",
-                "enterprise",
-                "--credits",
-                "100000000",
-                "--json",
-            ],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return {"Authorization": f"Bearer {json.loads(created.stdout)['api_key']}"}
+        return {"Authorization": f"Bearer {bench_account(self.env, name)}"}
 
     def serve(self, *args: str, **settings: str) -> str:
         port = free_port()

@@ -25,7 +25,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from api_bench import free_port, wait_ready
+from api_bench import bench_account, free_port, wait_ready
 
 from openimagine.testing.fake_upstreams import FakeConfig, FakeUpstream
 
@@ -90,14 +90,7 @@ def main() -> None:
             OPENIMAGINE_RATE_LIMITS="pro=100000",
         )
         cli = [sys.executable, "-m", "openimagine"]
-        created = subprocess.run(
-            [*cli, "accounts", "create", "bench", "--plan", "pro", "--credits", "100000", "--json"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        key = created.stdout.split('"api_key": "')[1].split('"')[0]
+        key = bench_account(env, plan="pro", credits=100_000)
         server = subprocess.Popen(
             [*cli, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

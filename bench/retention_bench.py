@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +32,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_bench import free_port, start_process, wait_ready  # noqa: E402
+from api_bench import bench_account, free_port, start_process, wait_ready  # noqa: E402
 
 CLI = [sys.executable, "-m", "openimagine"]
 # Small clips, so that two servers keep up on a shared two-core machine.
@@ -82,24 +80,7 @@ class Side:
         self.data = root / name
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMAGINE_")}
         self.env.update(CLIP, OPENIMAGINE_DATA_DIR=str(self.data), **settings)
-        created = subprocess.run(
-            [
-                *CLI,
-                "accounts",
-                "create",
-                "bench",
-                "--plan",
-                "enterprise",
-                "--credits",
-                "100000000",
-                "--json",
-            ],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        headers = {"Authorization": f"Bearer {json.loads(created.stdout)['api_key']}"}
+        headers = {"Authorization": f"Bearer {bench_account(self.env)}"}
         port = free_port()
         process = start_process(stack, [*CLI, "serve", "--port", str(port)], self.env)
         url = f"http://127.0.0.1:{port}"

@@ -21,7 +21,6 @@ there). Usage: python bench/scale_bench.py [--seconds 10] [--tasks 20]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -38,7 +37,15 @@ from sqlalchemy import select
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # scratch: databases and vhosts of its own
-from api_bench import CONNECTIONS, THREADS, free_port, start_process, wait_ready, wrk
+from api_bench import (
+    CONNECTIONS,
+    THREADS,
+    bench_account,
+    free_port,
+    start_process,
+    wait_ready,
+    wrk,
+)
 
 from openimagine.store.db import Database
 from openimagine.store.models import Task
@@ -72,24 +79,7 @@ class Setup:
             "OPENIMAGINE_DATABASE_URL", f"sqlite:///{(root / name / 'openimagine.db').resolve()}"
         )
         self.stack = stack
-        created = subprocess.run(
-            [
-                *CLI,
-                "accounts",
-                "create",
-                "bench",
-                "--plan",
-                "enterprise",
-                "--credits",
-                "100000000",
-                "--json",
-            ],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        self.headers = {"Authorization": f"Bearer {json.loads(created.stdout)['api_key']}"}
+        self.headers = {"Authorization": f"Bearer {bench_account(self.env)}"}
         self.url = ""
 
     def start(self, *args: str) -> subprocess.Popen:

@@ -27,7 +27,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from api_bench import free_port, wait_ready
+from api_bench import bench_account, free_port, wait_ready
 
 
 def rss_mib(pid: int) -> float:
@@ -125,24 +125,7 @@ def main() -> None:
             OPENIMAGINE_MAX_IN_FLIGHT=f"enterprise={args.tasks + 10}",
         )
         cli = [sys.executable, "-m", "openimagine"]
-        created = subprocess.run(
-            [
-                *cli,
-                "accounts",
-                "create",
-                "bench",
-                "--plan",
-                "enterprise",
-                "--credits",
-                "100000000",
-                "--json",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        key = json.loads(created.stdout)["api_key"]
+        key = bench_account(env)
         log = Path(folder) / "server.log"
         server = subprocess.Popen(
             [*cli, "serve", "--no-worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT

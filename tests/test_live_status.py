@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import httpx
 
@@ -31,19 +32,24 @@ def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
                 data.append(value)
 
 
+def status_stream(server: Server, key: str, task_id: str) -> AbstractContextManager[httpx.Response]:
+    """``GET /v1/status/stream`` of the task, open while the ``with`` lasts."""
+    return httpx.stream(
+        "GET",
+        f"{server.base_url}/v1/status/stream",
+        params={"task_id": task_id},
+        headers=auth(key),
+        timeout=30,
+    )
+
+
 def test_a_stream_shows_progress_and_ends_with_the_completed_status(
     start_server: Callable[..., Server],
 ) -> None:
     server = start_server(engine="test-sleep", test_sleep_seconds=1.5)
     key = server.account(credits=CREDITS)
     task_id = server.generate(key).json()["data"]["task_id"]
-    with httpx.stream(
-        "GET",
-        f"{server.base_url}/v1/status/stream",
-        params={"task_id": task_id},
-        headers=auth(key),
-        timeout=30,
-    ) as response:
+    with status_stream(server, key, task_id) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = list(sse_events(response))  # ends by itself after the final event
@@ -67,13 +73,7 @@ def test_a_stream_of_a_finished_task_is_one_event(server: Server) -> None:
     key = server.account(credits=CREDITS)
     task_id = server.generate(key).json()["data"]["task_id"]
     server.wait(key, task_id)
-    with httpx.stream(
-        "GET",
-        f"{server.base_url}/v1/status/stream",
-        params={"task_id": task_id},
-        headers=auth(key),
-        timeout=30,
-    ) as response:
+    with status_stream(server, key, task_id) as response:
         events = list(sse_events(response))
     assert [data["status"] for _, data in events] == ["completed"]
 
@@ -98,13 +98,7 @@ def test_a_cancelled_task_ends_its_stream_with_the_failed_status(
     server = start_server(run_workers=False)
     key = server.account(credits=CREDITS)
     task_id = server.generate(key).json()["data"]["task_id"]
-    with httpx.stream(
-        "GET",
-        f"{server.base_url}/v1/status/stream",
-        params={"task_id": task_id},
-        headers=auth(key),
-        timeout=30,
-    ) as response:
+    with status_stream(server, key, task_id) as response:
         lines = sse_events(response)
         assert next(lines)[1]["status"] == "pending"
         server.client.post("/v1/cancel", json={"task_id": task_id}, headers=auth(key))

@@ -7,6 +7,8 @@ for tests that kill or restart it.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import signal
 import socket
@@ -25,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from PIL import Image
 from sqlalchemy import select, update
 
 from openimagine.api.app import create_app
@@ -143,6 +146,13 @@ def expire_lease(db: Database, task_id: str) -> None:
         )
 
 
+def png_data_uri(width: int = 8, height: int = 8) -> str:
+    """A small real PNG as a data URI (an input image)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 120, 40)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -185,6 +195,12 @@ class Server:
 
     def wait(self, key: str, task_id: str, **kwargs: Any) -> dict:
         return wait_for_task(self.client, key, task_id, **kwargs)
+
+    def status(self, key: str, task_id: str) -> dict:
+        """``GET /v1/status``'s data (the answer must be 200)."""
+        response = self.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key))
+        assert response.status_code == 200, response.text
+        return response.json()["data"]
 
 
 def _serve_in_thread(

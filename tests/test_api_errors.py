@@ -23,7 +23,7 @@ from PIL import Image
 from openimagine.api.app import create_app
 from openimagine.services import accounts
 
-from conftest import Server, auth, free_port, launch_server, make_settings
+from conftest import Server, auth, free_port, launch_server, make_settings, png_data_uri
 
 MODES = ("fun", "normal", "spicy")
 RATIOS = ("2:3", "3:2", "1:1", "16:9", "9:16")
@@ -54,18 +54,6 @@ def post_raw(
     if key is not None:
         headers.update(auth(key))
     return server.client.post(path, content=content, headers=headers)
-
-
-def png_data_uri() -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def status_of(server: Server, key: str, task_id: str) -> dict:
-    response = server.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key))
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +134,7 @@ def test_format_characters_inside_a_prompt_are_kept(idle: Server) -> None:
     key = idle.account()
     task_id = idle.generate(key, prompt="\u200b a \U0001f469\u200d\U0001f4bb coding \ufeff")
     assert (
-        status_of(idle, key, task_id.json()["data"]["task_id"])["request"]["prompt"]
+        idle.status(key, task_id.json()["data"]["task_id"])["request"]["prompt"]
         == "a \U0001f469\u200d\U0001f4bb coding"
     )
 
@@ -161,7 +149,7 @@ def test_prompt_length_counts_after_trimming(idle: Server) -> None:
     key = idle.account()
     response = idle.generate(key, prompt="  " + "a" * 5000 + "  ")
     assert response.status_code == 200, response.text
-    data = status_of(idle, key, response.json()["data"]["task_id"])
+    data = idle.status(key, response.json()["data"]["task_id"])
     assert data["request"]["prompt"] == "a" * 5000
 
 
@@ -230,7 +218,7 @@ def test_every_mode_and_ratio_is_accepted_and_echoed(idle: Server) -> None:
         for ratio in RATIOS:
             response = idle.generate(key, mode=mode, ratio=ratio)
             assert response.status_code == 200, (mode, ratio, response.text)
-            data = status_of(idle, key, response.json()["data"]["task_id"])
+            data = idle.status(key, response.json()["data"]["task_id"])
             assert data["request"]["mode"] == mode
             assert data["request"]["ratio"] == ratio
 
@@ -239,7 +227,7 @@ def test_mode_and_ratio_default_to_normal_and_1_1(idle: Server) -> None:
     key = idle.account()
     response = idle.client.post("/v1/generate", json={"prompt": "a red fox"}, headers=auth(key))
     assert response.status_code == 200, response.text
-    request = status_of(idle, key, response.json()["data"]["task_id"])["request"]
+    request = idle.status(key, response.json()["data"]["task_id"])["request"]
     assert request == {"mode": "normal", "prompt": "a red fox", "ratio": "1:1"}
 
 
@@ -295,7 +283,7 @@ def test_images_as_one_string_is_accepted(idle: Server) -> None:
     key = idle.account()
     response = idle.generate(key, images="https://example.com/cat.png")
     assert response.status_code == 200, response.text
-    data = status_of(idle, key, response.json()["data"]["task_id"])
+    data = idle.status(key, response.json()["data"]["task_id"])
     assert data["request"]["images"] == ["https://example.com/cat.png"]
 
 
@@ -304,7 +292,7 @@ def test_images_null_or_empty_means_no_images(idle: Server) -> None:
     for images in (None, []):
         response = idle.generate(key, images=images)
         assert response.status_code == 200, response.text
-        data = status_of(idle, key, response.json()["data"]["task_id"])
+        data = idle.status(key, response.json()["data"]["task_id"])
         assert "images" not in data["request"]
 
 
@@ -439,7 +427,7 @@ def test_post_status_with_body_answers_like_get(idle: Server) -> None:
     assert posted.status_code == 200, posted.text
     body = posted.json()
     assert body["code"] == 200 and body["message"] == "success"
-    assert body["data"] == status_of(idle, key, task_id)
+    assert body["data"] == idle.status(key, task_id)
 
 
 # ---------------------------------------------------------------------------
@@ -587,7 +575,7 @@ def test_another_accounts_task_looks_exactly_like_an_unknown_one(idle: Server) -
     posted = idle.client.post("/v1/status", json={"task_id": task_id}, headers=auth(stranger))
     assert posted.json() == missing.json()
     # The owner still sees it.
-    assert status_of(idle, owner, task_id)["task_id"] == task_id
+    assert idle.status(owner, task_id)["task_id"] == task_id
 
 
 @pytest.mark.parametrize("path", ["/nope", "/v1/nope", "/v2/generate", "/v1/generate/extra"])

@@ -3,13 +3,10 @@ the seed's requests, text-to-video and image-to-video, for every family."""
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 pytest.importorskip("diffusers")
 pytest.importorskip("torch")
@@ -19,7 +16,7 @@ from openimagine.engines.diffusers.families import FAMILIES, plan  # noqa: E402
 from openimagine.engines.diffusers.tiny import make_tiny  # noqa: E402
 from openimagine.media.mp4 import probe_mp4  # noqa: E402
 
-from conftest import Server  # noqa: E402
+from conftest import Server, png_data_uri  # noqa: E402
 
 CLIP = {"duration": 1.0, "fps": 8, "resolution": 64}
 
@@ -52,13 +49,6 @@ def profiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     )
     return path
-
-
-def png_data_uri(width: int = 96, height: int = 72) -> str:
-    image = Image.new("RGB", (width, height), (200, 120, 40))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def download_and_probe(server: Server, url: str, tmp_path: Path) -> dict:
@@ -112,7 +102,7 @@ def test_image_to_video_over_http(
         **CLIP,
     )
     key = server.account()
-    response = server.generate(key, mode="normal", ratio="1:1", images=[png_data_uri()])
+    response = server.generate(key, mode="normal", ratio="1:1", images=[png_data_uri(96, 72)])
     assert response.status_code == 200, response.text
     data = server.wait(key, response.json()["data"]["task_id"], timeout=300)
     assert data["status"] == "completed", data
@@ -132,7 +122,7 @@ def test_engine_without_an_image_model_refuses_images_at_submission(
         engine="wan", model_path=models("wan-t2v"), profiles=profiles, run_workers=False, **CLIP
     )
     key = server.account(credits=100)
-    response = server.generate(key, images=[png_data_uri()])
+    response = server.generate(key, images=[png_data_uri(96, 72)])
     assert response.status_code == 400
     body = response.json()
     assert body["error"] == "INVALID_REQUEST"

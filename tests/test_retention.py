@@ -9,8 +9,6 @@ task's ``finished_at`` moved back.
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import signal
 import subprocess
@@ -25,7 +23,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from PIL import Image
 from sqlalchemy import select, text, update
 
 from openimagine.client import Client, OpenImagineError
@@ -46,6 +43,7 @@ from conftest import (
     make_principal,
     make_settings,
     openimagine_env,
+    png_data_uri,
     run_cli,
     submit_task,
 )
@@ -59,18 +57,6 @@ DAY = timedelta(days=1)
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning"
 )  # the openai SDK's Sora notice
-
-
-def png_data_uri() -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 24), (30, 120, 200)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def status(server: Server, key: str, task_id: str) -> dict:
-    response = server.client.get("/v1/status", params={"task_id": task_id}, headers=auth(key))
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
 
 
 def completed_task(server: Server, key: str, **body: object) -> str:
@@ -97,15 +83,15 @@ def test_expired_files_are_deleted_and_the_status_keeps_the_record(
 ) -> None:
     server = start_server(retention_days=1)
     key = server.account(credits=1000)
-    old = completed_task(server, key, images=[png_data_uri()])
-    young = completed_task(server, key, images=[png_data_uri()])
+    old = completed_task(server, key, images=[png_data_uri(32, 24)])
+    young = completed_task(server, key, images=[png_data_uri(32, 24)])
     # Failed (the URL cannot be fetched here), with a stored input of its own.
-    failed = server.generate(key, images=[png_data_uri(), "https://example.invalid/a.png"]).json()[
-        "data"
-    ]["task_id"]
+    failed = server.generate(
+        key, images=[png_data_uri(32, 24), "https://example.invalid/a.png"]
+    ).json()["data"]["task_id"]
     assert server.wait(key, failed)["status"] == "failed"
     assert len(task_folders(server.settings.outputs_dir, failed)) == 1
-    before = status(server, key, old)
+    before = server.status(key, old)
     files = server.settings.outputs_dir
     assert len(task_folders(files, old)) == 2  # its stored input, its videos and stills
     urls = before["response"] + before["request"]["images"]
@@ -118,7 +104,7 @@ def test_expired_files_are_deleted_and_the_status_keeps_the_record(
     retention.expire_files(server.db, storage_from_settings(server.settings), retention=DAY)
 
     assert task_folders(files, old) == []  # every file gone, and the task's folders
-    after = status(server, key, old)
+    after = server.status(key, old)
     assert after["files_expired"] is True and after["response"] == []
     assert "images" not in after["request"]  # its only image was a stored copy
     assert (after["status"], after["progress"], after["consumed_credits"]) == (
@@ -129,12 +115,12 @@ def test_expired_files_are_deleted_and_the_status_keeps_the_record(
     assert all(server.client.get(url).status_code == 404 for url in urls)
     # A failed task's stored inputs go too; an http(s) image is still listed as sent.
     assert task_folders(files, failed) == []
-    failed_now = status(server, key, failed)
+    failed_now = server.status(key, failed)
     assert failed_now["files_expired"] is True
     assert failed_now["request"]["images"] == ["https://example.invalid/a.png"]
     # Not old enough: kept.
     assert len(task_folders(files, young)) == 2
-    kept = status(server, key, young)
+    kept = server.status(key, young)
     assert "files_expired" not in kept and len(kept["response"]) == 2
     # The task list and the Python SDK say the same.
     listed = server.client.get("/v1/tasks", headers=auth(key)).json()["data"]["tasks"]
@@ -159,11 +145,11 @@ def test_the_workers_janitor_deletes_files_once_the_retention_has_passed(
     # 0.00002 days is 1.7 s: the embedded pool's janitor looks every second.
     server = start_server(retention_days=0.00002)
     key = server.account(credits=1000)
-    task_id = completed_task(server, key, images=[png_data_uri()])
+    task_id = completed_task(server, key, images=[png_data_uri(32, 24)])
     files = server.settings.outputs_dir
     assert task_folders(files, task_id)
     deadline = time.monotonic() + 20
-    while "files_expired" not in (data := status(server, key, task_id)):
+    while "files_expired" not in (data := server.status(key, task_id)):
         assert time.monotonic() < deadline, "the janitor did not expire the task's files"
         time.sleep(0.1)
     assert data["response"] == [] and "images" not in data["request"]
@@ -186,7 +172,7 @@ def test_without_a_retention_nothing_is_deleted(server: Server) -> None:
     assert server.settings.retention is None
     janitor = retention.Janitor(server.db, storage_from_settings(server.settings), None)
     assert not janitor.enabled and janitor.run_if_due() == 0
-    assert len(status(server, key, task_id)["response"]) == 2
+    assert len(server.status(key, task_id)["response"]) == 2
     assert task_folders(server.settings.outputs_dir, task_id)
     video = server.client.get(f"/v1/videos/{task_id}", headers=auth(key)).json()
     assert video["expires_at"] is None

@@ -47,16 +47,24 @@ from sqlalchemy import ColumnElement, Float, case, cast, func, literal_column, s
 from sqlalchemy.orm import Session
 
 from openimagine.store.db import Database
-from openimagine.store.models import Task, WebhookDelivery
+from openimagine.store.models import (
+    FINAL_STATUSES,
+    DeliveryStatus,
+    Task,
+    TaskStatus,
+    WebhookDelivery,
+)
 from openimagine.timeutil import as_utc, utcnow
 
 log = logging.getLogger("openimagine.metrics")
 
 # Upper bounds (seconds) of the engine-time buckets: a preview clip to an hour-long render.
 ENGINE_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
-UNFINISHED = ("pending", "processing")
-FINISHED = ("completed", "failed")
-DELIVERY_OUTCOMES = ("delivered", "failed", "cancelled")
+UNFINISHED = (TaskStatus.PENDING, TaskStatus.PROCESSING)
+# How a delivery ends (every status but pending), as ``outcome`` labels.
+DELIVERY_OUTCOMES = tuple(
+    str(status) for status in DeliveryStatus if status != DeliveryStatus.PENDING
+)
 # Tasks created less than this long ago are read again at every scrape: a task is
 # inserted with its creator's clock, and its transaction may commit a little later.
 HORIZON_MARGIN = timedelta(minutes=5)
@@ -90,7 +98,7 @@ def _finished(session: Session, db: Database, *where: ColumnElement[bool]) -> To
             func.sum(Task.price - Task.consumed_credits),
             *buckets,
         )
-        .where(Task.status.in_(FINISHED), *where)
+        .where(Task.status.in_(FINAL_STATUSES), *where)
         .group_by(Task.model, Task.status)
     )
     return {(row[0], row[1]): [float(value or 0) for value in row[2:]] for row in rows}
@@ -144,7 +152,7 @@ class FinishedTotals:
                 _add(closed, _finished(session, db, Task.id.in_(chunk)))
                 waiting -= set(
                     session.scalars(
-                        select(Task.id).where(Task.id.in_(chunk), Task.status.in_(FINISHED))
+                        select(Task.id).where(Task.id.in_(chunk), Task.status.in_(FINAL_STATUSES))
                     )
                 )
             window = [Task.created_at < horizon]
@@ -238,13 +246,13 @@ class DatabaseCollector(Collector):
             "openimagine_webhook_deliveries_pending",
             "Webhook deliveries not yet delivered, still to be tried",
         )
-        waiting.add_metric([], float(deliveries.get("pending", 0)))
+        waiting.add_metric([], float(deliveries.get(DeliveryStatus.PENDING, 0)))
         yield waiting
 
     def _queues(self, figures: dict[str, Any]) -> Iterator[Metric]:
         models = sorted(set(self.models()) | {row[0] for row in figures["unfinished"]})
         counts = {(row[0], row[1]): row[2] for row in figures["unfinished"]}
-        oldest = {row[0]: row[3] for row in figures["unfinished"] if row[1] == "pending"}
+        oldest = {row[0]: row[3] for row in figures["unfinished"] if row[1] == TaskStatus.PENDING}
         depth = GaugeMetricFamily(
             "openimagine_queue_depth", "Tasks pending, by model", labels=["model"]
         )
@@ -257,8 +265,8 @@ class DatabaseCollector(Collector):
             labels=["model"],
         )
         for model in models:
-            depth.add_metric([model], float(counts.get((model, "pending"), 0)))
-            running.add_metric([model], float(counts.get((model, "processing"), 0)))
+            depth.add_metric([model], float(counts.get((model, TaskStatus.PENDING), 0)))
+            running.add_metric([model], float(counts.get((model, TaskStatus.PROCESSING), 0)))
             age.add_metric([model], _age(figures["now"], oldest.get(model)))
         yield from (depth, running, age)
 

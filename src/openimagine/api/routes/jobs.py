@@ -16,6 +16,7 @@ from openimagine.api.auth import (
 from openimagine.api.bodies import LIMIT_PARAMETER, page_size, parse_json, query
 from openimagine.api.context import AppContext, get_context
 from openimagine.api.envelope import envelope_errors, envelope_schema, event_stream, json_body, ok
+from openimagine.api.fastpath import valid_task_id, wanted_task_id
 from openimagine.api.routes.status import STATUS_SCHEMA, TASK_ID_BODY, TASK_ID_SCHEMA, caller_task
 from openimagine.api.stream import stream_response
 from openimagine.errors import Conflict, InvalidRequest, NotFound
@@ -31,7 +32,7 @@ STATUSES = tuple(str(status) for status in TaskStatus)
 def cancel_task(ctx: AppContext, principal: Principal, task_id: str) -> dict[str, Any]:
     """Cancel the account's unfinished task (refunded once); the status data after.
     A task cancelled before answers the same again; any other finished one is 409."""
-    if not task_id or not (task_id.isascii() and task_id.isprintable()):
+    if not valid_task_id(task_id):
         raise NotFound("Task not found")
     if not lifecycle.cancel(ctx.db, task_id, principal.account_id):
         task = tasks.get_task(ctx.db, principal, task_id)  # NotFound if not the account's
@@ -56,10 +57,10 @@ async def cancel(request: Request) -> JSONResponse:
         body = parse_json(raw)
         if body is None:
             raise InvalidRequest("Malformed JSON body")
-        task_id = body.get("task_id") if isinstance(body, dict) else None
-        if not isinstance(task_id, str) or not task_id.strip():
+        task_id = wanted_task_id(body.get("task_id") if isinstance(body, dict) else None)
+        if not task_id:
             raise InvalidRequest("The task_id parameter is required")
-        return cancel_task(ctx, principal, task_id.strip())
+        return cancel_task(ctx, principal, task_id)
 
     return ok(await authenticated(request, run, writes=True))
 

@@ -5,12 +5,18 @@ The patterns use only what ECMA-262, Python's ``re`` and Rust's regex crates
 read alike: classes, ``\\uXXXX`` escapes for the Basic Multilingual Plane and
 literal characters beyond it, alternation, no lookaround.
 
+A character class costs tens of milliseconds to compute (every code point of a
+plane through a predicate), and only the OpenAPI document needs it: a schema
+names its pattern with ``lazy_pattern`` and the document fills it in when it is
+first built (``api/openapi.py``), so no process pays for it at import.
+
 ``whole_number`` is the one check of "a count written in digits" (query
 parameters, headers from other servers).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 
@@ -18,6 +24,24 @@ def whole_number(text: str) -> int | None:
     """``text`` as a whole number, or None when it is not ASCII digits: ``str.isdigit``
     alone lets "²" through to ``int``, which refuses it."""
     return int(text) if text.isascii() and text.isdigit() else None
+
+
+# ``{PATTERN: name}`` in a schema: ``"pattern"``, computed by the builder registered
+# under ``name``, when the document is built.
+PATTERN = "x-openimagine-pattern"
+_BUILDERS: dict[str, Callable[[], str]] = {}
+
+
+def lazy_pattern(name: str, build: Callable[[], str]) -> dict[str, str]:
+    """The schema fragment that stands for ``"pattern": build()`` until the document
+    is built (``build`` is cached: computed once per process)."""
+    _BUILDERS[name] = functools.cache(build)
+    return {PATTERN: name}
+
+
+def pattern(name: str) -> str:
+    """The pattern registered under ``name``."""
+    return _BUILDERS[name]()
 
 
 # Space and format characters exist only in these planes (0: BMP, 1: SMP, 14: SSP).

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from openimagine.errors import InvalidRequest
-from openimagine.patterns import char_class, whole_number
+from openimagine.patterns import char_class, lazy_pattern, whole_number
 
 # No field of either face nests more than three levels; unknown fields are ignored,
 # but a value nested deeper than this is refused rather than handed to code (repr,
@@ -76,8 +76,13 @@ def _blank(char: str) -> bool:
     return char.isspace() or unicodedata.category(char) == "Cf"
 
 
-# A character ``trimmed`` keeps: a text matching it somewhere is not empty once trimmed.
-NOT_BLANK = char_class(_blank, negate=True)
+def not_blank_pattern() -> str:
+    """A character ``trimmed`` keeps: a text matching it somewhere is not empty once
+    trimmed."""
+    return char_class(_blank, negate=True)
+
+
+NOT_BLANK = lazy_pattern("not-blank", not_blank_pattern)
 
 
 def text_schema(max_length: int) -> dict[str, Any]:
@@ -87,7 +92,7 @@ def text_schema(max_length: int) -> dict[str, Any]:
         "type": "string",
         "minLength": 1,
         "maxLength": max_length,
-        "pattern": NOT_BLANK,
+        **NOT_BLANK,
         "not": {"pattern": "\\u0000"},
         "description": "not empty once whitespace and invisible format characters "
         "are trimmed; no NUL",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from openimagine.api.context import AppContext
+from openimagine.patterns import PATTERN, pattern
 
 # A schema marked ``{CATALOG: "models" | "modes" | "ratios"}`` takes those of the
 # deployment's catalog as its ``enum`` (``null`` too where the field is nullable).
@@ -32,6 +33,9 @@ def _fill(node: Any, values: dict[str, list[str]]) -> None:
         return
     if not isinstance(node, dict):
         return
+    name = node.pop(PATTERN, None)
+    if name is not None:
+        node["pattern"] = pattern(name)
     kind = node.pop(CATALOG, None)
     if kind is not None:
         nullable = {"type": "null"} in node.pop("anyOf", [])

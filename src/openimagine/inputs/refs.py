@@ -8,7 +8,7 @@ import binascii
 import re
 from urllib.parse import urlsplit
 
-from openimagine.patterns import char_class, int_range
+from openimagine.patterns import char_class, int_range, lazy_pattern
 
 # The contract's limit on ``images`` references (engines' ``EngineInfo.max_images``).
 MAX_IMAGES = 7
@@ -134,14 +134,18 @@ def _netloc_char(exclude: str) -> str:
     )
 
 
-# ``url_problem``'s rules as a pattern (narrower only in keeping the host ASCII and
-# unbracketed): http(s), a host, a port of 0..65535, no space or control character.
-URL_PATTERN = (
-    "^[hH][tT][tT][pP][sS]?://"
-    f"(?:{_netloc_char(' /?#[]')}*@)?{_netloc_char(' /?#[]@:')}+"
-    f"(?::0*{int_range(1, 65535)}?)?"
-    f"(?:[/?#]{char_class(_bad_url_char, negate=True, planes=(0,))}*)?$"
-)
+def url_pattern() -> str:
+    """``url_problem``'s rules as a pattern (narrower only in keeping the host ASCII and
+    unbracketed): http(s), a host, a port of 0..65535, no space or control character."""
+    return (
+        "^[hH][tT][tT][pP][sS]?://"
+        f"(?:{_netloc_char(' /?#[]')}*@)?{_netloc_char(' /?#[]@:')}+"
+        f"(?::0*{int_range(1, 65535)}?)?"
+        f"(?:[/?#]{char_class(_bad_url_char, negate=True, planes=(0,))}*)?$"
+    )
+
+
+URL = lazy_pattern("url", url_pattern)
 # ``_DATA_URI`` with a payload that decodes (no line breaks, no NUL).
 DATA_URI_PATTERN = (
     "^[dD][aA][tT][aA]:[iI][mM][aA][gG][eE]/[a-zA-Z0-9][a-zA-Z0-9.+-]*(?:;[^;,\\u0000]*)*"
@@ -152,7 +156,7 @@ DATA_URI_PATTERN = (
 
 def url_schema(max_length: int) -> dict[str, object]:
     """The JSON schema of an http(s) URL that ``url_problem`` accepts."""
-    return {"type": "string", "maxLength": max_length, "pattern": URL_PATTERN}
+    return {"type": "string", "maxLength": max_length, **URL}
 
 
 def image_ref_schema() -> dict[str, object]:

@@ -54,6 +54,8 @@ from scaleout import (  # noqa: F401 - pg_url: a fixture
 )
 
 DAY = timedelta(days=1)
+# An image URL the server refuses to fetch (a loopback address): no traffic leaves.
+REFUSED_URL = "http://127.0.0.1:9/a.png"
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning"
 )  # the openai SDK's Sora notice
@@ -85,10 +87,10 @@ def test_expired_files_are_deleted_and_the_status_keeps_the_record(
     key = server.account(credits=1000)
     old = completed_task(server, key, images=[png_data_uri(32, 24)])
     young = completed_task(server, key, images=[png_data_uri(32, 24)])
-    # Failed (the URL cannot be fetched here), with a stored input of its own.
-    failed = server.generate(
-        key, images=[png_data_uri(32, 24), "https://example.invalid/a.png"]
-    ).json()["data"]["task_id"]
+    # Failed (a loopback URL is refused before any connection), with a stored input.
+    failed = server.generate(key, images=[png_data_uri(32, 24), REFUSED_URL]).json()["data"][
+        "task_id"
+    ]
     assert server.wait(key, failed)["status"] == "failed"
     assert len(task_folders(server.settings.outputs_dir, failed)) == 1
     before = server.status(key, old)
@@ -117,7 +119,7 @@ def test_expired_files_are_deleted_and_the_status_keeps_the_record(
     assert task_folders(files, failed) == []
     failed_now = server.status(key, failed)
     assert failed_now["files_expired"] is True
-    assert failed_now["request"]["images"] == ["https://example.invalid/a.png"]
+    assert failed_now["request"]["images"] == [REFUSED_URL]
     # Not old enough: kept.
     assert len(task_folders(files, young)) == 2
     kept = server.status(key, young)
